@@ -1,0 +1,61 @@
+# AIGNE Hub image service. `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOS := $(shell find proto -name '*.proto' | sort)
+DESCRIPTOR := gen/descriptor/aigne_hub.pb
+
+.PHONY: install run test lint gen check-gen proto-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml gen/python/pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e ./gen/python -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python -m service run
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# google/api and google/rpc come from googleapis-common-protos (the Buf Schema Registry is
+# out of reach); buf and protoc read them from third_party/proto.
+proto-deps: install
+	rm -rf third_party/proto && mkdir -p third_party/proto/google/api third_party/proto/google/rpc
+	cp $(SITE)/google/api/{annotations,http,httpbody}.proto third_party/proto/google/api/
+	cp $(SITE)/google/rpc/{status,error_details,code}.proto third_party/proto/google/rpc/
+
+gen: proto-deps
+	rm -rf gen/python/aigne $(DESCRIPTOR)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto \
+	  --python_out=gen/python --grpc_python_out=gen/python \
+	  --mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto --include_imports \
+	  --include_source_info --descriptor_set_out=$(DESCRIPTOR) $(PROTOS) \
+	  google/rpc/status.proto google/rpc/error_details.proto
+	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
+	touch gen/python/aigne/py.typed
+
+# CI: the committed gen/ must be exactly what `make gen` makes from proto/.
+check-gen: gen
+	@test -z "$$(git status --porcelain -- gen)" \
+	  || { git status --short -- gen; echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
+
+lint: proto-deps
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code proto
+	$(BIN)/ruff check service tests bench
+	$(BIN)/mypy service
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) third_party

@@ -1,0 +1,47 @@
+-- AIGNE Hub: the two small jobs Envoy's built-in filters cannot do.
+--
+-- On the way in, mark each request with the door it came through (`x-hub-door`), so the
+-- server knows whether to describe an error for a REST client too. A client cannot forge it:
+-- the header is always overwritten here.
+--
+-- On the way out, for REST answers: drop the gRPC-only headers, and where the server sent
+-- an error as metadata (`x-hub-error`: the OpenAI-shaped JSON body, `x-hub-http-status`),
+-- make that the HTTP status and body. Only error answers are buffered.
+
+local GRPC = "application/grpc"
+
+local function is_grpc(content_type)
+  return content_type ~= nil and content_type:sub(1, #GRPC) == GRPC
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if is_grpc(headers:get("content-type")) then
+    headers:replace("x-hub-door", "grpc")
+  else
+    headers:replace("x-hub-door", "rest")
+  end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  if is_grpc(headers:get("content-type")) then
+    return
+  end
+  local error_body = headers:get("x-hub-error")
+  local status = headers:get("x-hub-http-status")
+  for _, name in ipairs({"grpc-status", "grpc-message", "grpc-status-details-bin",
+                         "grpc-accept-encoding", "x-hub-error", "x-hub-http-status"}) do
+    headers:remove(name)
+  end
+  if error_body == nil then
+    return
+  end
+  local body = handle:body()
+  headers = handle:headers() -- the handle from before body() is no longer valid
+  headers:replace(":status", status or "500")
+  headers:replace("content-type", "application/json")
+  if body ~= nil then
+    body:setBytes(error_body)
+  end
+end

@@ -1,0 +1,1 @@
+"""AIGNE Hub image service: ImageService.Generate over gRPC and REST (through Envoy)."""

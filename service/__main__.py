@@ -1,0 +1,152 @@
+"""Command line: `python -m service serve|run|keys|envoy-config`.
+
+    serve          the gRPC server alone
+    run            the server and Envoy together (what `make run` starts); Ctrl-C stops both
+    keys create NAME [--admin] | keys list | keys revoke ID_OR_PREFIX
+    envoy-config   print the Envoy config rendered from the settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from service import db, envoy, logs
+from service.config import Settings
+from service.errors import HubError
+from service.keys import KeyStore
+from service.server import create_server, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gRPC server")
+    commands.add_parser("run", help="run the server and Envoy (make run)")
+    commands.add_parser("envoy-config", help="print the rendered Envoy config")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True)
+    create = keys.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="may call the admin API")
+    keys.add_parser("list", help="list keys (id, prefix, name, state)")
+    revoke = keys.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+    if args.command == "serve":
+        asyncio.run(serve(settings))
+    elif args.command == "run":
+        asyncio.run(run(settings))
+    elif args.command == "envoy-config":
+        print(envoy.render(settings))
+    else:
+        try:
+            return asyncio.run(keys_command(settings, args))
+        except HubError as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def run(settings: Settings) -> None:
+    """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after."""
+    settings = settings.with_generated_secrets()
+    # Envoy first, while this process has no threads yet (its child dies with us).
+    proxy = envoy.start(envoy.write_config(settings, settings.var_dir / "envoy.yaml"),
+                        concurrency=settings.envoy_concurrency)
+    hub = None
+    try:
+        hub = await create_server(settings)
+        key_note = await ensure_first_key(hub.keys, settings)
+        print(f"\nAIGNE Hub image service\n"
+              f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
+              f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
+              f"{settings.host}:{hub.port} (server)\n"
+              f"  default model: {hub.default_model}\n  {key_note}\n"
+              f"  Ctrl-C stops both.\n", flush=True)
+        await _until_stopped(proxy)
+    finally:
+        if hub is not None:  # in-flight calls finish first, through the still-running Envoy
+            await hub.stop()
+        if proxy.poll() is None:
+            proxy.terminate()
+        await asyncio.to_thread(proxy.wait)
+
+
+async def _until_stopped(proxy: object) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch_envoy() -> None:
+        await asyncio.to_thread(proxy.wait)  # type: ignore[attr-defined]
+        print("Envoy exited; stopping.", file=sys.stderr)
+        stop.set()
+
+    watcher = asyncio.create_task(watch_envoy())
+    await stop.wait()
+    watcher.cancel()
+
+
+async def ensure_first_key(keys: KeyStore, settings: Settings) -> str:
+    """On a first start with no key at all, make one admin key and keep it in var/."""
+    path = settings.var_dir / "dev-api-key"
+    if settings.static_api_keys or await keys.count_usable() > 0:
+        return (f"API key: in {path}" if path.exists()
+                else "API keys: use yours (python -m service keys create NAME makes one)")
+    _, token = await keys.create("first key (make run)", admin=True, source="dev")
+    _write_private(path, token + "\n")
+    return f"API key (shown once, also in {path}): {token}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+@contextlib.asynccontextmanager
+async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
+    settings = settings.with_generated_secrets()
+    assert settings.key_hash_secret is not None
+    engine = db.create_engine(settings.db_url)
+    try:
+        await db.migrate(engine)
+        yield KeyStore(db.sessions(engine), settings.key_hash_secret.get_secret_value().encode())
+    finally:
+        await engine.dispose()
+
+
+async def keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    async with _key_store(settings) as keys:
+        if args.action == "create":
+            key, token = await keys.create(args.name, admin=args.admin)
+            print(f"created {key.id} ({key.name}{', admin' if key.admin else ''})")
+            print(f"key (shown once, keep it safe): {token}")
+        elif args.action == "list":
+            print(f"{'id':22} {'prefix':14} {'state':8} {'admin':6} name")
+            for key in await keys.list():
+                state = "revoked" if key.revoked_at else "active"
+                print(f"{key.id:22} {key.prefix:14} {state:8} {'yes' if key.admin else 'no':6} "
+                      f"{key.name}")
+        else:
+            key = await keys.revoke(args.key)
+            print(f"revoked {key.id} ({key.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

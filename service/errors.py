@@ -1,0 +1,132 @@
+"""One error hierarchy for the whole service.
+
+Code below the servicer raises a HubError; one interceptor turns it into a google.rpc.Status
+(ErrorInfo, BadRequest, RetryInfo) for gRPC and into the OpenAI-shaped JSON body for REST,
+so both doors say the same thing. Messages are written for the caller: they never carry a
+secret, a stack trace or an internal address.
+"""
+
+from __future__ import annotations
+
+from google.rpc import code_pb2
+
+DOMAIN = "aigne.dev"
+
+
+class HubError(Exception):
+    """An error the caller should see. Subclasses fix the status; `reason` is UPPER_SNAKE."""
+
+    code: int = code_pb2.INTERNAL
+    http_status: int = 500
+    reason: str = "INTERNAL"
+    error_type: str = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        reason: str | None = None,
+        retry_after: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
+        if reason is not None:
+            self.reason = reason
+
+    def openai_body(self) -> dict[str, object]:
+        """The body OpenAI-compatible clients read: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.reason.lower(),
+            }
+        }
+
+
+class InvalidArgument(HubError):
+    code = code_pb2.INVALID_ARGUMENT
+    http_status = 400
+    reason = "INVALID_VALUE"
+    error_type = "invalid_request_error"
+
+
+class ContentPolicyViolation(InvalidArgument):
+    reason = "CONTENT_POLICY_VIOLATION"
+
+
+class Unauthenticated(HubError):
+    code = code_pb2.UNAUTHENTICATED
+    http_status = 401
+    reason = "INVALID_API_KEY"
+    error_type = "authentication_error"
+
+
+class PermissionDenied(HubError):
+    code = code_pb2.PERMISSION_DENIED
+    http_status = 403
+    reason = "PERMISSION_DENIED"
+    error_type = "permission_error"
+
+
+class NotFound(HubError):
+    code = code_pb2.NOT_FOUND
+    http_status = 404
+    reason = "NOT_FOUND"
+    error_type = "invalid_request_error"
+
+
+class Conflict(HubError):
+    code = code_pb2.ABORTED
+    http_status = 409
+    reason = "CONFLICT"
+    error_type = "invalid_request_error"
+
+
+class ResourceExhausted(HubError):
+    code = code_pb2.RESOURCE_EXHAUSTED
+    http_status = 429
+    reason = "RATE_LIMIT_EXCEEDED"
+    error_type = "rate_limit_error"
+
+
+class ProviderNotConfigured(HubError):
+    """The model's provider has no credentials here; the message names what to set."""
+
+    code = code_pb2.FAILED_PRECONDITION
+    http_status = 503
+    reason = "PROVIDER_NOT_CONFIGURED"
+    error_type = "server_error"
+
+
+class Unavailable(HubError):
+    code = code_pb2.UNAVAILABLE
+    http_status = 503
+    reason = "UNAVAILABLE"
+    error_type = "server_error"
+
+
+class UpstreamFailed(HubError):
+    """The provider answered with an error of its own (5xx, garbage, broken connection)."""
+
+    code = code_pb2.UNAVAILABLE
+    http_status = 502
+    reason = "UPSTREAM_ERROR"
+    error_type = "server_error"
+
+
+class DeadlineExceeded(HubError):
+    code = code_pb2.DEADLINE_EXCEEDED
+    http_status = 504
+    reason = "TIMEOUT"
+    error_type = "server_error"
+
+
+class Internal(HubError):
+    """Anything unexpected. The details go to the log, never to the caller."""

@@ -1,0 +1,121 @@
+"""The ImageService servicer: short methods that call the parts in order.
+
+    route the model → check the request → load input images → fan out to the provider
+    → conform the images → store them (url) or embed them (b64_json) → answer
+
+It never imports an SDK and never builds an error body: it raises HubError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from email.utils import format_datetime
+
+import structlog
+from google.api import httpbody_pb2
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
+from service import json_codec, validation
+from service.generation import conform, fan_out
+from service.inputs import ImageLoader
+from service.interceptors import Call, current_call
+from service.models import Lifecycle, ModelRegistry, Route
+from service.providers import Providers
+from service.providers.base import GeneratedImage, Generation
+from service.store.base import ImageStore
+from service.store.signing import UrlSigner
+
+log = structlog.get_logger("aigne.hub")
+
+JSON = "application/json"
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
+                 signer: UrlSigner, loader: ImageLoader, default_model: str,
+                 fan_out_concurrency: int) -> None:
+        self._registry = registry
+        self._providers = providers
+        self._store = store
+        self._signer = signer
+        self._loader = loader
+        self._default_model = default_model
+        self._concurrency = fan_out_concurrency
+        self._warned: set[tuple[str, str]] = set()
+
+    async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
+        call = current_call()
+        route = self._registry.route(request.model or self._default_model)
+        plan = validation.plan(request, route)
+        provider = self._providers.for_model(route.served)
+        call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
+        job = replace(plan.job, images=await self._loader.load(plan.image_sources))
+        generation = await fan_out(provider, job, concurrency=self._concurrency,
+                                   seconds_left=call.remaining())
+        images = await conform(generation.images, plan)
+        self._lifecycle_headers(call, route)
+        return pb.GenerateResponse(
+            created=int(call.accepted_at), data=await self._answer(images, plan),
+            usage=_usage(generation), output_format=plan.output_format,
+            background=plan.job.background if plan.job.background != "auto" else None)
+
+    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
+                           context: object) -> httpbody_pb2.HttpBody:
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        response = await self.Generate(generate_request, context)
+        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+
+    async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
+        self._signer.verify(request.name, request.expires, request.signature)
+        data, content_type = await self._store.get(request.name)
+        current_call().log.update(bytes=len(data))
+        return httpbody_pb2.HttpBody(content_type=content_type, data=data)
+
+    async def _answer(self, images: list[GeneratedImage],
+                      plan: validation.GenerationPlan) -> list[pb.Image]:
+        if plan.response_format == "b64_json":
+            return [pb.Image(b64_json=i.data, revised_prompt=i.revised_prompt) for i in images]
+        names = await asyncio.gather(*(self._store.put(i.data, i.mime_type) for i in images))
+        return [pb.Image(url=self._signer.url(name), revised_prompt=image.revised_prompt)
+                for name, image in zip(names, images, strict=True)]
+
+    def _lifecycle_headers(self, call: Call, route: Route) -> None:
+        """Name the model that served; announce deprecation and sunset (RFC 9745, RFC 8594)."""
+        call.response_headers.append(("x-model-served", route.served.name))
+        spec = route.requested
+        if spec.lifecycle is Lifecycle.ACTIVE:
+            return
+        if spec.deprecated_on:
+            call.response_headers.append(("deprecation", f"@{_epoch(spec.deprecated_on)}"))
+        if spec.shutdown_on:
+            call.response_headers.append(("sunset", _http_date(spec.shutdown_on)))
+        key_id = call.key.id if call.key else ""
+        if spec.lifecycle is Lifecycle.DEPRECATED and (key_id, spec.name) not in self._warned:
+            self._warned.add((key_id, spec.name))
+            log.warning("deprecated model", model=spec.name, key_id=key_id,
+                        shutdown_on=str(spec.shutdown_on), successor=spec.successor)
+
+
+def _usage(generation: Generation) -> pb.ImageUsage | None:
+    usage = generation.usage
+    if usage is None:
+        return None
+    inputs = usage.input_text + usage.input_image
+    outputs = usage.output_text + usage.output_image
+    return pb.ImageUsage(
+        total_tokens=inputs + outputs, input_tokens=inputs, output_tokens=outputs,
+        input_tokens_details=pb.TokenDetails(text_tokens=usage.input_text,
+                                             image_tokens=usage.input_image),
+        output_tokens_details=pb.TokenDetails(text_tokens=usage.output_text,
+                                              image_tokens=usage.output_image))
+
+
+def _epoch(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def _http_date(day: date) -> str:
+    return format_datetime(datetime(day.year, day.month, day.day, tzinfo=UTC), usegmt=True)

@@ -1,0 +1,186 @@
+"""Every call passes one interceptor: request id, deadline, API key, errors, the log line.
+
+The servicer reads what the interceptor learned through `current_call()`, and raises
+HubError; this module turns the error into a google.rpc.Status (ErrorInfo, BadRequest,
+RetryInfo, RequestInfo). For calls that came through the REST door (Envoy marks them
+`x-hub-door: rest`) it also sends the OpenAI-shaped JSON body and the HTTP status as
+metadata, which Envoy's Lua filter puts on the wire, so both doors say the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.errors import DOMAIN, HubError, Internal
+from service.keys import ApiKey, KeyStore
+
+log = structlog.get_logger("aigne.hub")
+
+MAX_MESSAGE_LENGTH = 1000
+REST_ERROR_HEADER = "x-hub-error"
+REST_STATUS_HEADER = "x-hub-http-status"
+
+
+@dataclass
+class Call:
+    """What is known about the call in progress, for the servicer and the log line."""
+
+    request_id: str
+    method: str
+    door: str
+    deadline: float  # loop time by which the answer must be sent
+    accepted_at: float = field(default_factory=time.time)
+    key: ApiKey | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    log: dict[str, Any] = field(default_factory=dict)
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+_current: ContextVar[Call] = ContextVar("aigne_hub_call")
+
+
+def current_call() -> Call:
+    return _current.get()
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class HubInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: KeyStore, *, public_methods: frozenset[str],
+                 request_timeout: float) -> None:
+        self._keys = keys
+        self._public = public_methods
+        self._timeout = request_timeout
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._begin(method, context)
+            token = _current.set(call)
+            status = "OK"
+            try:
+                if method not in self._public:
+                    call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+                response = await behavior(request, context)
+                await context.send_initial_metadata(
+                    (*call.response_headers, ("x-request-id", call.request_id)))
+                return response
+            except grpc.aio.AbortError:
+                status = "ABORTED_BY_HANDLER"
+                raise
+            except asyncio.CancelledError:
+                status = "CANCELLED"
+                raise
+            except HubError as error:
+                status = error.reason
+                await _abort(context, call, error)
+            except Exception:
+                status = "INTERNAL"
+                log.exception("unexpected error", request_id=call.request_id, method=method)
+                await _abort(context, call, Internal(
+                    f"Something went wrong on our side (request {call.request_id})."))
+            finally:
+                _log_line(call, status)
+                _current.reset(token)
+
+        return unary
+
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        budget = self._timeout if remaining is None else min(remaining, self._timeout)
+        return Call(
+            request_id=_metadata(context, "x-request-id") or uuid.uuid4().hex,
+            method=method.rsplit("/", 1)[-1],
+            door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
+            deadline=loop.time() + budget,
+        )
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else None
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, call: Call, error: HubError) -> None:
+    message = _clip(error.message)
+    status = to_status(error, message, call.request_id)
+    grpc_status = rpc_status.to_status(status)
+    trailers: list[tuple[str, str | bytes]] = [*grpc_status.trailing_metadata,
+                                               ("x-request-id", call.request_id)]
+    if error.retry_after is not None:
+        trailers.append(("retry-after", str(max(1, round(error.retry_after)))))
+    if call.door == "rest":
+        body = error.openai_body()
+        body["error"]["message"] = message  # type: ignore[index]
+        trailers.append((REST_ERROR_HEADER, json.dumps(body, ensure_ascii=True)))
+        trailers.append((REST_STATUS_HEADER, str(error.http_status)))
+    await context.abort(grpc_status.code, grpc_status.details, tuple(trailers))
+
+
+def to_status(error: HubError, message: str, request_id: str) -> status_pb2.Status:
+    """The google.rpc.Status a gRPC client receives for `error`."""
+    metadata = {**error.metadata, "http_status": str(error.http_status)}
+    if error.param:
+        metadata["param"] = error.param
+    details: list[Any] = [error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=DOMAIN, metadata=metadata)]
+    if error.param:
+        details.append(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(
+                field=error.param, description=message, reason=error.reason)]))
+    if error.retry_after is not None:
+        details.append(error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=max(1, round(error.retry_after)))))
+    details.append(error_details_pb2.RequestInfo(request_id=request_id))
+    status = status_pb2.Status(code=error.code, message=message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_LENGTH else message[:MAX_MESSAGE_LENGTH] + "…"
+
+
+def _log_line(call: Call, status: str) -> None:
+    log.info(
+        "request",
+        request_id=call.request_id,
+        method=call.method,
+        door=call.door,
+        key_id=call.key.id if call.key else None,
+        status=status,
+        duration_ms=round((time.time() - call.accepted_at) * 1000, 1),
+        **call.log,
+    )

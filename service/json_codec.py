@@ -1,0 +1,110 @@
+"""The REST door's JSON: request bodies into protobuf messages, messages into JSON answers.
+
+Requests follow the proto3 JSON mapping exactly as Envoy's transcoder would read them
+(snake_case or lowerCamel names, unknown fields ignored, "3" accepted for an integer, null as
+unset), plus one leniency the contract asks for: a single string where a list of strings is
+expected. A bad field is an InvalidArgument naming it.
+
+Answers are the proto3 JSON mapping with three choices the contract fixes: 64-bit integers
+are JSON numbers, field names stay snake_case, and fields without presence are left out
+when they are empty strings or bytes (numbers and booleans are always printed).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from service.errors import InvalidArgument
+
+M = TypeVar("M", bound=Message)
+
+_KINDS = {
+    FieldDescriptor.TYPE_STRING: "a string",
+    FieldDescriptor.TYPE_BYTES: "a base64 string",
+    FieldDescriptor.TYPE_BOOL: "a boolean",
+    FieldDescriptor.TYPE_ENUM: "one of the allowed names",
+    FieldDescriptor.TYPE_MESSAGE: "an object",
+    FieldDescriptor.TYPE_DOUBLE: "a number",
+    FieldDescriptor.TYPE_FLOAT: "a number",
+}
+
+
+def decode(body: bytes, message_type: type[M]) -> M:
+    """Parse a JSON body into `message_type`, or raise InvalidArgument naming the field."""
+    try:
+        obj = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"The body is not valid JSON: {exc}", reason="INVALID_JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument("The body must be a JSON object.", reason="INVALID_JSON")
+    fields = message_type.DESCRIPTOR.fields_by_name
+    by_json_name = {f.json_name: f for f in message_type.DESCRIPTOR.fields}
+    for key, value in obj.items():
+        field = fields.get(key) or by_json_name.get(key)
+        if field is not None and field.is_repeated and isinstance(value, str):
+            obj[key] = [value]
+    message = message_type()
+    try:
+        json_format.ParseDict(obj, message, ignore_unknown_fields=True)
+    except json_format.ParseError:
+        raise _field_error(obj, message_type) from None
+    return message
+
+
+def _field_error(obj: dict[str, Any], message_type: type[Message]) -> InvalidArgument:
+    """Find the first field that does not parse alone, and say what it should be."""
+    for key, value in obj.items():
+        try:
+            json_format.ParseDict({key: value}, message_type(), ignore_unknown_fields=True)
+        except json_format.ParseError:
+            field = (message_type.DESCRIPTOR.fields_by_name.get(key)
+                     or {f.json_name: f for f in message_type.DESCRIPTOR.fields}[key])
+            kind = _KINDS.get(field.type, "an integer")
+            if field.is_repeated:
+                kind = f"{kind} or a list of them"
+            return InvalidArgument(f"{field.name} must be {kind}; got {_preview(value)}",
+                                   param=field.name, reason="INVALID_TYPE")
+    return InvalidArgument("The body does not match the request schema.", reason="INVALID_TYPE")
+
+
+def _preview(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def encode(message: Message) -> bytes:
+    """`message` as JSON bytes (see the module docstring for the mapping)."""
+    return orjson.dumps(to_json_value(message))
+
+
+def to_json_value(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.is_repeated:
+            out[field.name] = [_scalar(field, item) for item in value]
+        elif field.has_presence:
+            if message.HasField(field.name):
+                out[field.name] = _scalar(field, value)
+        elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+            if value:
+                out[field.name] = _scalar(field, value)
+        else:
+            out[field.name] = _scalar(field, value)
+    return out
+
+
+def _scalar(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return to_json_value(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode("ascii")
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values_by_number[value].name
+    return value

@@ -1,0 +1,256 @@
+"""The model registry, kept as data.
+
+`models.toml` beside this module holds the defaults; an operator's file
+(AIGNE_HUB_MODELS_FILE) adds models or overrides fields of existing ones, so a new model or a
+new shutdown date is a config entry, not code. An entry may name a `base` entry whose fields
+it starts from.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.errors import NotFound
+
+DEFAULTS_FILE = Path(__file__).with_name("models.toml")
+
+
+class Lifecycle(StrEnum):
+    ACTIVE = "active"
+    DEPRECATED = "deprecated"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True, order=True)
+class Size:
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> Size | None:
+        w, sep, h = text.partition("x")
+        if not sep or not (w.isdigit() and h.isdigit()):
+            return None
+        return cls(int(w), int(h))
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def ratio(self) -> float:
+        return max(self.width, self.height) / min(self.width, self.height)
+
+
+class SizeRule(BaseModel):
+    """Free sizes `WxH` within bounds, for models that are not limited to a list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    multiple_of: int = 1
+    min_edge: int = 1
+    max_edge: int
+    max_ratio: float = math.inf
+    min_pixels: int = 0
+    max_pixels: int | None = None
+
+    def problem(self, size: Size) -> str | None:
+        """Why `size` breaks this rule, or None when it fits."""
+        if size.width % self.multiple_of or size.height % self.multiple_of:
+            return f"both edges must be multiples of {self.multiple_of}"
+        if min(size.width, size.height) < self.min_edge:
+            return f"each edge must be at least {self.min_edge} pixels"
+        if max(size.width, size.height) > self.max_edge:
+            return f"the long edge must be at most {self.max_edge} pixels"
+        if size.ratio > self.max_ratio:
+            return f"the aspect ratio must be at most {self.max_ratio:g}:1"
+        if size.pixels < self.min_pixels:
+            return f"the image must have at least {self.min_pixels} pixels"
+        if self.max_pixels is not None and size.pixels > self.max_pixels:
+            return f"the image must have at most {self.max_pixels} pixels"
+        return None
+
+    def nearest(self, size: Size) -> Size:
+        """The allowed size closest to `size` in aspect ratio first, then in pixel count."""
+        landscape = size.width >= size.height
+        m = self.multiple_of
+        ratio = min(size.ratio, self.max_ratio)
+        best: tuple[float, float, Size] | None = None
+        for short in range(_ceil_to(self.min_edge, m), self.max_edge + 1, m):
+            exact_long = short * ratio
+            for long in {_ceil_to(int(exact_long), m), int(exact_long) // m * m}:
+                candidate = Size(long, short) if landscape else Size(short, long)
+                if long < short or self.problem(candidate):
+                    continue
+                score = (abs(math.log(candidate.ratio / ratio)),
+                         abs(math.log(candidate.pixels / size.pixels)))
+                if best is None or score < best[:2]:
+                    best = (*score, candidate)
+        if best is None:
+            raise ValueError(f"no size satisfies {self}")
+        return best[2]
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class ModelSpec(BaseModel):
+    """What one model name can do, and where it stands upstream."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    provider: str
+    description: str = ""
+    upstream_name: str | None = Field(
+        default=None, description="the name sent upstream; default: the entry's name"
+    )
+    # Sizes: a fixed list, or a rule for free sizes, or aspect ratios (any WxH maps to the
+    # nearest one). `auto` in `sizes` lets the model choose.
+    sizes: tuple[str, ...] = ()
+    size_rule: SizeRule | None = None
+    aspect_ratios: tuple[str, ...] = ()
+    default_size: str = "1024x1024"
+    max_n_per_call: int = Field(default=1, ge=1)
+    qualities: tuple[str, ...] = ("standard",)
+    default_quality: str = "standard"
+    styles: tuple[str, ...] = ()
+    default_style: str | None = None
+    output_formats: tuple[str, ...] = ("png",)
+    backgrounds: tuple[str, ...] = ()
+    moderations: tuple[str, ...] = ()
+    edits: bool = False
+    max_input_images: int = 0
+    prompt_limit: int = 1000
+    token_usage: bool = False
+    # Lifecycle upstream. A retired model is served by its successor, translated, unless
+    # `serve_retired` is false; then it answers 404 model_retired.
+    lifecycle: Lifecycle = Lifecycle.ACTIVE
+    deprecated_on: date | None = None
+    shutdown_on: date | None = None
+    successor: str | None = None
+    serve_retired: bool = True
+    quality_map: Mapping[str, str] = Field(default_factory=dict)
+    style_hints: Mapping[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.default_quality not in self.qualities:
+            raise ValueError(f"{self.name}: default_quality must be one of qualities")
+        if self.lifecycle is Lifecycle.RETIRED and not self.successor and self.serve_retired:
+            raise ValueError(f"{self.name}: a retired model served on needs a successor")
+        if not (self.sizes or self.size_rule or self.aspect_ratios):
+            raise ValueError(f"{self.name}: give sizes, size_rule or aspect_ratios")
+        return self
+
+    @property
+    def upstream(self) -> str:
+        return self.upstream_name or self.name
+
+    def size_problem(self, size: Size) -> str | None:
+        """Why this model cannot make `size`, or None when it can."""
+        if str(size) in self.sizes:
+            return None
+        if self.size_rule is not None:
+            return self.size_rule.problem(size)
+        if self.aspect_ratios:
+            return None if size.width > 0 and size.height > 0 else "edges must be positive"
+        return "supported sizes: " + ", ".join(self.sizes)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which spec validates a request (`requested`) and which one serves it (`served`)."""
+
+    requested: ModelSpec
+    served: ModelSpec
+
+    @property
+    def translated(self) -> bool:
+        return self.requested.name != self.served.name
+
+
+class ModelRegistry:
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+        for spec in self._specs.values():
+            if spec.successor and spec.successor not in self._specs:
+                raise ValueError(f"{spec.name}: successor {spec.successor} is not a model")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._specs.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def get(self, name: str) -> ModelSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise NotFound(
+                f"The model '{name}' does not exist here; GET /api/models lists the models.",
+                param="model", reason="MODEL_NOT_FOUND",
+            )
+        return spec
+
+    def route(self, name: str) -> Route:
+        """The spec that validates `name` and the one that serves it (its successor if retired)."""
+        requested = self.get(name)
+        served = requested
+        seen = {requested.name}
+        while served.lifecycle is Lifecycle.RETIRED:
+            if not served.serve_retired or served.successor is None:
+                raise NotFound(
+                    f"The model '{name}' was retired upstream on {served.shutdown_on}; "
+                    f"use '{served.successor}' instead.",
+                    param="model", reason="MODEL_RETIRED",
+                    metadata={"successor": served.successor or ""},
+                )
+            served = self.get(served.successor)
+            if served.name in seen:
+                raise ValueError(f"successor cycle at {served.name}")
+            seen.add(served.name)
+        return Route(requested, served)
+
+
+def load_registry(extra_file: Path | None = None) -> ModelRegistry:
+    """The default registry, with the entries of `extra_file` merged over it."""
+    entries = _read(DEFAULTS_FILE)
+    if extra_file is not None:
+        for name, fields in _read(extra_file).items():
+            entries[name] = {**entries.get(name, {}), **fields}
+    return ModelRegistry(_build(entries))
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    return {name: dict(fields) for name, fields in data.get("models", {}).items()}
+
+
+def _build(entries: dict[str, dict[str, Any]]) -> list[ModelSpec]:
+    resolved: dict[str, dict[str, Any]] = {}
+
+    def fields_of(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+        if name in chain:
+            raise ValueError(f"models: base cycle {' -> '.join((*chain, name))}")
+        if name not in resolved:
+            entry = dict(entries[name])
+            base = entry.pop("base", None)
+            merged = {**fields_of(base, (*chain, name)), **entry} if base else entry
+            resolved[name] = merged
+        return resolved[name]
+
+    return [ModelSpec(name=name, **fields_of(name)) for name in entries]

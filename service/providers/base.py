@@ -1,0 +1,98 @@
+"""What every provider implements, and the plain data that crosses the interface.
+
+Nothing here knows about gRPC or an SDK: a provider receives an ImageJob in its own model's
+terms (sizes, qualities already translated) and answers the images it made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from service.models import ModelSpec, Size
+
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """A source image for an edit, already fetched or decoded and checked to be an image."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One provider call: `n` images of `model` (never above its max_n_per_call)."""
+
+    prompt: str
+    model: ModelSpec
+    n: int
+    size: Size | None  # None: the model chooses (`auto`)
+    quality: str
+    style: str | None = None
+    output_format: str = "png"
+    output_compression: int | None = None
+    background: str | None = None
+    moderation: str | None = None
+    user: str | None = None
+    images: tuple[InputImage, ...] = ()
+    first_index: int = 0  # the position of this call's first image among the request's n
+
+    def split(self) -> list[ImageJob]:
+        """This job as calls of at most model.max_n_per_call images each."""
+        per_call = self.model.max_n_per_call
+        return [
+            replace(self, n=min(per_call, self.n - start), first_index=self.first_index + start)
+            for start in range(0, self.n, per_call)
+        ]
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens a token-billed model reports for one call."""
+
+    input_text: int = 0
+    input_image: int = 0
+    output_text: int = 0
+    output_image: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.input_text + other.input_text,
+            self.input_image + other.input_image,
+            self.output_text + other.output_text,
+            self.output_image + other.output_image,
+        )
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image as a provider made it: the file's bytes and their type."""
+
+    data: bytes
+    mime_type: str
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one provider call answered."""
+
+    images: list[GeneratedImage]
+    usage: TokenUsage | None = None
+    upstream_seconds: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """A source of images. One module per SDK; errors are mapped to HubError at its edge."""
+
+    name: str
+
+    async def generate(self, job: ImageJob) -> Generation: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,110 @@
+"""The built-in local renderer: a real provider that needs no key.
+
+It draws a picture of the prompt with Pillow: a gradient, shapes and the prompt's text,
+all chosen from a hash of the prompt and the image's index, so the same request gives the
+same bytes and each of the n images differs. Given source images it draws over the first
+one (an edit). It honours size, output_format, output_compression and background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import random
+import textwrap
+import time
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from service.imaging import encode
+from service.models import Size
+from service.providers.base import MIME_TYPES, GeneratedImage, Generation, ImageJob, InputImage
+
+DEFAULT_SIZE = Size(1024, 1024)
+_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+class LocalProvider:
+    name = "local"
+
+    async def generate(self, job: ImageJob) -> Generation:
+        started = time.perf_counter()
+        images = await asyncio.gather(
+            *(asyncio.to_thread(render, job, job.first_index + i) for i in range(job.n))
+        )
+        return Generation(images=list(images), upstream_seconds=time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def render(job: ImageJob, index: int) -> GeneratedImage:
+    """Draw image number `index` of `job` and encode it in the job's output format."""
+    size = job.size or DEFAULT_SIZE
+    rng = random.Random(hashlib.sha256(f"{index}\0{job.prompt}".encode()).digest())
+    transparent = job.background == "transparent"
+    canvas = _cover(job.images[0], size) if job.images else _gradient(size, rng, transparent)
+    _draw_shapes(canvas, rng, faint=bool(job.images))
+    _draw_caption(canvas, job.prompt, index, edited=bool(job.images))
+    return GeneratedImage(data=encode(canvas, job.output_format, job.output_compression),
+                          mime_type=MIME_TYPES[job.output_format])
+
+
+def _color(rng: random.Random, alpha: int = 255) -> tuple[int, int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256), alpha)
+
+
+def _gradient(size: Size, rng: random.Random, transparent: bool) -> Image.Image:
+    top, bottom = _color(rng), _color(rng)
+    if transparent:
+        return Image.new("RGBA", (size.width, size.height), (0, 0, 0, 0))
+    direction = rng.choice((None, *_TURNS))
+    gradient = Image.linear_gradient("L")
+    if direction is not None:
+        gradient = gradient.transpose(direction)
+    mask = gradient.resize((size.width, size.height))
+    return Image.composite(Image.new("RGBA", mask.size, top),
+                           Image.new("RGBA", mask.size, bottom), mask)
+
+
+def _cover(source: InputImage, size: Size) -> Image.Image:
+    with Image.open(io.BytesIO(source.data)) as image:
+        return ImageOps.fit(image.convert("RGBA"), (size.width, size.height))
+
+
+def _draw_shapes(canvas: Image.Image, rng: random.Random, faint: bool) -> None:
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    w, h = canvas.size
+    for _ in range(rng.randrange(4, 9)):
+        x, y = rng.randrange(w), rng.randrange(h)
+        r = rng.randrange(max(2, min(w, h) // 12), max(3, min(w, h) // 3))
+        fill = _color(rng, 90 if faint else 180)
+        kind = rng.randrange(3)
+        if kind == 0:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        elif kind == 1:
+            draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+        else:
+            draw.regular_polygon((x, y, r), rng.randrange(3, 8), rotation=rng.randrange(360),
+                                 fill=fill)
+    canvas.alpha_composite(layer)
+
+
+def _draw_caption(canvas: Image.Image, prompt: str, index: int, edited: bool) -> None:
+    w, h = canvas.size
+    font_size = max(8, min(w, h) // 24)
+    font = ImageFont.load_default(size=font_size)
+    width_chars = max(8, int(w / (font_size * 0.6)))
+    lines = textwrap.wrap(prompt, width_chars)[:4] or [""]
+    label = f"#{index + 1}" + (" (edit)" if edited else "")
+    text = "\n".join([*lines, label])
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    box = draw.multiline_textbbox((0, 0), text, font=font)
+    margin = font_size // 2
+    y = h - (box[3] - box[1]) - 2 * margin
+    draw.rectangle((0, y - margin, w, h), fill=(0, 0, 0, 140))
+    draw.multiline_text((margin, y), text, font=font, fill=(255, 255, 255, 255))
+    canvas.alpha_composite(layer)

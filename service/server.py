@@ -1,0 +1,124 @@
+"""Building the server from Settings, and running it until SIGTERM/SIGINT.
+
+`create_server(settings)` wires every part and binds (port 0 picks a free port, for tests);
+`serve(settings)` runs it, and on a signal marks health NOT_SERVING, stops taking calls and
+waits out the grace period for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aigne.hub.v1 import image_service_pb2, image_service_pb2_grpc
+from service import db
+from service.config import Settings
+from service.images import ImageServicer
+from service.inputs import ImageLoader
+from service.interceptors import HubInterceptor
+from service.keys import KeyStore
+from service.models import ModelRegistry, load_registry
+from service.providers import Providers
+from service.store.filesystem import FilesystemStore
+from service.store.signing import UrlSigner
+
+log = structlog.get_logger("aigne.hub")
+
+SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+PUBLIC_METHODS = frozenset({
+    f"/{SERVICE_NAME}/GetImage",
+    "/grpc.health.v1.Health/Check",
+})
+GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Hub:
+    """A built, started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    engine: AsyncEngine
+    keys: KeyStore
+    providers: Providers
+    default_model: str
+
+    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.providers.aclose()
+        await self.engine.dispose()
+
+
+async def create_server(settings: Settings) -> Hub:
+    settings = settings.with_generated_secrets()
+    assert settings.signing_secret and settings.key_hash_secret
+    engine = db.create_engine(settings.db_url)
+    await db.migrate(engine)
+    keys = KeyStore(db.sessions(engine), settings.key_hash_secret.get_secret_value().encode())
+    for token in settings.static_api_keys:
+        await keys.ensure(token, f"from AIGNE_HUB_API_KEYS ({token[:8]}…)", admin=False,
+                          source="env")
+    registry = load_registry(settings.models_file)
+    providers = Providers(settings)
+    default_model = choose_default_model(settings, registry, providers)
+    servicer = ImageServicer(
+        registry=registry, providers=providers, store=FilesystemStore(settings.images_dir),
+        signer=UrlSigner(settings.signing_secret.get_secret_value().encode(),
+                         settings.public_base, settings.url_ttl_seconds),
+        loader=ImageLoader(), default_model=default_model,
+        fan_out_concurrency=settings.fan_out_concurrency)
+    server = grpc.aio.server(
+        interceptors=[HubInterceptor(keys, public_methods=PUBLIC_METHODS,
+                                     request_timeout=settings.request_timeout_seconds)],
+        options=[("grpc.max_receive_message_length", settings.max_request_bytes),
+                 ("grpc.max_send_message_length", settings.max_response_bytes)])
+    image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Hub(server, port, health_servicer, engine, keys, providers, default_model)
+
+
+def choose_default_model(settings: Settings, registry: ModelRegistry,
+                         providers: Providers) -> str:
+    """The configured default; unset, dall-e-2 (the contract's) if its provider is set up,
+    else the local renderer, so a fresh machine answers with a real image."""
+    if settings.default_model:
+        registry.get(settings.default_model)
+        return settings.default_model
+    contract_default = registry.get("dall-e-2")
+    served = registry.route(contract_default.name).served
+    if providers.is_configured(served.provider):
+        return contract_default.name
+    log.warning("no provider key is set: requests that name no model go to the local "
+                "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return "local"
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    hub = await create_server(settings)
+    log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", grace_seconds=GRACE_SECONDS)
+    await hub.stop(GRACE_SECONDS)
+    log.info("stopped")

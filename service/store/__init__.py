@@ -1,0 +1,1 @@
+"""Where generated images are kept, and the signed URLs that serve them."""

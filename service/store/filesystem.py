@@ -1,0 +1,51 @@
+"""Images as files under one directory, sharded by the first characters of their name."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+from service.errors import NotFound, Unavailable
+from service.store.base import content_type_of, new_name
+
+
+class FilesystemStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self._root / name[4:6] / name
+
+    async def put(self, data: bytes, content_type: str) -> str:
+        name = new_name(content_type)
+        await asyncio.to_thread(self._write, self._path(name), data)
+        return name
+
+    async def get(self, name: str) -> tuple[bytes, str]:
+        content_type = content_type_of(name)
+        try:
+            data = await asyncio.to_thread(self._path(name).read_bytes)
+        except FileNotFoundError:
+            raise NotFound("no such image", param="name", reason="IMAGE_NOT_FOUND") from None
+        return data, content_type
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._write, self._root / ".ready", b"ok")
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Write whole or not at all: a temporary file renamed into place."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            reason = "STORE_FULL" if exc.errno == errno.ENOSPC else "STORE_UNAVAILABLE"
+            raise Unavailable("the image store cannot take the image right now",
+                              reason=reason, retry_after=30) from exc

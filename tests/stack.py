@@ -1,0 +1,132 @@
+"""The real stack for tests: `python -m service run` (server and Envoy) on free ports, with
+its own var/ directory, stopped for sure at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_KEY = "ahk-test-" + "k" * 40
+SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """One server and one Envoy, started by the same command users run."""
+
+    def __init__(self, var_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.var_dir = var_dir
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.admin_port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AIGNE_HUB_")},
+            "AIGNE_HUB_VAR_DIR": str(var_dir),
+            "AIGNE_HUB_GRPC_PORT": str(self.grpc_port),
+            "AIGNE_HUB_HTTP_PORT": str(self.http_port),
+            "AIGNE_HUB_ENVOY_ADMIN_PORT": str(self.admin_port),
+            "AIGNE_HUB_API_KEYS": TEST_KEY,
+            "AIGNE_HUB_SIGNING_SECRET": SIGNING_SECRET,
+            "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = var_dir / "stack.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api"
+
+    @property
+    def envoy_target(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def server_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 60) -> Stack:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "run"], cwd=ROOT, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the stack exited early:\n{self.log_tail()}")
+            if self._server_serving() and self._envoy_ready():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the stack did not become ready:\n{self.log_tail()}")
+
+    def _server_serving(self) -> bool:
+        with grpc.insecure_channel(self.server_target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def _envoy_ready(self) -> bool:
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)
+            return ready.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m service ARGS` against this stack's database."""
+        return subprocess.run([sys.executable, "-m", "service", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=60, check=True)
+
+    def stop(self) -> None:
+        """SIGTERM and wait (the run command stops Envoy and drains); kill if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
