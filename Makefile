@@ -51,7 +51,7 @@ check-gen: gen
 lint: proto-deps
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy service
 
 bench: install
