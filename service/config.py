@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MIB, ge=MIB)
     max_response_bytes: int = Field(default=256 * MIB, ge=MIB)
     fan_out_concurrency: int = Field(default=4, ge=1)
+    # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
+    upstream_retries: int = Field(default=2, ge=0)
+    upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
+
+    # Source images given as URLs: fetched with a guard against server-side request forgery.
+    # Hosts (`host` or `host:port`) listed here may resolve to loopback or private addresses.
+    image_url_allowlist: str = ""
+    image_fetch_max_bytes: int = Field(default=50 * MIB, ge=1)
+    image_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
 
     # Providers. The usual unprefixed variables work too.
     openai_api_key: SecretStr | None = Field(
@@ -63,6 +72,24 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("AIGNE_HUB_OPENAI_BASE_URL", "OPENAI_BASE_URL")
     )
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices(
+            "AIGNE_HUB_GEMINI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"))
+    google_gemini_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices(
+            "AIGNE_HUB_GOOGLE_GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL"))
+    vertex_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices(
+            "AIGNE_HUB_VERTEX_API_KEY", "GOOGLE_VERTEX_API_KEY"))
+    google_cloud_project: str | None = Field(
+        default=None, validation_alias=AliasChoices(
+            "AIGNE_HUB_GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_PROJECT"))
+    google_cloud_location: str = Field(
+        default="global", validation_alias=AliasChoices(
+            "AIGNE_HUB_GOOGLE_CLOUD_LOCATION", "GOOGLE_CLOUD_LOCATION"))
+    google_vertex_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices(
+            "AIGNE_HUB_GOOGLE_VERTEX_BASE_URL", "GOOGLE_VERTEX_BASE_URL"))
 
     # Logs.
     log_level: str = "INFO"
@@ -79,6 +106,11 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+
+    @property
+    def image_url_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.image_url_allowlist.split(",")
+                         if h.strip())
 
     @property
     def static_api_keys(self) -> list[str]:

@@ -8,9 +8,12 @@ secret, a stack trace or an internal address.
 
 from __future__ import annotations
 
+import re
+
 from google.rpc import code_pb2
 
 DOMAIN = "aigne.dev"
+_SECRET_LIKE = re.compile(r"\b(sk|ahk|AIza)[-_A-Za-z0-9*]{6,}")
 
 
 class HubError(Exception):
@@ -20,6 +23,7 @@ class HubError(Exception):
     http_status: int = 500
     reason: str = "INTERNAL"
     error_type: str = "server_error"
+    retryable: bool = False  # whether trying the same call again may succeed
 
     def __init__(
         self,
@@ -113,12 +117,18 @@ class Unavailable(HubError):
 
 
 class UpstreamFailed(HubError):
-    """The provider answered with an error of its own (5xx, garbage, broken connection)."""
+    """The provider answered with an error of its own (5xx, garbage, broken connection).
+    Retryable unless said otherwise."""
 
     code = code_pb2.UNAVAILABLE
     http_status = 502
     reason = "UPSTREAM_ERROR"
     error_type = "server_error"
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retryable = retryable
 
 
 class DeadlineExceeded(HubError):
@@ -130,3 +140,8 @@ class DeadlineExceeded(HubError):
 
 class Internal(HubError):
     """Anything unexpected. The details go to the log, never to the caller."""
+
+
+def redact(text: str) -> str:
+    """`text` with anything that looks like an API key masked, for messages from upstreams."""
+    return _SECRET_LIKE.sub(lambda m: m.group(1) + "-***", text)

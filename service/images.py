@@ -19,10 +19,11 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service import json_codec, validation
-from service.generation import conform, fan_out
+from service.errors import NotFound
+from service.generation import RetryPolicy, conform, fan_out
 from service.inputs import ImageLoader
 from service.interceptors import Call, current_call
-from service.models import Lifecycle, ModelRegistry, Route
+from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
 from service.providers import Providers
 from service.providers.base import GeneratedImage, Generation
 from service.store.base import ImageStore
@@ -36,7 +37,7 @@ JSON = "application/json"
 class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
                  signer: UrlSigner, loader: ImageLoader, default_model: str,
-                 fan_out_concurrency: int) -> None:
+                 fan_out_concurrency: int, retry: RetryPolicy) -> None:
         self._registry = registry
         self._providers = providers
         self._store = store
@@ -44,6 +45,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._loader = loader
         self._default_model = default_model
         self._concurrency = fan_out_concurrency
+        self._retry = retry
         self._warned: set[tuple[str, str]] = set()
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
@@ -52,9 +54,10 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         plan = validation.plan(request, route)
         provider = self._providers.for_model(route.served)
         call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
-        job = replace(plan.job, images=await self._loader.load(plan.image_sources))
+        job = replace(plan.job, images=await self._loader.load(plan.image_sources),
+                      deadline=call.deadline, request_id=call.request_id)
         generation = await fan_out(provider, job, concurrency=self._concurrency,
-                                   seconds_left=call.remaining())
+                                   seconds_left=call.remaining(), retry=self._retry)
         images = await conform(generation.images, plan)
         self._lifecycle_headers(call, route)
         return pb.GenerateResponse(
@@ -74,6 +77,37 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         current_call().log.update(bytes=len(data))
         return httpbody_pb2.HttpBody(content_type=content_type, data=data)
 
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: object) -> pb.ListModelsResponse:
+        specs = sorted(self._registry, key=lambda s: (s.provider != "local", s.provider, s.name))
+        return pb.ListModelsResponse(object="list", data=[self._model(s) for s in specs])
+
+    def _model(self, spec: ModelSpec) -> pb.Model:
+        try:
+            route: Route | None = self._registry.route(spec.name)
+        except NotFound:  # retired, and an operator switched its translation off
+            route = None
+        served = route.served if route else spec
+        rule = spec.size_rule
+        return pb.Model(
+            id=spec.name, object="model", owned_by=spec.owned_by or spec.provider,
+            provider=spec.provider, description=spec.description, sizes=spec.sizes,
+            size_rule=pb.SizeRule(
+                multiple_of=rule.multiple_of, min_edge=rule.min_edge, max_edge=rule.max_edge,
+                max_ratio=0 if rule.max_ratio == float("inf") else rule.max_ratio,
+                min_pixels=rule.min_pixels, max_pixels=rule.max_pixels or 0) if rule else None,
+            aspect_ratios=spec.aspect_ratios, default_size=spec.default_size,
+            max_n_per_call=spec.max_n_per_call, qualities=spec.qualities,
+            default_quality=spec.default_quality, styles=spec.styles,
+            output_formats=spec.output_formats, backgrounds=spec.backgrounds,
+            moderations=spec.moderations, edits=spec.edits,
+            max_input_images=spec.max_input_images, prompt_limit=spec.prompt_limit,
+            lifecycle=(route.lifecycle if route else Lifecycle.RETIRED).value,
+            deprecated_on=_iso(spec.deprecated_on), shutdown_on=_iso(spec.shutdown_on),
+            successor=spec.successor or "", available=route is not None,
+            served_by=served.name if route else "",
+            provider_configured=self._providers.is_configured(served.provider))
+
     async def _answer(self, images: list[GeneratedImage],
                       plan: validation.GenerationPlan) -> list[pb.Image]:
         if plan.response_format == "b64_json":
@@ -86,14 +120,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         """Name the model that served; announce deprecation and sunset (RFC 9745, RFC 8594)."""
         call.response_headers.append(("x-model-served", route.served.name))
         spec = route.requested
-        if spec.lifecycle is Lifecycle.ACTIVE:
+        if route.lifecycle is Lifecycle.ACTIVE:
             return
         if spec.deprecated_on:
             call.response_headers.append(("deprecation", f"@{_epoch(spec.deprecated_on)}"))
         if spec.shutdown_on:
             call.response_headers.append(("sunset", _http_date(spec.shutdown_on)))
         key_id = call.key.id if call.key else ""
-        if spec.lifecycle is Lifecycle.DEPRECATED and (key_id, spec.name) not in self._warned:
+        if route.lifecycle is Lifecycle.DEPRECATED and (key_id, spec.name) not in self._warned:
             self._warned.add((key_id, spec.name))
             log.warning("deprecated model", model=spec.name, key_id=key_id,
                         shutdown_on=str(spec.shutdown_on), successor=spec.successor)
@@ -111,6 +145,10 @@ def _usage(generation: Generation) -> pb.ImageUsage | None:
                                              image_tokens=usage.input_image),
         output_tokens_details=pb.TokenDetails(text_tokens=usage.output_text,
                                               image_tokens=usage.output_image))
+
+
+def _iso(day: date | None) -> str:
+    return day.isoformat() if day else ""
 
 
 def _epoch(day: date) -> int:

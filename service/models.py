@@ -12,7 +12,7 @@ import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -114,15 +114,23 @@ class ModelSpec(BaseModel):
 
     name: str
     provider: str
+    owned_by: str = ""
     description: str = ""
     upstream_name: str | None = Field(
         default=None, description="the name sent upstream; default: the entry's name"
     )
+    # How the provider calls it: e.g. google's `generate_content` (default) or
+    # `generate_images` (Imagen); extra parameters sent upstream as they are.
+    api: str = ""
+    upstream_params: Mapping[str, Any] = Field(default_factory=dict)
     # Sizes: a fixed list, or a rule for free sizes, or aspect ratios (any WxH maps to the
     # nearest one). `auto` in `sizes` lets the model choose.
     sizes: tuple[str, ...] = ()
     size_rule: SizeRule | None = None
     aspect_ratios: tuple[str, ...] = ()
+    image_sizes: Mapping[str, int] = Field(
+        default_factory=dict,
+        description="upstream size classes by the longest edge they cover, e.g. {1K = 1024}")
     default_size: str = "1024x1024"
     max_n_per_call: int = Field(default=1, ge=1)
     qualities: tuple[str, ...] = ("standard",)
@@ -160,6 +168,21 @@ class ModelSpec(BaseModel):
     def upstream(self) -> str:
         return self.upstream_name or self.name
 
+    def nearest_aspect_ratio(self, size: Size) -> str:
+        """The supported `W:H` closest to `size`'s shape (compared on a log scale)."""
+        def distance(ratio: str) -> float:
+            w, h = (int(x) for x in ratio.split(":"))
+            return abs(math.log((w / h) / (size.width / size.height)))
+        return min(self.aspect_ratios, key=distance)
+
+    def image_size_class(self, size: Size | None) -> str | None:
+        """The smallest upstream size class (`1K`, `2K`, ...) that covers `size`'s long edge."""
+        if not self.image_sizes:
+            return None
+        classes = sorted(self.image_sizes.items(), key=lambda item: item[1])
+        long_edge = max(size.width, size.height) if size else 0
+        return next((name for name, edge in classes if edge >= long_edge), classes[-1][0])
+
     def size_problem(self, size: Size) -> str | None:
         """Why this model cannot make `size`, or None when it can."""
         if str(size) in self.sizes:
@@ -177,6 +200,7 @@ class Route:
 
     requested: ModelSpec
     served: ModelSpec
+    lifecycle: Lifecycle  # the requested model's, today
 
     @property
     def translated(self) -> bool:
@@ -205,12 +229,16 @@ class ModelRegistry:
             )
         return spec
 
-    def route(self, name: str) -> Route:
-        """The spec that validates `name` and the one that serves it (its successor if retired)."""
+    def route(self, name: str, today: date | None = None) -> Route:
+        """The spec that validates `name` and the one that serves it (its successor if retired).
+
+        A deprecated model whose shutdown date has come counts as retired: the registry needs
+        no edit on the day."""
+        today = today or datetime.now(UTC).date()
         requested = self.get(name)
         served = requested
         seen = {requested.name}
-        while served.lifecycle is Lifecycle.RETIRED:
+        while lifecycle_on(served, today) is Lifecycle.RETIRED:
             if not served.serve_retired or served.successor is None:
                 raise NotFound(
                     f"The model '{name}' was retired upstream on {served.shutdown_on}; "
@@ -222,16 +250,26 @@ class ModelRegistry:
             if served.name in seen:
                 raise ValueError(f"successor cycle at {served.name}")
             seen.add(served.name)
-        return Route(requested, served)
+        return Route(requested, served, lifecycle_on(requested, today))
+
+
+def lifecycle_on(spec: ModelSpec, today: date) -> Lifecycle:
+    """Where `spec` stands upstream on `today`."""
+    if (spec.lifecycle is Lifecycle.DEPRECATED and spec.shutdown_on is not None
+            and spec.shutdown_on <= today and spec.successor):
+        return Lifecycle.RETIRED
+    return spec.lifecycle
 
 
 def load_registry(extra_file: Path | None = None) -> ModelRegistry:
-    """The default registry, with the entries of `extra_file` merged over it."""
-    entries = _read(DEFAULTS_FILE)
+    """The default registry, with the entries of `extra_file` merged over it.
+
+    An entry of `extra_file` overrides the fields it names of the model it names, and
+    nothing else: models whose defaults were based on it keep their own fields."""
+    entries = _resolve(_read(DEFAULTS_FILE), {})
     if extra_file is not None:
-        for name, fields in _read(extra_file).items():
-            entries[name] = {**entries.get(name, {}), **fields}
-    return ModelRegistry(_build(entries))
+        entries = _resolve(_read(extra_file), entries)
+    return ModelRegistry(ModelSpec(name=name, **fields) for name, fields in entries.items())
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:
@@ -240,17 +278,24 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     return {name: dict(fields) for name, fields in data.get("models", {}).items()}
 
 
-def _build(entries: dict[str, dict[str, Any]]) -> list[ModelSpec]:
-    resolved: dict[str, dict[str, Any]] = {}
+def _resolve(entries: dict[str, dict[str, Any]],
+             known: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`known` with `entries` laid over it, each `base = "..."` replaced by that entry's fields."""
+    resolved = dict(known)
+    pending = dict(entries)
 
-    def fields_of(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    def fields_of(name: str, chain: tuple[str, ...]) -> dict[str, Any]:
         if name in chain:
             raise ValueError(f"models: base cycle {' -> '.join((*chain, name))}")
-        if name not in resolved:
-            entry = dict(entries[name])
+        if name in pending:
+            entry = pending.pop(name)
             base = entry.pop("base", None)
-            merged = {**fields_of(base, (*chain, name)), **entry} if base else entry
-            resolved[name] = merged
+            start = fields_of(base, (*chain, name)) if base else known.get(name, {})
+            resolved[name] = {**start, **entry}
+        if name not in resolved:
+            raise ValueError(f"models: '{chain[-1]}' is based on unknown model '{name}'")
         return resolved[name]
 
-    return [ModelSpec(name=name, **fields_of(name)) for name in entries]
+    for name in list(entries):
+        fields_of(name, ())
+    return resolved

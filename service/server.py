@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aigne.hub.v1 import image_service_pb2, image_service_pb2_grpc
 from service import db
 from service.config import Settings
+from service.generation import RetryPolicy
 from service.images import ImageServicer
-from service.inputs import ImageLoader
+from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
 from service.keys import KeyStore
 from service.models import ModelRegistry, load_registry
@@ -49,12 +50,14 @@ class Hub:
     engine: AsyncEngine
     keys: KeyStore
     providers: Providers
+    loader: ImageLoader
     default_model: str
 
     async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.providers.aclose()
+        await self.loader.aclose()
         await self.engine.dispose()
 
 
@@ -70,12 +73,16 @@ async def create_server(settings: Settings) -> Hub:
     registry = load_registry(settings.models_file)
     providers = Providers(settings)
     default_model = choose_default_model(settings, registry, providers)
+    loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
+                                     settings.image_fetch_timeout_seconds))
     servicer = ImageServicer(
         registry=registry, providers=providers, store=FilesystemStore(settings.images_dir),
         signer=UrlSigner(settings.signing_secret.get_secret_value().encode(),
                          settings.public_base, settings.url_ttl_seconds),
-        loader=ImageLoader(), default_model=default_model,
-        fan_out_concurrency=settings.fan_out_concurrency)
+        loader=loader, default_model=default_model,
+        fan_out_concurrency=settings.fan_out_concurrency,
+        retry=RetryPolicy(retries=settings.upstream_retries,
+                          base_seconds=settings.upstream_retry_base_seconds))
     server = grpc.aio.server(
         interceptors=[HubInterceptor(keys, public_methods=PUBLIC_METHODS,
                                      request_timeout=settings.request_timeout_seconds)],
@@ -91,7 +98,7 @@ async def create_server(settings: Settings) -> Hub:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Hub(server, port, health_servicer, engine, keys, providers, default_model)
+    return Hub(server, port, health_servicer, engine, keys, providers, loader, default_model)
 
 
 def choose_default_model(settings: Settings, registry: ModelRegistry,

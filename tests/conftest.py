@@ -1,4 +1,4 @@
-"""Fixtures: the real stack once per session, and clients for both doors."""
+"""Fixtures: the real stack (server and Envoy), fake providers, and clients for both doors."""
 
 from __future__ import annotations
 
@@ -11,27 +11,45 @@ import openai
 import pytest
 
 from aigne.hub.v1 import image_service_pb2_grpc
+from tests.fakes.google_fake import FakeGoogle
+from tests.fakes.images import picture
+from tests.fakes.openai_fake import FakeOpenAI
+from tests.fakes.server import FakeServer, Received, Reply
 from tests.stack import TEST_KEY, Stack
+
+DATA = Path(__file__).with_name("data")
+GRPC_AUTH = (("authorization", f"Bearer {TEST_KEY}"),)
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 << 20),
+                ("grpc.max_send_message_length", 64 << 20)]
+
+
+def openai_client(stack: Stack, **options: object) -> openai.OpenAI:
+    """The openai SDK pointed at a stack's REST door, with its own retries off."""
+    return openai.OpenAI(api_key=TEST_KEY, base_url=stack.api_url,
+                         **{"max_retries": 0, "timeout": 120, **options})  # type: ignore[arg-type]
+
+
+def http_client(stack: Stack) -> httpx.Client:
+    return httpx.Client(base_url=stack.base_url, timeout=120,
+                        headers={"Authorization": f"Bearer {TEST_KEY}"})
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded defaults: no provider key, so `local` is the default model."""
     with Stack(tmp_path_factory.mktemp("stack")) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> Iterator[openai.OpenAI]:
-    """The openai SDK pointed at our REST door, with its own retries off."""
-    with openai.OpenAI(api_key=TEST_KEY, base_url=stack.api_url, max_retries=0,
-                       timeout=120) as sdk:
+    with openai_client(stack) as sdk:
         yield sdk
 
 
 @pytest.fixture(scope="session")
 def http(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url, timeout=120,
-                      headers={"Authorization": f"Bearer {TEST_KEY}"}) as raw:
+    with http_client(stack) as raw:
         yield raw
 
 
@@ -40,13 +58,79 @@ def stub(request: pytest.FixtureRequest,
          stack: Stack) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
     """The generated stub, through Envoy's port and on the server's own port."""
     target = stack.envoy_target if request.param == "envoy" else stack.server_target
-    options = [("grpc.max_receive_message_length", 256 << 20),
-               ("grpc.max_send_message_length", 64 << 20)]
-    with grpc.insecure_channel(target, options=options) as channel:
+    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
         yield image_service_pb2_grpc.ImageServiceStub(channel)
 
 
-GRPC_AUTH = (("authorization", f"Bearer {TEST_KEY}"),)
+class ImageHost(FakeServer):
+    """A web server with pictures on it, for edits that give `image` as a URL."""
+
+    def route(self, method: str, path: str) -> str | None:
+        return path.split("?")[0].lstrip("/") or None
+
+    def answer(self, route: str, request: Received) -> Reply:
+        if route.startswith("redirect/"):
+            return Reply(302, raw=b"", headers={"location": "/" + route.split("/", 1)[1]})
+        if route.startswith("missing"):
+            return Reply(404, raw=b"not found", headers={"content-type": "text/plain"})
+        if route == "not-an-image.png":
+            return Reply(200, raw=b"<html>hello</html>", headers={"content-type": "text/html"})
+        w, h = (int(x) for x in route.split(".")[0].split("x")) if "x" in route else (300, 200)
+        return Reply(200, raw=picture(w, h), headers={"content-type": "image/png"})
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[ImageHost]:
+    host = ImageHost().start()
+    yield host
+    host.stop()
+
+
+def provider_env(fake_openai: FakeOpenAI, fake_google: FakeGoogle,
+                 image_host: ImageHost) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": fake_openai.api_key,
+        "OPENAI_BASE_URL": f"{fake_openai.url}/v1",
+        "GEMINI_API_KEY": fake_google.api_key,
+        "GOOGLE_GEMINI_BASE_URL": fake_google.url,
+        "AIGNE_HUB_VERTEX_API_KEY": fake_google.api_key,
+        "GOOGLE_VERTEX_BASE_URL": fake_google.url,
+        "AIGNE_HUB_IMAGE_URL_ALLOWLIST": f"127.0.0.1:{image_host.port}",
+        "AIGNE_HUB_MODELS_FILE": str(DATA / "models.toml"),
+        "AIGNE_HUB_UPSTREAM_RETRY_BASE_SECONDS": "0.05",
+    }
+
+
+@pytest.fixture(scope="session")
+def provider_stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI,
+                   fake_google: FakeGoogle, image_host: ImageHost) -> Iterator[Stack]:
+    """A stack whose OpenAI and Google providers are the fakes on 127.0.0.1."""
+    env = provider_env(fake_openai, fake_google, image_host)
+    with Stack(tmp_path_factory.mktemp("providers"), env) as running:
+        yield running
+
+
+@pytest.fixture
+def fakes(fake_openai: FakeOpenAI, fake_google: FakeGoogle,
+          image_host: ImageHost) -> Iterator[tuple[FakeOpenAI, FakeGoogle, ImageHost]]:
+    """The fakes, with no scripts and no recorded requests left over from other tests."""
+    for fake in (fake_openai, fake_google, image_host):
+        fake.clear()
+    yield fake_openai, fake_google, image_host
 
 
 @pytest.fixture

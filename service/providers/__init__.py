@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.errors import ProviderNotConfigured
 from service.models import ModelSpec
-from service.providers import local
+from service.providers import google, local, openai
 from service.providers.base import Provider
 
 
@@ -25,8 +25,13 @@ class ProviderEntry:
 
 PROVIDERS: dict[str, ProviderEntry] = {
     "local": ProviderEntry(lambda settings: local.LocalProvider(), "nothing: it is built in"),
-    "openai": ProviderEntry(lambda settings: None,
+    "openai": ProviderEntry(openai.OpenAIProvider.from_settings,
                             "set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible upstream)"),
+    "google": ProviderEntry(google.GoogleProvider.gemini_from_settings,
+                            "set GEMINI_API_KEY (or GOOGLE_API_KEY)"),
+    "vertex": ProviderEntry(google.GoogleProvider.vertex_from_settings,
+                            "set AIGNE_HUB_VERTEX_API_KEY, or GOOGLE_CLOUD_PROJECT with "
+                            "application default credentials"),
 }
 
 

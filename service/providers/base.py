@@ -6,6 +6,7 @@ terms (sizes, qualities already translated) and answers the images it made.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -41,6 +42,12 @@ class ImageJob:
     user: str | None = None
     images: tuple[InputImage, ...] = ()
     first_index: int = 0  # the position of this call's first image among the request's n
+    deadline: float | None = None  # time.monotonic() by which the call must be answered
+    request_id: str = ""
+
+    def seconds_left(self, floor: float = 0.05) -> float | None:
+        """Time left before the deadline, for SDK timeouts (None: no deadline)."""
+        return None if self.deadline is None else max(floor, self.deadline - time.monotonic())
 
     def split(self) -> list[ImageJob]:
         """This job as calls of at most model.max_n_per_call images each."""

@@ -318,3 +318,238 @@ class GetImageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetImageRequest: _TypeAlias = GetImageRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest asks for the model listing. It has no fields yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse is the model listing, shaped like OpenAI's `GET /v1/models`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """Always `list`."""
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
+        """One entry per model name, sorted by provider and name. Always set."""
+
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        data: _abc.Iterable[Global___Model] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class Model(_message.Message):
+    """Model describes one model name: what a request for it may ask, and where it stands upstream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    OWNED_BY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    SIZE_RULE_FIELD_NUMBER: _builtins.int
+    ASPECT_RATIOS_FIELD_NUMBER: _builtins.int
+    DEFAULT_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_N_PER_CALL_FIELD_NUMBER: _builtins.int
+    QUALITIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_QUALITY_FIELD_NUMBER: _builtins.int
+    STYLES_FIELD_NUMBER: _builtins.int
+    OUTPUT_FORMATS_FIELD_NUMBER: _builtins.int
+    BACKGROUNDS_FIELD_NUMBER: _builtins.int
+    MODERATIONS_FIELD_NUMBER: _builtins.int
+    EDITS_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_IMAGES_FIELD_NUMBER: _builtins.int
+    PROMPT_LIMIT_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_FIELD_NUMBER: _builtins.int
+    DEPRECATED_ON_FIELD_NUMBER: _builtins.int
+    SHUTDOWN_ON_FIELD_NUMBER: _builtins.int
+    SUCCESSOR_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    SERVED_BY_FIELD_NUMBER: _builtins.int
+    PROVIDER_CONFIGURED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
+    object: _builtins.str
+    """Always `model`."""
+    created: _builtins.int
+    """When the model was added to this server's registry, in UNIX seconds; 0 when unknown."""
+    owned_by: _builtins.str
+    """Who makes the model: `openai`, `google` or `aigne` (the local renderer). Always set."""
+    provider: _builtins.str
+    """The provider of this server that serves it: `openai`, `google`, `vertex` or `local`."""
+    description: _builtins.str
+    """A short human description. Optional."""
+    default_size: _builtins.str
+    """The size used when a request gives none."""
+    max_n_per_call: _builtins.int
+    """How many images one upstream call makes; the server fans out to reach `n` (1-10)."""
+    default_quality: _builtins.str
+    """The quality used when a request gives none."""
+    edits: _builtins.bool
+    """Whether the model edits images given in `image`."""
+    max_input_images: _builtins.int
+    """How many input images an edit may give."""
+    prompt_limit: _builtins.int
+    """The longest prompt accepted, in characters."""
+    lifecycle: _builtins.str
+    """The upstream lifecycle: `active`, `deprecated` or `retired`."""
+    deprecated_on: _builtins.str
+    """When the upstream announced the deprecation, as `YYYY-MM-DD`; empty when not deprecated."""
+    shutdown_on: _builtins.str
+    """When the upstream shuts (or shut) the model down, as `YYYY-MM-DD`; empty when none is known."""
+    successor: _builtins.str
+    """The model that serves requests for this one once it is retired; empty when none."""
+    available: _builtins.bool
+    """Whether requests for this model are served at all: false for a retired model whose
+    translation an operator switched off (requests get 404 `model_retired`).
+    """
+    served_by: _builtins.str
+    """The model that actually serves a request for this one: itself, or its successor."""
+    provider_configured: _builtins.bool
+    """Whether the provider serving this model has credentials configured on this server."""
+    @_builtins.property
+    def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses)."""
+
+    @_builtins.property
+    def size_rule(self) -> Global___SizeRule:
+        """Free sizes accepted besides `sizes`, where the model takes any `WxH` within bounds.
+        Optional; absent for models limited to `sizes` or `aspect_ratios`.
+        """
+
+    @_builtins.property
+    def aspect_ratios(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Aspect ratios the model makes, e.g. `16:9`; a requested size maps to the nearest.
+        Empty for models that take exact sizes.
+        """
+
+    @_builtins.property
+    def qualities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `quality` values."""
+
+    @_builtins.property
+    def styles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `style` values; empty when the model takes none."""
+
+    @_builtins.property
+    def output_formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `output_format` values; the first is the default."""
+
+    @_builtins.property
+    def backgrounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `background` values; empty when the model takes none."""
+
+    @_builtins.property
+    def moderations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `moderation` values; empty when the model takes none."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        object: _builtins.str = ...,
+        created: _builtins.int = ...,
+        owned_by: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        description: _builtins.str = ...,
+        sizes: _abc.Iterable[_builtins.str] | None = ...,
+        size_rule: Global___SizeRule | None = ...,
+        aspect_ratios: _abc.Iterable[_builtins.str] | None = ...,
+        default_size: _builtins.str = ...,
+        max_n_per_call: _builtins.int = ...,
+        qualities: _abc.Iterable[_builtins.str] | None = ...,
+        default_quality: _builtins.str = ...,
+        styles: _abc.Iterable[_builtins.str] | None = ...,
+        output_formats: _abc.Iterable[_builtins.str] | None = ...,
+        backgrounds: _abc.Iterable[_builtins.str] | None = ...,
+        moderations: _abc.Iterable[_builtins.str] | None = ...,
+        edits: _builtins.bool = ...,
+        max_input_images: _builtins.int = ...,
+        prompt_limit: _builtins.int = ...,
+        lifecycle: _builtins.str = ...,
+        deprecated_on: _builtins.str = ...,
+        shutdown_on: _builtins.str = ...,
+        successor: _builtins.str = ...,
+        available: _builtins.bool = ...,
+        served_by: _builtins.str = ...,
+        provider_configured: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class SizeRule(_message.Message):
+    """SizeRule bounds the free sizes a model accepts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MULTIPLE_OF_FIELD_NUMBER: _builtins.int
+    MIN_EDGE_FIELD_NUMBER: _builtins.int
+    MAX_EDGE_FIELD_NUMBER: _builtins.int
+    MAX_RATIO_FIELD_NUMBER: _builtins.int
+    MIN_PIXELS_FIELD_NUMBER: _builtins.int
+    MAX_PIXELS_FIELD_NUMBER: _builtins.int
+    multiple_of: _builtins.int
+    """Both edges must be multiples of this."""
+    min_edge: _builtins.int
+    """The shortest edge allowed, in pixels."""
+    max_edge: _builtins.int
+    """The longest edge allowed, in pixels."""
+    max_ratio: _builtins.float
+    """The largest long:short edge ratio allowed; 0 when unbounded."""
+    min_pixels: _builtins.int
+    """The fewest pixels allowed; 0 when unbounded."""
+    max_pixels: _builtins.int
+    """The most pixels allowed; 0 when unbounded."""
+    def __init__(
+        self,
+        *,
+        multiple_of: _builtins.int = ...,
+        min_edge: _builtins.int = ...,
+        max_edge: _builtins.int = ...,
+        max_ratio: _builtins.float = ...,
+        min_pixels: _builtins.int = ...,
+        max_pixels: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_edge", b"max_edge", "max_pixels", b"max_pixels", "max_ratio", b"max_ratio", "min_edge", b"min_edge", "min_pixels", b"min_pixels", "multiple_of", b"multiple_of"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SizeRule: _TypeAlias = SizeRule  # noqa: Y015

@@ -62,6 +62,11 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/ListModels',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ImageServiceServicer:
@@ -106,6 +111,15 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels lists every model name this server knows, with its capabilities, its
+        upstream lifecycle, and whether its provider is configured here. Over REST the answer
+        is also what the openai SDKs' `models.list()` reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +137,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.GetImage,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +237,33 @@ class ImageService:
             '/aigne.hub.v1.ImageService/GetImage',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/ListModels',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,11 @@ class ImageServiceStub:
     It needs no API key: the signature is the capability. The answer carries the
     image bytes with their `Content-Type`.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _image_service_pb2.ListModelsResponse]
+    """ListModels lists every model name this server knows, with its capabilities, its
+    upstream lifecycle, and whether its provider is configured here. Over REST the answer
+    is also what the openai SDKs' `models.list()` reads.
+    """
 
 @_typing.type_check_only
 class ImageServiceAsyncStub(ImageServiceStub):
@@ -93,6 +98,11 @@ class ImageServiceAsyncStub(ImageServiceStub):
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
     image bytes with their `Content-Type`.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _image_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels lists every model name this server knows, with its capabilities, its
+    upstream lifecycle, and whether its provider is configured here. Over REST the answer
+    is also what the openai SDKs' `models.list()` reads.
     """
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,6 +151,17 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetImage serves a stored image by the signed URL a `url` answer gave out.
         It needs no API key: the signature is the capability. The answer carries the
         image bytes with their `Content-Type`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _image_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_image_service_pb2.ListModelsResponse, _abc.Awaitable[_image_service_pb2.ListModelsResponse]]:
+        """ListModels lists every model name this server knows, with its capabilities, its
+        upstream lifecycle, and whether its provider is configured here. Over REST the answer
+        is also what the openai SDKs' `models.list()` reads.
         """
 
 def add_ImageServiceServicer_to_server(servicer: ImageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,224 @@
+"""Google's image models through the `google-genai` SDK.
+
+Two providers share this module (one SDK): `google`, the Gemini API, and `vertex`, Vertex AI
+(an API key in express mode, or a project and location with application default
+credentials). Gemini image models are called with `generate_content` and image output, one
+image per call (the service fans out), the requested size mapped to the nearest aspect ratio
+and size class the model has, and input images as inline parts for edits. Imagen models
+(`api = "generate_images"` in the registry) are called with `generate_images`, which the SDK
+serves in Vertex mode only.
+
+A safety block is not an exception in this SDK: it is an answer without an image. Both that
+and every SDK error are mapped to a HubError here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx2
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from service.config import Settings
+from service.errors import (
+    ContentPolicyViolation,
+    DeadlineExceeded,
+    HubError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    UpstreamFailed,
+    redact,
+)
+from service.imaging import verified_mime_type
+from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+
+SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
+                 "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class GoogleProvider:
+    def __init__(self, name: str, client: genai.Client) -> None:
+        self.name = name
+        self._client = client
+
+    @classmethod
+    def gemini_from_settings(cls, settings: Settings) -> GoogleProvider | None:
+        key = _secret(settings.gemini_api_key)
+        if not key:
+            return None
+        options = types.HttpOptions(base_url=settings.google_gemini_base_url or None)
+        return cls("google", genai.Client(api_key=key, http_options=options))
+
+    @classmethod
+    def vertex_from_settings(cls, settings: Settings) -> GoogleProvider | None:
+        key = _secret(settings.vertex_api_key)
+        if not key and not settings.google_cloud_project:
+            return None
+        options = types.HttpOptions(base_url=settings.google_vertex_base_url or None)
+        if key:  # express mode: the key alone, no project
+            client = genai.Client(vertexai=True, api_key=key, http_options=options)
+        else:
+            client = genai.Client(vertexai=True, project=settings.google_cloud_project,
+                                  location=settings.google_cloud_location, http_options=options)
+        return cls("vertex", client)
+
+    async def generate(self, job: ImageJob) -> Generation:
+        started = time.perf_counter()
+        try:
+            if job.model.api == "generate_images":
+                images, usage = await self._imagen(job), None
+            else:
+                images, usage = await self._gemini(job)
+        except genai_errors.APIError as exc:
+            raise hub_error(exc, job) from None
+        except httpx2.TimeoutException:
+            raise DeadlineExceeded(f"{job.model.upstream} did not answer within the request's "
+                                   "time budget.") from None
+        except httpx2.HTTPError:
+            raise UpstreamFailed("The image provider could not be reached.",
+                                 reason="UPSTREAM_UNREACHABLE") from None
+        except ValueError:  # garbage instead of the API's JSON
+            raise UpstreamFailed("The image provider answered something that is not the JSON "
+                                 "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
+        return Generation(images=images, usage=usage,
+                          upstream_seconds=time.perf_counter() - started)
+
+    async def _gemini(self, job: ImageJob) -> tuple[list[GeneratedImage], TokenUsage | None]:
+        if job.n != 1:
+            raise RuntimeError("Gemini image models make one image per call; fan out first")
+        parts: list[Any] = [job.prompt]
+        parts += [types.Part.from_bytes(data=i.data, mime_type=i.mime_type) for i in job.images]
+        image_config = types.ImageConfig(
+            aspect_ratio=job.model.nearest_aspect_ratio(job.size) if job.size else None,
+            image_size=job.model.image_size_class(job.size))
+        response = await self._client.aio.models.generate_content(
+            model=job.model.upstream, contents=parts,
+            config=types.GenerateContentConfig(
+                response_modalities=["TEXT", "IMAGE"], image_config=image_config,
+                http_options=_http_options(job), **job.model.upstream_params))
+        return [await _gemini_image(response, job)], _gemini_usage(response.usage_metadata)
+
+    async def _imagen(self, job: ImageJob) -> list[GeneratedImage]:
+        response = await self._client.aio.models.generate_images(
+            model=job.model.upstream, prompt=job.prompt,
+            config=types.GenerateImagesConfig(
+                number_of_images=job.n, include_rai_reason=True,
+                aspect_ratio=job.model.nearest_aspect_ratio(job.size) if job.size else None,
+                image_size=job.model.image_size_class(job.size),
+                output_mime_type=MIME_TYPES[job.output_format],
+                output_compression_quality=job.output_compression,
+                http_options=_http_options(job), **job.model.upstream_params))
+        made = [g for g in response.generated_images or [] if g.image and g.image.image_bytes]
+        if len(made) < job.n:
+            reasons = {g.rai_filtered_reason for g in response.generated_images or []
+                       if g.rai_filtered_reason}
+            if reasons:
+                raise ContentPolicyViolation("The provider's safety filter removed images: "
+                                             + "; ".join(sorted(reasons)), param="prompt")
+            raise UpstreamFailed(f"{job.model.upstream} answered {len(made)} image(s) of {job.n}.")
+        return [await _checked(g.image.image_bytes, job) for g in made]  # type: ignore[union-attr, arg-type]
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+def _secret(value: Any) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def _http_options(job: ImageJob) -> types.HttpOptions:
+    """Per call: no SDK retries (the service retries), the request's deadline as timeout,
+    and its request id."""
+    seconds = job.seconds_left()
+    return types.HttpOptions(
+        timeout=int(seconds * 1000) if seconds is not None else None,
+        headers={"x-request-id": job.request_id} if job.request_id else None)
+
+
+async def _gemini_image(response: types.GenerateContentResponse, job: ImageJob) -> GeneratedImage:
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason:
+        raise ContentPolicyViolation(f"The provider blocked the prompt ({feedback.block_reason}).",
+                                     param="prompt")
+    if not response.candidates:
+        raise UpstreamFailed(f"{job.model.upstream} answered no candidate.")
+    candidate = response.candidates[0]
+    for part in (candidate.content.parts if candidate.content else None) or []:
+        if part.inline_data and part.inline_data.data and not part.thought:
+            return await _checked(part.inline_data.data, job)
+    finish = str(candidate.finish_reason.value if candidate.finish_reason else "")
+    if finish in SAFETY_FINISH:
+        raise ContentPolicyViolation(f"The provider's safety system withheld the image ({finish}).",
+                                     param="prompt")
+    said = " ".join(p.text for p in (candidate.content.parts if candidate.content else []) or []
+                    if p.text)[:300]
+    raise UpstreamFailed(f"{job.model.upstream} answered without an image ({finish or 'no reason'})"
+                         + (f": {said}" if said else "."), reason="UPSTREAM_NO_IMAGE",
+                         retryable=False)
+
+
+async def _checked(data: bytes, job: ImageJob) -> GeneratedImage:
+    mime_type = await asyncio.to_thread(verified_mime_type, data)
+    if mime_type is None:
+        raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or not "
+                             "PNG, JPEG or WebP.")
+    return GeneratedImage(data=data, mime_type=mime_type)
+
+
+def _gemini_usage(meta: types.GenerateContentResponseUsageMetadata | None) -> TokenUsage | None:
+    if meta is None:
+        return None
+
+    def by_modality(details: list[types.ModalityTokenCount] | None, modality: str) -> int:
+        return sum(d.token_count or 0 for d in details or []
+                   if d.modality and d.modality.value == modality)
+
+    prompt_images = by_modality(meta.prompt_tokens_details, "IMAGE")
+    output_images = by_modality(meta.candidates_tokens_details, "IMAGE")
+    return TokenUsage(
+        input_text=(meta.prompt_token_count or 0) - prompt_images,
+        input_image=prompt_images,
+        output_text=(meta.candidates_token_count or 0) - output_images
+        + (meta.thoughts_token_count or 0),
+        output_image=output_images,
+    )
+
+
+def hub_error(exc: genai_errors.APIError, job: ImageJob) -> HubError:
+    """What the caller should hear about a Google failure. Never the key, never our config."""
+    model = job.model.upstream
+    message = redact(exc.message or str(exc.status or exc.code))
+    body = exc.details if isinstance(exc.details, dict) else {}
+    reasons = {d.get("reason") for d in body.get("error", {}).get("details", [])
+               if isinstance(d, dict)}
+    if exc.code in (401, 403) or "API_KEY_INVALID" in reasons:
+        return Unavailable("The image provider refused this gateway's credentials; an operator "
+                           "must check the Google API key.", reason="UPSTREAM_AUTH_FAILED")
+    if exc.code == 429:
+        return ResourceExhausted(f"The image provider is rate limiting this gateway: {message}",
+                                 reason="UPSTREAM_RATE_LIMITED", retry_after=_retry_delay(body))
+    if exc.code == 404:
+        return UpstreamFailed(f"The upstream does not serve '{model}' ({message}). An operator "
+                              "can let this server serve it through its successor.",
+                              reason="UPSTREAM_MODEL_NOT_FOUND", retryable=False)
+    if exc.code and 400 <= exc.code < 500:
+        return InvalidArgument(f"The image provider refused the request: {message}",
+                               reason="UPSTREAM_INVALID_REQUEST")
+    return UpstreamFailed(f"The image provider failed ({exc.code} {exc.status}): {message}")
+
+
+def _retry_delay(body: dict[str, Any]) -> float | None:
+    """The google.rpc.RetryInfo delay (`"26s"`) of an error body, in seconds."""
+    for detail in body.get("error", {}).get("details", []):
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            try:
+                return float(str(detail.get("retryDelay", "")).rstrip("s"))
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,197 @@
+"""OpenAI's image models through the `openai` SDK (AsyncOpenAI), or any OpenAI-compatible
+upstream (OPENAI_BASE_URL).
+
+Generations go to `images.generate`; a job with source images goes to `images.edit`
+(multipart: one file as `image`, several as `image[]`). The SDK's own retries are off: the
+service retries retryable failures once, in one place (service.generation). Every SDK error
+is mapped to a HubError in `hub_error`, and nothing outside this module sees the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from service.config import Settings
+from service.errors import (
+    ContentPolicyViolation,
+    DeadlineExceeded,
+    HubError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    UpstreamFailed,
+    redact,
+)
+from service.imaging import verified_mime_type
+from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
+REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
+                  "output_compression", "background", "moderation", "user"}
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, client: AsyncOpenAI, http: httpx2.AsyncClient) -> None:
+        self._client = client
+        self._http = http  # the SDK's connection pool, also used to fetch `url` answers
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIProvider | None:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        if not key:
+            return None
+        http = openai.DefaultAsyncHttpx2Client(
+            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        client = AsyncOpenAI(api_key=key, base_url=settings.openai_base_url or DEFAULT_BASE_URL,
+                             max_retries=0, http_client=http)
+        return cls(client, http)
+
+    async def generate(self, job: ImageJob) -> Generation:
+        started = time.perf_counter()
+        options: dict[str, Any] = {"timeout": job.seconds_left()}
+        if job.request_id:
+            options["extra_headers"] = {"x-request-id": job.request_id}
+        try:
+            if job.images:
+                response = await self._client.images.edit(**edit_args(job), **options)
+            else:
+                response = await self._client.images.generate(**generate_args(job), **options)
+            images = await self._images(response, job)
+        except openai.APIError as exc:
+            raise hub_error(exc, job) from None
+        except httpx2.HTTPError as exc:  # fetching a `url` answer
+            raise UpstreamFailed(f"Could not fetch the image OpenAI made: {exc}") from None
+        except ValueError:  # the SDK met a body that is not the JSON it expects
+            raise UpstreamFailed("The image provider answered something that is not the JSON "
+                                 "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
+        return Generation(images=images, usage=token_usage(response.usage),
+                          upstream_seconds=time.perf_counter() - started)
+
+    async def _images(self, response: Any, job: ImageJob) -> list[GeneratedImage]:
+        items = response.data or []
+        if len(items) != job.n:
+            raise UpstreamFailed(f"{job.model.upstream} answered {len(items)} image(s) of {job.n}.")
+        files = [base64.b64decode(item.b64_json) if item.b64_json
+                 else await self._fetch(item.url) for item in items]
+        mime_types = await asyncio.gather(*(asyncio.to_thread(verified_mime_type, f)
+                                            for f in files))
+        if None in mime_types:
+            raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or "
+                                 "not PNG, JPEG or WebP.")
+        return [GeneratedImage(data=f, mime_type=m or "", revised_prompt=item.revised_prompt)
+                for f, m, item in zip(files, mime_types, items, strict=True)]
+
+    async def _fetch(self, url: str | None) -> bytes:
+        if not url:
+            raise UpstreamFailed("OpenAI answered an image with neither b64_json nor url.")
+        answer = await self._http.get(url)
+        answer.raise_for_status()
+        return answer.content
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def generate_args(job: ImageJob) -> dict[str, Any]:
+    """The `images.generate` arguments for `job`: only what the model takes."""
+    args = _common_args(job)
+    if job.moderation:
+        args["moderation"] = job.moderation
+    if job.style:
+        args["style"] = job.style
+    return args
+
+
+def edit_args(job: ImageJob) -> dict[str, Any]:
+    """The `images.edit` arguments: files as (name, bytes, type), the only form OpenAI takes."""
+    files = [(f"image{i}.{image.mime_type.split('/')[-1]}", image.data, image.mime_type)
+             for i, image in enumerate(job.images)]
+    return {**_common_args(job), "image": files[0] if len(files) == 1 else files}
+
+
+def _common_args(job: ImageJob) -> dict[str, Any]:
+    spec = job.model
+    args: dict[str, Any] = {"model": spec.upstream, "prompt": job.prompt, "n": job.n,
+                            "size": str(job.size) if job.size else "auto",
+                            "quality": job.quality}
+    if len(spec.output_formats) > 1:
+        args["output_format"] = job.output_format
+    if job.output_compression is not None:
+        args["output_compression"] = job.output_compression
+    if job.background:
+        args["background"] = job.background
+    if job.user:
+        args["user"] = job.user
+    return {**args, **spec.upstream_params}
+
+
+def token_usage(usage: Any) -> TokenUsage | None:
+    if usage is None:
+        return None
+    inputs, outputs = usage.input_tokens_details, getattr(usage, "output_tokens_details", None)
+    return TokenUsage(
+        input_text=inputs.text_tokens if inputs else usage.input_tokens,
+        input_image=inputs.image_tokens if inputs else 0,
+        output_text=outputs.text_tokens if outputs else 0,
+        output_image=outputs.image_tokens if outputs else usage.output_tokens,
+    )
+
+
+def hub_error(exc: openai.APIError, job: ImageJob) -> HubError:
+    """What the caller should hear about an OpenAI failure. Never the key, never our config."""
+    model = job.model.upstream
+    if isinstance(exc, openai.APITimeoutError):
+        return DeadlineExceeded(f"{model} did not answer within the request's time budget.")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamFailed("The image provider could not be reached.",
+                              reason="UPSTREAM_UNREACHABLE")
+    status = getattr(exc, "status_code", None)
+    message = redact(_upstream_message(exc))
+    if exc.code in CONTENT_REFUSALS:
+        return ContentPolicyViolation(f"The provider's safety system refused this request: "
+                                      f"{message}", param="prompt")
+    if status == 429:
+        return ResourceExhausted(f"The image provider is rate limiting this gateway: {message}",
+                                 reason="UPSTREAM_RATE_LIMITED",
+                                 retry_after=retry_after(exc.response.headers))  # type: ignore[attr-defined]
+    if status in (401, 403):
+        return Unavailable("The image provider refused this gateway's credentials; an operator "
+                           "must check OPENAI_API_KEY.", reason="UPSTREAM_AUTH_FAILED")
+    if exc.code == "model_not_found" or status == 404:
+        return UpstreamFailed(f"The upstream does not serve '{model}' ({message}). An operator "
+                              "can let this server serve it through its successor.",
+                              reason="UPSTREAM_MODEL_NOT_FOUND", retryable=False)
+    if status is not None and 400 <= status < 500:
+        param = exc.param if exc.param in REQUEST_FIELDS else None
+        return InvalidArgument(f"The image provider refused the request: {message}",
+                               param=param, reason="UPSTREAM_INVALID_REQUEST")
+    return UpstreamFailed(f"The image provider failed ({status or exc.code}): {message}")
+
+
+def _upstream_message(exc: openai.APIError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return exc.message
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds), if the upstream sent them."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None

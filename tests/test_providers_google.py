@@ -1,0 +1,184 @@
+"""Google's models through both doors, against a fake Google API on 127.0.0.1: Gemini's
+generateContent (one image per call, aspect ratios, inline edits, token usage) and Imagen's
+Vertex :predict, with Google's errors and safety blocks mapped."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+from PIL import Image
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from aigne.hub.v1 import image_service_pb2_grpc
+from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, http_client
+from tests.fakes.google_fake import google_error
+from tests.fakes.images import picture
+from tests.fakes.server import Reply
+from tests.stack import Stack
+from tests.test_bad_input import assert_error
+from tests.test_end_to_end import assert_images_response
+
+GENERATIONS = "/api/images/generations"
+
+
+def image(data: bytes) -> Image.Image:
+    picture_ = Image.open(io.BytesIO(data))
+    picture_.load()
+    return picture_
+
+
+@pytest.fixture
+def rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
+    with http_client(provider_stack) as client:
+        yield client
+
+
+def test_gemini_maps_size_to_aspect_ratio_and_size_class(rest: httpx.Client, fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "a fox",
+                                          "size": "1792x1024", "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    assert_images_response(answer.json(), 1)
+
+    call = fakes[1].requests_to("generateContent")[0]
+    assert fakes[1].model_of(call) == "gemini-3.1-flash-image"
+    config = call.json["generationConfig"]
+    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+    assert "IMAGE" in config["responseModalities"]
+    assert call.json["contents"][0]["parts"][0] == {"text": "a fox"}
+    made = image(base64.b64decode(answer.json()["data"][0]["b64_json"]))
+    assert made.size == (2048, 1152)
+    usage = answer.json()["usage"]
+    assert usage["output_tokens_details"]["image_tokens"] == 1120
+    assert usage["input_tokens_details"] == {"text_tokens": 12, "image_tokens": 0}
+    assert answer.headers["x-model-served"] == "gemini-3.1-flash-image"
+
+
+def test_gemini_fans_out_one_call_per_image(rest: httpx.Client, fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3-pro-image", "prompt": "a fox",
+                                          "n": 4, "size": "1024x1024"})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["data"]) == 4
+    assert len(fakes[1].requests_to("generateContent")) == 4
+    assert answer.json()["usage"]["output_tokens_details"]["image_tokens"] == 4 * 1120
+
+
+def test_gemini_edit_sends_input_images_inline(rest: httpx.Client, fakes) -> None:
+    source = picture(200, 100)
+    answer = rest.post(GENERATIONS, json={
+        "model": "gemini-3.1-flash-image", "prompt": "make it night", "size": "1024x512",
+        "image": [base64.b64encode(source).decode(), f"{fakes[2].url}/50x50.png"]})
+    assert answer.status_code == 200, answer.text
+
+    parts = fakes[1].requests_to("generateContent")[0].json["contents"][0]["parts"]
+    inline = [p.get("inlineData") or p.get("inline_data") for p in parts[1:]]
+    assert base64.urlsafe_b64decode(inline[0]["data"]) == source, "the SDK sends URL-safe base64"
+    assert [i.get("mimeType") or i.get("mime_type") for i in inline] == ["image/png"] * 2
+    assert answer.json()["usage"]["input_tokens_details"]["image_tokens"] == 2240
+
+
+def test_gemini_output_format_is_converted(rest: httpx.Client, fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x",
+                                          "output_format": "jpeg", "output_compression": 60})
+    assert answer.status_code == 200, answer.text
+    fetched = httpx.get(answer.json()["data"][0]["url"])
+    assert fetched.headers["content-type"] == "image/jpeg"
+    assert image(fetched.content).format == "JPEG"
+
+
+def test_retired_gemini_is_served_by_its_successor_at_the_asked_size(rest: httpx.Client,
+                                                                    fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "gemini-2.5-flash-image", "prompt": "x",
+                                          "size": "640x360", "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    call = fakes[1].requests_to("generateContent")[0]
+    assert fakes[1].model_of(call) == "gemini-3.1-flash-image"
+    assert image(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (640, 360)
+    assert answer.headers["x-model-served"] == "gemini-3.1-flash-image"
+
+
+def test_imagen_native_on_vertex_uses_predict_four_per_call(rest: httpx.Client, fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "imagen-4.0-generate-001", "prompt": "x",
+                                          "n": 6, "size": "1024x768", "output_format": "webp",
+                                          "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+
+    calls = fakes[1].requests_to("predict")
+    assert sorted(c.json["parameters"]["sampleCount"] for c in calls) == [2, 4]
+    assert all(c.path.startswith("/v1beta1/publishers/google/models/imagen-4.0-generate-001")
+               for c in calls)
+    assert {c.json["parameters"]["aspectRatio"] for c in calls} == {"4:3"}
+    assert {c.json["parameters"]["outputOptions"]["mimeType"] for c in calls} == {"image/webp"}
+    assert [image(base64.b64decode(d["b64_json"])).format
+            for d in answer.json()["data"]] == ["WEBP"] * 6
+
+
+def test_retired_imagen_is_served_by_gemini(rest: httpx.Client, fakes) -> None:
+    answer = rest.post(GENERATIONS, json={"model": "imagen-4.0-ultra-generate-001",
+                                          "prompt": "x", "size": "1024x1024"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-served"] == "gemini-3-pro-image"
+    assert fakes[1].requests_to("predict") == []
+
+
+def test_google_429_carries_retry_delay(rest: httpx.Client, fakes) -> None:
+    fakes[1].script("generateContent", google_error(
+        429, "RESOURCE_EXHAUSTED", "You exceeded your current quota. Please retry in 26.3s.",
+        [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s"}]))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x"})
+    assert_error(answer, 429, None, "upstream_rate_limited")
+    assert answer.headers["retry-after"] == "26"
+
+
+@pytest.mark.parametrize("blocked", [
+    Reply(200, {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                "usageMetadata": {"promptTokenCount": 5}}),
+    Reply(200, {"candidates": [{"content": {"role": "model", "parts": [{"text": "No."}]},
+                                "finishReason": "IMAGE_SAFETY"}]}),
+])
+def test_google_safety_block_is_content_policy_violation(rest: httpx.Client, fakes,
+                                                         blocked: Reply) -> None:
+    fakes[1].script("generateContent", blocked)
+    assert_error(rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x"}),
+                 400, "prompt", "content_policy_violation")
+    assert len(fakes[1].requests_to("generateContent")) == 1
+
+
+def test_google_answer_without_image_is_502(rest: httpx.Client, fakes) -> None:
+    fakes[1].script("generateContent", Reply(200, {"candidates": [{"content": {
+        "role": "model", "parts": [{"text": "I would rather describe it."}]},
+        "finishReason": "STOP"}]}))
+    body = assert_error(rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image",
+                                                     "prompt": "x"}),
+                        502, None, "upstream_no_image")
+    assert "describe it" in body["message"]
+
+
+def test_google_500_is_retried(rest: httpx.Client, fakes) -> None:
+    fakes[1].script("generateContent", google_error(503, "UNAVAILABLE", "The model is overloaded."))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x"})
+    assert answer.status_code == 200, answer.text
+    assert len(fakes[1].requests_to("generateContent")) == 2
+
+
+def test_google_refusing_our_key_is_503(rest: httpx.Client, fakes) -> None:
+    fakes[1].script("generateContent", google_error(
+        400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+        [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x"})
+    assert_error(answer, 503, None, "upstream_auth_failed")
+
+
+def test_gemini_over_grpc(provider_stack: Stack, fakes) -> None:
+    with grpc.insecure_channel(provider_stack.server_target, options=GRPC_OPTIONS) as channel:
+        stub = image_service_pb2_grpc.ImageServiceStub(channel)
+        reply = stub.Generate(pb.GenerateRequest(model="gemini-3.1-flash-image", prompt="x",
+                                                 n=2, size="1024x1024",
+                                                 response_format="b64_json"),
+                              metadata=GRPC_AUTH, timeout=60)
+    assert [image(d.b64_json).size for d in reply.data] == [(1024, 1024)] * 2
+    assert reply.usage.output_tokens_details.image_tokens == 2240
