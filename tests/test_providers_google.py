@@ -182,3 +182,12 @@ def test_gemini_over_grpc(provider_stack: Stack, fakes) -> None:
                               metadata=GRPC_AUTH, timeout=60)
     assert [image(d.b64_json).size for d in reply.data] == [(1024, 1024)] * 2
     assert reply.usage.output_tokens_details.image_tokens == 2240
+
+
+def test_fan_out_fails_as_one_and_cancels_the_other_calls(rest: httpx.Client, fakes) -> None:
+    fakes[1].script("generateContent", Reply(hang=True),
+                    google_error(400, "INVALID_ARGUMENT", "Unsupported prompt."))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x",
+                                          "n": 3})
+    assert_error(answer, 400, None, "upstream_invalid_request")
+    assert fakes[1].wait_for_disconnect("generateContent"), "the hanging call was cancelled"
