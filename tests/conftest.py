@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from aigne.hub.v1 import image_service_pb2_grpc
 from tests.fakes.google_fake import FakeGoogle
@@ -21,6 +23,13 @@ DATA = Path(__file__).with_name("data")
 GRPC_AUTH = (("authorization", f"Bearer {TEST_KEY}"),)
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 << 20),
                 ("grpc.max_send_message_length", 64 << 20)]
+
+
+def open_image(data: bytes) -> Image.Image:
+    """`data` decoded as an image file (raises if it is not a whole one)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
 
 
 def openai_client(stack: Stack, **options: object) -> openai.OpenAI:
@@ -122,6 +131,13 @@ def provider_stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOp
     env = provider_env(fake_openai, fake_google, image_host)
     with Stack(tmp_path_factory.mktemp("providers"), env) as running:
         yield running
+
+
+@pytest.fixture
+def provider_rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
+    """Raw HTTP to the provider stack, with fresh fakes."""
+    with http_client(provider_stack) as client:
+        yield client
 
 
 @pytest.fixture

@@ -17,17 +17,11 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from aigne.hub.v1 import image_service_pb2 as pb
-from tests.conftest import GRPC_AUTH
+from tests.conftest import GRPC_AUTH, open_image
 from tests.openai_schema import IMAGES_RESPONSE
 from tests.stack import Stack
 
 PROMPT = "A photorealistic image of a cat programming on a laptop"
-
-
-def picture(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 def assert_images_response(body: dict, n: int) -> None:
@@ -51,7 +45,7 @@ def test_openai_sdk_url_serves_the_png_without_a_key(client: openai.OpenAI, stac
     fetched = httpx.get(url)  # no Authorization: the signature is the capability
     assert fetched.status_code == 200
     assert fetched.headers["content-type"] == "image/png"
-    image = picture(fetched.content)
+    image = open_image(fetched.content)
     assert (image.format, image.size) == ("PNG", (512, 512))
     (out_dir / "generated.png").write_bytes(fetched.content)
 
@@ -59,7 +53,7 @@ def test_openai_sdk_url_serves_the_png_without_a_key(client: openai.OpenAI, stac
 def test_openai_sdk_b64_json_decodes_to_the_png(client: openai.OpenAI) -> None:
     result = client.images.generate(prompt=PROMPT, size="256x256", response_format="b64_json")
 
-    image = picture(base64.b64decode(result.data[0].b64_json or ""))
+    image = open_image(base64.b64decode(result.data[0].b64_json or ""))
     assert (image.format, image.size) == ("PNG", (256, 256))
     assert result.data[0].url is None
 
@@ -70,7 +64,7 @@ def test_ten_large_b64_images_arrive_whole_through_envoy(client: openai.OpenAI) 
 
     files = [base64.b64decode(item.b64_json or "") for item in result.data]
     assert len(files) == 10
-    assert all(picture(f).size == (1024, 1024) for f in files)
+    assert all(open_image(f).size == (1024, 1024) for f in files)
     assert len(set(files)) == 10, "each of the n images differs"
 
 
@@ -91,7 +85,7 @@ def test_seed_example_without_model_returns_an_image(http: httpx.Client) -> None
                        json={"prompt": PROMPT, "n": 1, "size": "1024x1024"})
     assert answer.status_code == 200, answer.text
     url = answer.json()["data"][0]["url"]
-    assert picture(httpx.get(url).content).size == (1024, 1024)
+    assert open_image(httpx.get(url).content).size == (1024, 1024)
 
 
 def test_stub_answers_what_rest_answers(stub, http: httpx.Client) -> None:
@@ -112,7 +106,7 @@ def test_stub_url_answer(stub) -> None:
     reply = stub.Generate(pb.GenerateRequest(prompt="a red kite", size="64x48"),
                           metadata=GRPC_AUTH, timeout=60)
     assert reply.data[0].WhichOneof("content") == "url"
-    assert picture(httpx.get(reply.data[0].url).content).size == (64, 48)
+    assert open_image(httpx.get(reply.data[0].url).content).size == (64, 48)
 
 
 @pytest.mark.parametrize(("output_format", "content_type", "pil_format"), [
@@ -128,7 +122,7 @@ def test_output_format_sets_file_type_and_content_type(http: httpx.Client, outpu
     assert answer.json()["output_format"] == output_format
     fetched = httpx.get(answer.json()["data"][0]["url"])
     assert fetched.headers["content-type"] == content_type
-    assert picture(fetched.content).format == pil_format
+    assert open_image(fetched.content).format == pil_format
 
 
 def test_transparent_background_has_alpha(http: httpx.Client) -> None:
@@ -137,7 +131,7 @@ def test_transparent_background_has_alpha(http: httpx.Client) -> None:
         "response_format": "b64_json"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["background"] == "transparent"
-    image = picture(base64.b64decode(answer.json()["data"][0]["b64_json"]))
+    image = open_image(base64.b64decode(answer.json()["data"][0]["b64_json"]))
     assert image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 0
 
 
@@ -163,7 +157,7 @@ def test_edit_with_megabytes_of_base64_input(client: openai.OpenAI, stub) -> Non
                           metadata=GRPC_AUTH, timeout=120)
 
     edited = base64.b64decode(rest.data[0].b64_json or "")
-    assert picture(edited).size == (512, 512)
+    assert open_image(edited).size == (512, 512)
     assert edited != base64.b64decode(plain.data[0].b64_json or ""), "the input was used"
     assert reply.data[0].b64_json == edited, "both doors made the same edit"
 

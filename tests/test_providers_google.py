@@ -5,17 +5,14 @@ Vertex :predict, with Google's errors and safety blocks mapped."""
 from __future__ import annotations
 
 import base64
-import io
-from collections.abc import Iterator
 
 import grpc
 import httpx
 import pytest
-from PIL import Image
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
-from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, http_client
+from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, open_image
 from tests.fakes.google_fake import google_error
 from tests.fakes.images import picture
 from tests.fakes.server import Reply
@@ -26,16 +23,9 @@ from tests.test_end_to_end import assert_images_response
 GENERATIONS = "/api/images/generations"
 
 
-def image(data: bytes) -> Image.Image:
-    picture_ = Image.open(io.BytesIO(data))
-    picture_.load()
-    return picture_
-
-
 @pytest.fixture
-def rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
-    with http_client(provider_stack) as client:
-        yield client
+def rest(provider_rest: httpx.Client) -> httpx.Client:
+    return provider_rest
 
 
 def test_gemini_maps_size_to_aspect_ratio_and_size_class(rest: httpx.Client, fakes) -> None:
@@ -50,7 +40,7 @@ def test_gemini_maps_size_to_aspect_ratio_and_size_class(rest: httpx.Client, fak
     assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
     assert "IMAGE" in config["responseModalities"]
     assert call.json["contents"][0]["parts"][0] == {"text": "a fox"}
-    made = image(base64.b64decode(answer.json()["data"][0]["b64_json"]))
+    made = open_image(base64.b64decode(answer.json()["data"][0]["b64_json"]))
     assert made.size == (2048, 1152)
     usage = answer.json()["usage"]
     assert usage["output_tokens_details"]["image_tokens"] == 1120
@@ -87,7 +77,7 @@ def test_gemini_output_format_is_converted(rest: httpx.Client, fakes) -> None:
     assert answer.status_code == 200, answer.text
     fetched = httpx.get(answer.json()["data"][0]["url"])
     assert fetched.headers["content-type"] == "image/jpeg"
-    assert image(fetched.content).format == "JPEG"
+    assert open_image(fetched.content).format == "JPEG"
 
 
 def test_retired_gemini_is_served_by_its_successor_at_the_asked_size(rest: httpx.Client,
@@ -97,7 +87,7 @@ def test_retired_gemini_is_served_by_its_successor_at_the_asked_size(rest: httpx
     assert answer.status_code == 200, answer.text
     call = fakes[1].requests_to("generateContent")[0]
     assert fakes[1].model_of(call) == "gemini-3.1-flash-image"
-    assert image(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (640, 360)
+    assert open_image(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (640, 360)
     assert answer.headers["x-model-served"] == "gemini-3.1-flash-image"
 
 
@@ -113,7 +103,7 @@ def test_imagen_native_on_vertex_uses_predict_four_per_call(rest: httpx.Client, 
                for c in calls)
     assert {c.json["parameters"]["aspectRatio"] for c in calls} == {"4:3"}
     assert {c.json["parameters"]["outputOptions"]["mimeType"] for c in calls} == {"image/webp"}
-    assert [image(base64.b64decode(d["b64_json"])).format
+    assert [open_image(base64.b64decode(d["b64_json"])).format
             for d in answer.json()["data"]] == ["WEBP"] * 6
 
 
@@ -180,7 +170,7 @@ def test_gemini_over_grpc(provider_stack: Stack, fakes) -> None:
                                                  n=2, size="1024x1024",
                                                  response_format="b64_json"),
                               metadata=GRPC_AUTH, timeout=60)
-    assert [image(d.b64_json).size for d in reply.data] == [(1024, 1024)] * 2
+    assert [open_image(d.b64_json).size for d in reply.data] == [(1024, 1024)] * 2
     assert reply.usage.output_tokens_details.image_tokens == 2240
 
 

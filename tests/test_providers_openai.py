@@ -4,7 +4,6 @@ today's API does: gpt-image-2 first-class, retired names translated, edits, erro
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -12,7 +11,6 @@ from email.utils import parsedate_to_datetime
 import grpc
 import httpx
 import pytest
-from PIL import Image
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
@@ -21,6 +19,7 @@ from tests.conftest import (
     GRPC_OPTIONS,
     ImageHost,
     http_client,
+    open_image,
     openai_client,
     provider_env,
 )
@@ -35,16 +34,9 @@ from tests.test_end_to_end import assert_images_response
 GENERATIONS = "/api/images/generations"
 
 
-def png(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
 @pytest.fixture
-def rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
-    with http_client(provider_stack) as client:
-        yield client
+def rest(provider_rest: httpx.Client) -> httpx.Client:
+    return provider_rest
 
 
 @pytest.fixture(params=["envoy", "server"])
@@ -71,7 +63,8 @@ def test_gpt_image_2_through_the_openai_sdk(provider_stack: Stack, fakes) -> Non
                     "moderation": "low"}
     assert raw.headers["x-model-served"] == "gpt-image-2"
     assert "deprecation" not in raw.headers
-    assert [png(base64.b64decode(d.b64_json or "")).format for d in result.data] == ["WEBP"] * 2
+    formats = [open_image(base64.b64decode(d.b64_json or "")).format for d in result.data]
+    assert formats == ["WEBP"] * 2
     assert result.usage is not None and result.usage.output_tokens > 0
     assert result.usage.input_tokens_details.text_tokens > 0
     assert result.output_format == "webp"
@@ -85,14 +78,14 @@ def test_gpt_image_2_url_answer_is_served_from_our_store(rest: httpx.Client,
     assert_images_response(answer.json(), 1)
     url = answer.json()["data"][0]["url"]
     assert url.startswith(provider_stack.base_url)
-    assert png(httpx.get(url).content).size == (1024, 1536)
+    assert open_image(httpx.get(url).content).size == (1024, 1536)
 
 
 def test_gpt_image_2_over_grpc(provider_stub) -> None:
     reply, call = provider_stub.Generate.with_call(
         pb.GenerateRequest(model="gpt-image-2", prompt="a fox", n=3, size="auto",
                            response_format="b64_json"), metadata=GRPC_AUTH, timeout=60)
-    assert len(reply.data) == 3 and png(reply.data[0].b64_json).size == (1024, 1024)
+    assert len(reply.data) == 3 and open_image(reply.data[0].b64_json).size == (1024, 1024)
     assert reply.usage.output_tokens > 0 and reply.usage.input_tokens_details.text_tokens > 0
     assert ("x-model-served", "gpt-image-2") in tuple(call.initial_metadata())
 
@@ -106,7 +99,7 @@ def test_dall_e_2_is_served_by_gpt_image_2_at_the_asked_size(rest: httpx.Client,
     assert (sent["model"], sent["quality"]) == ("gpt-image-2", "low")
     w, h = (int(x) for x in sent["size"].split("x"))
     assert w % 16 == 0 and h % 16 == 0 and w * h >= 655_360 and w == h
-    image = png(base64.b64decode(answer.json()["data"][0]["b64_json"]))
+    image = open_image(base64.b64decode(answer.json()["data"][0]["b64_json"]))
     assert (image.format, image.size) == ("PNG", (256, 256))
     assert answer.headers["x-model-served"] == "gpt-image-2"
     assert parsedate_to_datetime(answer.headers["sunset"]).date().isoformat() == "2026-05-12"
@@ -130,7 +123,7 @@ def test_dall_e_3_hd_arrives_as_high_and_style_as_a_hint(rest: httpx.Client, fak
     sent = fakes[0].requests_to("generations")[0].json
     assert (sent["model"], sent["quality"], sent["size"]) == ("gpt-image-2", "high", "1792x1024")
     assert "style" not in sent and "natural" in sent["prompt"].lower()
-    assert png(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (1792, 1024)
+    assert open_image(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (1792, 1024)
 
 
 def test_dall_e_3_keeps_its_own_rules(rest: httpx.Client, fakes) -> None:
@@ -180,7 +173,7 @@ def test_edit_with_several_images_and_a_url(rest: httpx.Client, fakes) -> None:
     assert answer.status_code == 200, answer.text
 
     files = fakes[0].requests_to("edits")[0].files["image[]"]
-    assert [png(f[2]).size for f in files] == [(320, 240), (100, 100)]
+    assert [open_image(f[2]).size for f in files] == [(320, 240), (100, 100)]
     assert [r.route for r in host.received] == ["320x240.png"]
 
 
