@@ -7,7 +7,18 @@ SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["
 PROTOS := $(shell find proto -name '*.proto' | sort)
 DESCRIPTOR := gen/descriptor/aigne_hub.pb
 
-.PHONY: install run test lint gen check-gen proto-deps bench clean
+# Node: the protoc-gen-es plugin, the TypeScript stubs' runtime and the TypeScript example,
+# pinned by package-lock.json (npm workspaces: gen/ts, examples/ts).
+NODE_STAMP := node_modules/.installed
+# The Debian packages behind the Go stubs and the Go example. The protobuf 1-5 package must be
+# named: grpc's dependency is also met by the 1-3 one, whose codec cannot decode messages made
+# by today's protoc-gen-go.
+DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: install run test lint gen check-gen proto-deps system-deps node-deps bench \
+  clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +29,24 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml gen/python/pyproject.toml const
 	touch $@
 
 install: $(VENV)/.installed
+
+# Debian packages: installs only what is missing (a no-op on a prepared machine).
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(NODE_STAMP): package.json package-lock.json gen/ts/package.json examples/ts/package.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+	  || { echo "Node.js 20 or later is needed"; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+node-deps: $(NODE_STAMP)
 
 run: install
 	$(BIN)/python -m service run
@@ -32,7 +61,7 @@ proto-deps: install
 	cp $(SITE)/google/api/{annotations,http,httpbody}.proto third_party/proto/google/api/
 	cp $(SITE)/google/rpc/{status,error_details,code}.proto third_party/proto/google/rpc/
 
-gen: proto-deps
+gen: proto-deps node-deps system-deps
 	rm -rf gen/python/aigne $(DESCRIPTOR)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto \
 	  --python_out=gen/python --grpc_python_out=gen/python \
@@ -42,6 +71,10 @@ gen: proto-deps
 	  google/rpc/status.proto google/rpc/error_details.proto
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
+	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
+	rm -rf gen/go/aigne
+	$(BIN)/buf generate --template buf.gen.ts.yaml
+	$(BIN)/buf generate --template buf.gen.go.yaml
 
 # CI: the committed gen/ must be exactly what `make gen` makes from proto/.
 check-gen: gen
@@ -58,4 +91,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) third_party
+	rm -rf $(VENV) third_party node_modules
