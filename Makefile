@@ -10,6 +10,11 @@ DESCRIPTOR := gen/descriptor/aigne_hub.pb
 # Node: the protoc-gen-es plugin, the TypeScript stubs' runtime and the TypeScript example,
 # pinned by package-lock.json (npm workspaces: gen/ts, examples/ts).
 NODE_STAMP := node_modules/.installed
+# Go runs in GOPATH mode over Debian's Go library packages: the Go module proxy is out of
+# reach. build/gopath maps the import path aigne.dev/hub/... onto gen/go and examples/go.
+GO_IMPORT := aigne.dev/hub
+GOPATH_DIR := $(CURDIR)/build/gopath
+GO := GO111MODULE=off GOFLAGS= GOPATH=$(GOPATH_DIR):/usr/share/gocode go
 # The Debian packages behind the Go stubs and the Go example. The protobuf 1-5 package must be
 # named: grpc's dependency is also met by the 1-3 one, whose codec cannot decode messages made
 # by today's protoc-gen-go.
@@ -17,8 +22,8 @@ DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc
   golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install run test lint gen check-gen proto-deps system-deps node-deps bench \
-  clean
+.PHONY: install run test lint gen check-gen proto-deps system-deps node-deps \
+  gopath examples bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +56,7 @@ node-deps: $(NODE_STAMP)
 run: install
 	$(BIN)/python -m service run
 
-test: install
+test: install system-deps node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # google/api and google/rpc come from googleapis-common-protos (the Buf Schema Registry is
@@ -81,14 +86,33 @@ check-gen: gen
 	@test -z "$$(git status --porcelain -- gen)" \
 	  || { git status --short -- gen; echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
 
-lint: proto-deps
+lint: proto-deps system-deps node-deps gopath
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/mypy service
+	@test -z "$$(gofmt -l examples/go)" || { gofmt -l examples/go; echo "run gofmt -w"; exit 1; }
+	$(GO) vet $(GO_IMPORT)/examples/go
+	npx -w examples/ts tsc --noEmit -p .
+
+# The example clients (tests/test_polyglot.py runs them): build/examples/go-client and
+# examples/ts/dist/client.js; the Python one runs as it is.
+gopath:
+	@mkdir -p $(GOPATH_DIR)/src/$(GO_IMPORT)/gen $(GOPATH_DIR)/src/$(GO_IMPORT)/examples
+	@ln -sfn $(CURDIR)/gen/go $(GOPATH_DIR)/src/$(GO_IMPORT)/gen/go
+	@ln -sfn $(CURDIR)/examples/go $(GOPATH_DIR)/src/$(GO_IMPORT)/examples/go
+
+build/examples/go-client: $(shell find gen/go examples/go -name '*.go') | gopath
+	$(GO) build -o $@ $(GO_IMPORT)/examples/go
+
+examples/ts/dist/client.js: examples/ts/client.ts examples/ts/tsconfig.json $(NODE_STAMP) \
+    $(shell find gen/ts -name '*_pb.*' -not -path '*/node_modules/*')
+	npm run --silent build -w examples/ts
+
+examples: system-deps node-deps build/examples/go-client examples/ts/dist/client.js
 
 bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) third_party node_modules
+	rm -rf $(VENV) third_party node_modules build examples/ts/dist
