@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto' | sort)
 DESCRIPTOR := gen/descriptor/aigne_hub.pb
+# The contract as released: `make breaking` refuses changes that would break its clients.
+BASELINE := contract/baseline.binpb
+BREAKING_AGAINST ?= HEAD~1
 
 # Node: the protoc-gen-es plugin, the TypeScript stubs' runtime and the TypeScript example,
 # pinned by package-lock.json (npm workspaces: gen/ts, examples/ts).
@@ -22,7 +25,7 @@ DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc
   golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install run test lint gen check-gen proto-deps system-deps node-deps \
+.PHONY: install run test lint gen check-gen proto-deps breaking baseline system-deps node-deps \
   gopath examples bench clean
 
 $(BIN)/python:
@@ -94,6 +97,28 @@ lint: proto-deps system-deps node-deps gopath
 	@test -z "$$(gofmt -l examples/go)" || { gofmt -l examples/go; echo "run gofmt -w"; exit 1; }
 	$(GO) vet $(GO_IMPORT)/examples/go
 	npx -w examples/ts tsc --noEmit -p .
+
+# The contract must not break a client built against the previous commit's contract, nor one
+# built against the released baseline ($(BASELINE)). Without a previous commit (a shallow or
+# one-commit clone) only the baseline is checked.
+breaking: proto-deps
+	$(BIN)/buf breaking proto --against $(BASELINE)
+	@if ! git rev-parse -q --verify '$(BREAKING_AGAINST)^{commit}' >/dev/null \
+	    || ! git cat-file -e '$(BREAKING_AGAINST):proto' 2>/dev/null; then \
+	  echo "breaking: no contract at $(BREAKING_AGAINST); checked against $(BASELINE) only"; \
+	else \
+	  set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  git archive '$(BREAKING_AGAINST)' -- buf.yaml proto | tar -x -C "$$tmp"; \
+	  cp -r third_party "$$tmp"/; \
+	  $(BIN)/buf build "$$tmp/proto" -o "$$tmp/against.binpb"; \
+	  echo "$(BIN)/buf breaking proto --against <proto at $(BREAKING_AGAINST)>"; \
+	  $(BIN)/buf breaking proto --against "$$tmp/against.binpb"; \
+	fi
+
+# Rewrite the baseline: only when a contract version is released, never to make `breaking` pass.
+baseline: proto-deps
+	mkdir -p $(dir $(BASELINE))
+	$(BIN)/buf build proto --exclude-source-info -o $(BASELINE)
 
 # The example clients (tests/test_polyglot.py runs them): build/examples/go-client and
 # examples/ts/dist/client.js; the Python one runs as it is.
