@@ -80,6 +80,7 @@ gen: proto-deps node-deps system-deps
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
 	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
+	find gen/ts -mindepth 1 -type d -empty -not -path '*/node_modules*' -delete
 	rm -rf gen/go/aigne
 	$(BIN)/buf generate --template buf.gen.ts.yaml
 	$(BIN)/buf generate --template buf.gen.go.yaml

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +36,15 @@ def built_examples() -> None:
 @pytest.fixture(scope="module")
 def stubs_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with nothing but `pip install ./gen/python` (and what it depends on)."""
-    venv = tmp_path_factory.mktemp("stubs-only-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
+    work = tmp_path_factory.mktemp("stubs-only")
+    # A copy, so the build leaves nothing in gen/python (and nothing stale from there is used).
+    source = shutil.copytree(ROOT / "gen" / "python", work / "python",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "venv", work / "venv"], check=True, timeout=120)
+    python = work / "venv" / "bin" / "python"
     installed = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-c", ROOT / "constraints.txt", ROOT / "gen" / "python"],
+         "-c", ROOT / "constraints.txt", source],
         capture_output=True, text=True, timeout=600)
     if installed.returncode:
         pytest.fail(f"pip install ./gen/python failed:\n{installed.stdout}\n{installed.stderr}")

@@ -1,5 +1,5 @@
-// The Go example client. CI builds it in GOPATH mode (`make build/examples/go-client`); with
-// a module proxy at hand, `go mod tidy && go run .` here works too.
+// The Go example client. CI builds it in GOPATH mode (`make examples`). With a module proxy,
+// `go mod tidy && go run .` here is the module-mode way (untested: CI has no proxy).
 module aigne.dev/hub/examples/go
 
 go 1.19
