@@ -6,8 +6,27 @@ BIN := $(VENV)/bin
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto' | sort)
 DESCRIPTOR := gen/descriptor/aigne_hub.pb
+# The contract as released: `make breaking` refuses changes that would break its clients.
+BASELINE := contract/baseline.binpb
+BREAKING_AGAINST ?= HEAD~1
 
-.PHONY: install run test lint gen check-gen proto-deps bench clean
+# Node: the protoc-gen-es plugin, the TypeScript stubs' runtime and the TypeScript example,
+# pinned by package-lock.json (npm workspaces: gen/ts, examples/ts).
+NODE_STAMP := node_modules/.installed
+# Go runs in GOPATH mode over Debian's Go library packages: the Go module proxy is out of
+# reach. build/gopath maps the import path aigne.dev/hub/... onto gen/go and examples/go.
+GO_IMPORT := aigne.dev/hub
+GOPATH_DIR := $(CURDIR)/build/gopath
+GO := GO111MODULE=off GOFLAGS= GOPATH=$(GOPATH_DIR):/usr/share/gocode go
+# The Debian packages behind the Go stubs and the Go example. The protobuf 1-5 package must be
+# named: grpc's dependency is also met by the 1-3 one, whose codec cannot decode messages made
+# by today's protoc-gen-go.
+DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: install run test lint gen check-gen proto-deps breaking baseline system-deps node-deps \
+  gopath examples bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +38,28 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml gen/python/pyproject.toml const
 
 install: $(VENV)/.installed
 
+# Debian packages: installs only what is missing (a no-op on a prepared machine).
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(NODE_STAMP): package.json package-lock.json gen/ts/package.json examples/ts/package.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+	  || { echo "Node.js 20 or later is needed"; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+node-deps: $(NODE_STAMP)
+
 run: install
 	$(BIN)/python -m service run
 
-test: install
+test: install system-deps node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # google/api and google/rpc come from googleapis-common-protos (the Buf Schema Registry is
@@ -32,7 +69,7 @@ proto-deps: install
 	cp $(SITE)/google/api/{annotations,http,httpbody}.proto third_party/proto/google/api/
 	cp $(SITE)/google/rpc/{status,error_details,code}.proto third_party/proto/google/rpc/
 
-gen: proto-deps
+gen: proto-deps node-deps system-deps
 	rm -rf gen/python/aigne $(DESCRIPTOR)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto \
 	  --python_out=gen/python --grpc_python_out=gen/python \
@@ -42,20 +79,66 @@ gen: proto-deps
 	  google/rpc/status.proto google/rpc/error_details.proto
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
+	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
+	find gen/ts -mindepth 1 -type d -empty -not -path '*/node_modules*' -delete
+	rm -rf gen/go/aigne
+	$(BIN)/buf generate --template buf.gen.ts.yaml
+	$(BIN)/buf generate --template buf.gen.go.yaml
 
 # CI: the committed gen/ must be exactly what `make gen` makes from proto/.
 check-gen: gen
 	@test -z "$$(git status --porcelain -- gen)" \
 	  || { git status --short -- gen; echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
 
-lint: proto-deps
+lint: proto-deps system-deps node-deps gopath
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/mypy service
+	@test -z "$$(gofmt -l examples/go)" || { gofmt -l examples/go; echo "run gofmt -w"; exit 1; }
+	$(GO) vet $(GO_IMPORT)/examples/go
+	npx -w examples/ts tsc --noEmit -p .
+
+# The contract must not break a client built against the previous commit's contract, nor one
+# built against the released baseline ($(BASELINE)). Without a previous commit (a shallow or
+# one-commit clone) only the baseline is checked.
+breaking: proto-deps
+	$(BIN)/buf breaking proto --against $(BASELINE)
+	@if ! git rev-parse -q --verify '$(BREAKING_AGAINST)^{commit}' >/dev/null \
+	    || ! git cat-file -e '$(BREAKING_AGAINST):proto' 2>/dev/null; then \
+	  echo "breaking: no contract at $(BREAKING_AGAINST); checked against $(BASELINE) only"; \
+	else \
+	  set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  git archive '$(BREAKING_AGAINST)' -- buf.yaml proto | tar -x -C "$$tmp"; \
+	  cp -r third_party "$$tmp"/; \
+	  $(BIN)/buf build "$$tmp/proto" -o "$$tmp/against.binpb"; \
+	  echo "$(BIN)/buf breaking proto --against <proto at $(BREAKING_AGAINST)>"; \
+	  $(BIN)/buf breaking proto --against "$$tmp/against.binpb"; \
+	fi
+
+# Rewrite the baseline: only when a contract version is released, never to make `breaking` pass.
+baseline: proto-deps
+	mkdir -p $(dir $(BASELINE))
+	$(BIN)/buf build proto --exclude-source-info -o $(BASELINE)
+
+# The example clients (tests/test_polyglot.py runs them): build/examples/go-client and
+# examples/ts/dist/client.js; the Python one runs as it is.
+gopath:
+	@mkdir -p $(GOPATH_DIR)/src/$(GO_IMPORT)/gen $(GOPATH_DIR)/src/$(GO_IMPORT)/examples
+	@ln -sfn $(CURDIR)/gen/go $(GOPATH_DIR)/src/$(GO_IMPORT)/gen/go
+	@ln -sfn $(CURDIR)/examples/go $(GOPATH_DIR)/src/$(GO_IMPORT)/examples/go
+
+build/examples/go-client: $(shell find gen/go examples/go -name '*.go') | gopath
+	$(GO) build -o $@ $(GO_IMPORT)/examples/go
+
+examples/ts/dist/client.js: examples/ts/client.ts examples/ts/tsconfig.json $(NODE_STAMP) \
+    $(shell find gen/ts -name '*_pb.*' -not -path '*/node_modules/*')
+	npm run --silent build -w examples/ts
+
+examples: system-deps node-deps build/examples/go-client examples/ts/dist/client.js
 
 bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) third_party
+	rm -rf $(VENV) third_party node_modules build examples/ts/dist
