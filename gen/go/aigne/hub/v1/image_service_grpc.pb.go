@@ -30,6 +30,10 @@ type ImageServiceClient interface {
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
 	GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// ListModels lists every model name this server knows, with its capabilities, its
+	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
+	// is also what the openai SDKs' `models.list()` reads.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type imageServiceClient struct {
@@ -67,6 +71,15 @@ func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, 
 	return out, nil
 }
 
+func (c *imageServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageServiceServer is the server API for ImageService service.
 // All implementations must embed UnimplementedImageServiceServer
 // for forward compatibility
@@ -83,6 +96,10 @@ type ImageServiceServer interface {
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
 	GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error)
+	// ListModels lists every model name this server knows, with its capabilities, its
+	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
+	// is also what the openai SDKs' `models.list()` reads.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -98,6 +115,9 @@ func (UnimplementedImageServiceServer) GenerateHttp(context.Context, *GenerateHt
 }
 func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetImage not implemented")
+}
+func (UnimplementedImageServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 
@@ -166,6 +186,24 @@ func _ImageService_GetImage_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ImageService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.ImageService",
 	HandlerType: (*ImageServiceServer)(nil),
@@ -181,6 +219,10 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetImage",
 			Handler:    _ImageService_GetImage_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _ImageService_ListModels_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

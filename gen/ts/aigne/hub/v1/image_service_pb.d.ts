@@ -350,6 +350,307 @@ export declare type GetImageRequest = Message<"aigne.hub.v1.GetImageRequest"> & 
 export declare const GetImageRequestSchema: GenMessage<GetImageRequest>;
 
 /**
+ * ListModelsRequest asks for the model listing. It has no fields yet.
+ *
+ * @generated from message aigne.hub.v1.ListModelsRequest
+ */
+export declare type ListModelsRequest = Message<"aigne.hub.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message aigne.hub.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export declare const ListModelsRequestSchema: GenMessage<ListModelsRequest>;
+
+/**
+ * ListModelsResponse is the model listing, shaped like OpenAI's `GET /v1/models`.
+ *
+ * @generated from message aigne.hub.v1.ListModelsResponse
+ */
+export declare type ListModelsResponse = Message<"aigne.hub.v1.ListModelsResponse"> & {
+  /**
+   * Always `list`.
+   *
+   * @generated from field: string object = 1;
+   */
+  object: string;
+
+  /**
+   * One entry per model name, sorted by provider and name. Always set.
+   *
+   * @generated from field: repeated aigne.hub.v1.Model data = 2;
+   */
+  data: Model[];
+};
+
+/**
+ * Describes the message aigne.hub.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export declare const ListModelsResponseSchema: GenMessage<ListModelsResponse>;
+
+/**
+ * Model describes one model name: what a request for it may ask, and where it stands upstream.
+ *
+ * @generated from message aigne.hub.v1.Model
+ */
+export declare type Model = Message<"aigne.hub.v1.Model"> & {
+  /**
+   * The name clients send as `model`, e.g. `gpt-image-2`. Always set.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Always `model`.
+   *
+   * @generated from field: string object = 2;
+   */
+  object: string;
+
+  /**
+   * When the model was added to this server's registry, in UNIX seconds; 0 when unknown.
+   *
+   * @generated from field: uint32 created = 3;
+   */
+  created: number;
+
+  /**
+   * Who makes the model: `openai`, `google` or `aigne` (the local renderer). Always set.
+   *
+   * @generated from field: string owned_by = 4;
+   */
+  ownedBy: string;
+
+  /**
+   * The provider of this server that serves it: `openai`, `google`, `vertex` or `local`.
+   *
+   * @generated from field: string provider = 5;
+   */
+  provider: string;
+
+  /**
+   * A short human description. Optional.
+   *
+   * @generated from field: string description = 6;
+   */
+  description: string;
+
+  /**
+   * Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses).
+   *
+   * @generated from field: repeated string sizes = 7;
+   */
+  sizes: string[];
+
+  /**
+   * Free sizes accepted besides `sizes`, where the model takes any `WxH` within bounds.
+   * Optional; absent for models limited to `sizes` or `aspect_ratios`.
+   *
+   * @generated from field: aigne.hub.v1.SizeRule size_rule = 8;
+   */
+  sizeRule?: SizeRule | undefined;
+
+  /**
+   * Aspect ratios the model makes, e.g. `16:9`; a requested size maps to the nearest.
+   * Empty for models that take exact sizes.
+   *
+   * @generated from field: repeated string aspect_ratios = 9;
+   */
+  aspectRatios: string[];
+
+  /**
+   * The size used when a request gives none.
+   *
+   * @generated from field: string default_size = 10;
+   */
+  defaultSize: string;
+
+  /**
+   * How many images one upstream call makes; the server fans out to reach `n` (1-10).
+   *
+   * @generated from field: int32 max_n_per_call = 11;
+   */
+  maxNPerCall: number;
+
+  /**
+   * Accepted `quality` values.
+   *
+   * @generated from field: repeated string qualities = 12;
+   */
+  qualities: string[];
+
+  /**
+   * The quality used when a request gives none.
+   *
+   * @generated from field: string default_quality = 13;
+   */
+  defaultQuality: string;
+
+  /**
+   * Accepted `style` values; empty when the model takes none.
+   *
+   * @generated from field: repeated string styles = 14;
+   */
+  styles: string[];
+
+  /**
+   * Accepted `output_format` values; the first is the default.
+   *
+   * @generated from field: repeated string output_formats = 15;
+   */
+  outputFormats: string[];
+
+  /**
+   * Accepted `background` values; empty when the model takes none.
+   *
+   * @generated from field: repeated string backgrounds = 16;
+   */
+  backgrounds: string[];
+
+  /**
+   * Accepted `moderation` values; empty when the model takes none.
+   *
+   * @generated from field: repeated string moderations = 17;
+   */
+  moderations: string[];
+
+  /**
+   * Whether the model edits images given in `image`.
+   *
+   * @generated from field: bool edits = 18;
+   */
+  edits: boolean;
+
+  /**
+   * How many input images an edit may give.
+   *
+   * @generated from field: int32 max_input_images = 19;
+   */
+  maxInputImages: number;
+
+  /**
+   * The longest prompt accepted, in characters.
+   *
+   * @generated from field: int32 prompt_limit = 20;
+   */
+  promptLimit: number;
+
+  /**
+   * The upstream lifecycle: `active`, `deprecated` or `retired`.
+   *
+   * @generated from field: string lifecycle = 21;
+   */
+  lifecycle: string;
+
+  /**
+   * When the upstream announced the deprecation, as `YYYY-MM-DD`; empty when not deprecated.
+   *
+   * @generated from field: string deprecated_on = 22;
+   */
+  deprecatedOn: string;
+
+  /**
+   * When the upstream shuts (or shut) the model down, as `YYYY-MM-DD`; empty when none is known.
+   *
+   * @generated from field: string shutdown_on = 23;
+   */
+  shutdownOn: string;
+
+  /**
+   * The model that serves requests for this one once it is retired; empty when none.
+   *
+   * @generated from field: string successor = 24;
+   */
+  successor: string;
+
+  /**
+   * Whether requests for this model are served at all: false for a retired model whose
+   * translation an operator switched off (requests get 404 `model_retired`).
+   *
+   * @generated from field: bool available = 25;
+   */
+  available: boolean;
+
+  /**
+   * The model that actually serves a request for this one: itself, or its successor.
+   *
+   * @generated from field: string served_by = 26;
+   */
+  servedBy: string;
+
+  /**
+   * Whether the provider serving this model has credentials configured on this server.
+   *
+   * @generated from field: bool provider_configured = 27;
+   */
+  providerConfigured: boolean;
+};
+
+/**
+ * Describes the message aigne.hub.v1.Model.
+ * Use `create(ModelSchema)` to create a new message.
+ */
+export declare const ModelSchema: GenMessage<Model>;
+
+/**
+ * SizeRule bounds the free sizes a model accepts.
+ *
+ * @generated from message aigne.hub.v1.SizeRule
+ */
+export declare type SizeRule = Message<"aigne.hub.v1.SizeRule"> & {
+  /**
+   * Both edges must be multiples of this.
+   *
+   * @generated from field: int32 multiple_of = 1;
+   */
+  multipleOf: number;
+
+  /**
+   * The shortest edge allowed, in pixels.
+   *
+   * @generated from field: int32 min_edge = 2;
+   */
+  minEdge: number;
+
+  /**
+   * The longest edge allowed, in pixels.
+   *
+   * @generated from field: int32 max_edge = 3;
+   */
+  maxEdge: number;
+
+  /**
+   * The largest long:short edge ratio allowed; 0 when unbounded.
+   *
+   * @generated from field: double max_ratio = 4;
+   */
+  maxRatio: number;
+
+  /**
+   * The fewest pixels allowed; 0 when unbounded.
+   *
+   * @generated from field: int32 min_pixels = 5;
+   */
+  minPixels: number;
+
+  /**
+   * The most pixels allowed; 0 when unbounded.
+   *
+   * @generated from field: int32 max_pixels = 6;
+   */
+  maxPixels: number;
+};
+
+/**
+ * Describes the message aigne.hub.v1.SizeRule.
+ * Use `create(SizeRuleSchema)` to create a new message.
+ */
+export declare const SizeRuleSchema: GenMessage<SizeRule>;
+
+/**
  * ImageService creates and edits images with the models of several providers
  * (OpenAI, Google, and a built-in local renderer), behind one contract.
  *
@@ -401,6 +702,18 @@ export declare const ImageService: GenService<{
     methodKind: "unary";
     input: typeof GetImageRequestSchema;
     output: typeof HttpBodySchema;
+  },
+  /**
+   * ListModels lists every model name this server knows, with its capabilities, its
+   * upstream lifecycle, and whether its provider is configured here. Over REST the answer
+   * is also what the openai SDKs' `models.list()` reads.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
   },
 }>;
 
