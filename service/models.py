@@ -3,7 +3,8 @@
 `models.toml` beside this module holds the defaults; an operator's file
 (AIGNE_HUB_MODELS_FILE) adds models or overrides fields of existing ones, so a new model or a
 new shutdown date is a config entry, not code. An entry may name a `base` entry whose fields
-it starts from.
+it starts from. Prices are data too: `[prices.NAME]` tables (see pricing.py) attach to the
+model of that name and to the entries based on it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.errors import NotFound
+from service.pricing import Price
 
 DEFAULTS_FILE = Path(__file__).with_name("models.toml")
 
@@ -145,6 +147,7 @@ class ModelSpec(BaseModel):
     serve_retired: bool = True
     quality_map: Mapping[str, str] = Field(default_factory=dict)
     style_hints: Mapping[str, str] = Field(default_factory=dict)
+    price: Price | None = None  # from [prices.NAME]; None: requests cost nothing
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -226,18 +229,24 @@ class ModelRegistry:
 
 
 def load_registry(extra_file: Path | None = None) -> ModelRegistry:
-    """The default registry, with the entries of `extra_file` merged over it."""
-    entries = _read(DEFAULTS_FILE)
+    """The default registry, with the entries and prices of `extra_file` merged over it."""
+    entries, prices = _read(DEFAULTS_FILE)
     if extra_file is not None:
-        for name, fields in _read(extra_file).items():
+        extra_entries, extra_prices = _read(extra_file)
+        for name, fields in extra_entries.items():
             entries[name] = {**entries.get(name, {}), **fields}
+        prices.update(extra_prices)
+    for name, price in prices.items():
+        if name in entries:
+            entries[name]["price"] = price
     return ModelRegistry(_build(entries))
 
 
-def _read(path: Path) -> dict[str, dict[str, Any]]:
+def _read(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     with path.open("rb") as f:
         data = tomllib.load(f)
-    return {name: dict(fields) for name, fields in data.get("models", {}).items()}
+    entries = {name: dict(fields) for name, fields in data.get("models", {}).items()}
+    return entries, dict(data.get("prices", {}))
 
 
 def _build(entries: dict[str, dict[str, Any]]) -> list[ModelSpec]:
