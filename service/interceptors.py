@@ -101,40 +101,48 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
             token = _current.set(call)
-            status, http_status = "OK", 200
             try:
-                if method not in self._public:
-                    call.key = await self._keys.authenticate(_metadata(context, "authorization"))
-                if method.startswith(self._admin) and not (call.key and call.key.admin):
-                    raise PermissionDenied("This API key may not call the admin API.",
-                                           reason="ADMIN_KEY_REQUIRED")
-                response = await behavior(request, context)
+                response = await self._run(method, call, behavior, request, context)
+            except HubError as error:
+                await self._end(method, call, error.reason, error.http_status)
+                await _abort(context, call, error)
+            except grpc.aio.AbortError:
+                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
+                raise
+            except asyncio.CancelledError:
+                await self._end(method, call, "CANCELLED", 499)
+                raise
+            except Exception:
+                log.exception("unexpected error", request_id=call.request_id, method=method)
+                await self._end(method, call, "INTERNAL", 500)
+                await _abort(context, call, Internal(
+                    f"Something went wrong on our side (request {call.request_id})."))
+            else:
+                await self._end(method, call, "OK", 200)
                 await context.send_initial_metadata(
                     (*call.response_headers, ("x-request-id", call.request_id)))
                 return response
-            except grpc.aio.AbortError:
-                status, http_status = "ABORTED_BY_HANDLER", 500
-                raise
-            except asyncio.CancelledError:
-                status, http_status = "CANCELLED", 499
-                raise
-            except HubError as error:
-                status, http_status = error.reason, error.http_status
-                await _abort(context, call, error)
-            except Exception:
-                status, http_status = "INTERNAL", 500
-                log.exception("unexpected error", request_id=call.request_id, method=method)
-                await _abort(context, call, Internal(
-                    f"Something went wrong on our side (request {call.request_id})."))
             finally:
-                if method in self._metered and call.key is not None:
-                    await self._usage.finish(call.meter, CallFacts(
-                        call.key.id, call.request_id, call.door, call.accepted_at, status,
-                        http_status))
-                _log_line(call, status)
                 _current.reset(token)
 
         return unary
+
+    async def _run(self, method: str, call: Call, behavior: Behavior, request: Any,
+                   context: grpc.aio.ServicerContext) -> Any:
+        if method not in self._public:
+            call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+        if method.startswith(self._admin) and not (call.key and call.key.admin):
+            raise PermissionDenied("This API key may not call the admin API.",
+                                   reason="ADMIN_KEY_REQUIRED")
+        return await behavior(request, context)
+
+    async def _end(self, method: str, call: Call, status: str, http_status: int) -> None:
+        """Record a metered call's usage and write the log line, before the answer leaves
+        (so a client that has its answer finds the record, and its quota settled)."""
+        if method in self._metered and call.key is not None:
+            await self._usage.finish(call.meter, CallFacts(
+                call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
+        _log_line(call, status)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         loop = asyncio.get_running_loop()
