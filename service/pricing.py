@@ -46,7 +46,8 @@ class TokenRates(BaseModel):
 class Price(BaseModel):
     """A model's price table. `per_image` maps quality, then size (`WxH` or `auto`), to US
     dollars per image; `*` matches any quality or size. A size missing from the table is
-    priced as the listed size nearest in pixels (the dearest one for `auto`)."""
+    priced from the listed size nearest in pixels, in proportion to the pixels (token-billed
+    models cost about that); `auto` as the dearest listed size."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -71,7 +72,8 @@ def _nearest(table: Mapping[str, Decimal], size: str) -> Decimal:
     listed = [(p, usd) for name, usd in table.items() if (p := _pixels(name))]
     if pixels is None or not listed:
         return max(table.values())
-    return min(listed, key=lambda item: abs(math.log(item[0] / pixels)))[1]
+    near_pixels, usd = min(listed, key=lambda item: abs(math.log(item[0] / pixels)))
+    return usd * pixels / near_pixels
 
 
 def _pixels(size: str) -> int | None:
