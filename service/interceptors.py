@@ -139,10 +139,10 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
     async def _end(self, method: str, call: Call, status: str, http_status: int) -> None:
         """Record a metered call's usage and write the log line, before the answer leaves
         (so a client that has its answer finds the record, and its quota settled)."""
+        _log_line(call, status)
         if method in self._metered and call.key is not None:
             await self._usage.finish(call.meter, CallFacts(
                 call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
-        _log_line(call, status)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         loop = asyncio.get_running_loop()

@@ -82,12 +82,7 @@ async def create_server(settings: Settings) -> Hub:
     await db.migrate(engine)
     sessions = db.sessions(engine)
     keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
-    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
-                                    ("AIGNE_HUB_ADMIN_API_KEYS",
-                                     settings.static_admin_api_keys, True)):
-        for token in tokens:
-            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
-                              source="env")
+    await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
     providers = Providers(settings)
     default_model = choose_default_model(settings, registry, providers)
@@ -122,6 +117,17 @@ async def create_server(settings: Settings) -> Hub:
     for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Hub(server, port, health_servicer, engine, keys, usage, providers, default_model)
+
+
+async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
+    """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
+    have ids, usage and limits like any key); a key's admin flag follows the setting."""
+    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
+                                    ("AIGNE_HUB_ADMIN_API_KEYS",
+                                     settings.static_admin_api_keys, True)):
+        for token in tokens:
+            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
+                              source="env")
 
 
 def choose_default_model(settings: Settings, registry: ModelRegistry,

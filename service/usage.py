@@ -133,14 +133,15 @@ class UsageRecorder:
                                 size=str(job.size) if job.size else None, images=images,
                                 tokens=tokens, credits_per_usd=self._credits_per_usd)
         created = datetime.fromtimestamp(facts.accepted_at, UTC)
+        served = plan.route.served if plan is not None else None
         return UsageRecordRow(
-            request_id=facts.request_id, key_id=facts.key_id, created_at=created,
-            day=created.date(), door=facts.door, model=meter.model[:200],
-            served_model=plan.route.served.name if plan else None,
-            provider=plan.route.served.provider if plan else None,
+            request_id=_clip(facts.request_id, 128), key_id=facts.key_id, created_at=created,
+            day=created.date(), door=facts.door, model=_clip(meter.model, 200),
+            served_model=_clip(served.name, 200) if served else None,
+            provider=_clip(served.provider, 40) if served else None,
             n=meter.n, size=_clip(meter.size, 32), quality=_clip(meter.quality, 32),
-            response_format=_clip(meter.response_format, 16), user=meter.user,
-            status=facts.status, http_status=facts.http_status, images=images,
+            response_format=_clip(meter.response_format, 16), user=_clip(meter.user, 256),
+            status=_clip(facts.status, 64), http_status=facts.http_status, images=images,
             bytes=meter.bytes if images else 0,
             upstream_ms=round(generation.upstream_seconds * 1000, 1) if generation else 0.0,
             total_ms=round((ended_at - facts.accepted_at) * 1000, 1),
@@ -152,6 +153,7 @@ class UsageRecorder:
 
 
 def _clip(value: str | None, length: int) -> str | None:
+    """What the client sent may be longer than a column; the record keeps the start."""
     return value[:length] if value is not None else None
 
 

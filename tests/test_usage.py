@@ -72,6 +72,22 @@ def test_failed_requests_are_recorded_and_cost_nothing(hub: Hub) -> None:
         assert "images" not in record and "cost_usd" not in record  # zero: left out of JSON
 
 
+def test_overlong_client_values_still_leave_a_record(hub: Hub) -> None:
+    """A request id, user or model longer than their columns (PostgreSQL refuses those)."""
+    key = hub.create_key("long values")
+    request_id = "r" * 300
+    answer = httpx.post(f"{hub.stack.base_url}/api/images/generations",
+                        headers={**key.headers, "x-request-id": request_id},
+                        json={"prompt": "x", "user": "u" * 300, "model": "m" * 300})
+    assert answer.status_code in (400, 404)
+
+    [record] = hub.records(key)
+
+    assert record["request_id"] == request_id[:128]
+    assert record["model"] == "m" * 200 and record["status"] in ("STRING_ABOVE_MAX_LENGTH",
+                                                                  "MODEL_NOT_FOUND")
+
+
 def test_totals_per_day_and_model_match_the_cli(hub: Hub) -> None:
     key = hub.create_key("report")
     for n in (1, 2, 3):

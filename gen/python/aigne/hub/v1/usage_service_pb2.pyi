@@ -269,13 +269,15 @@ class UsageRecord(_message.Message):
     COST_CREDITS_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The request id (`x-request-id`). Always set."""
+    """The request id (`x-request-id`; its first 128 characters). Always set."""
     key_id: _builtins.str
     """The key that made the request. Always set."""
     door: _builtins.str
     """The door: `rest` or `grpc`. Always set."""
     model: _builtins.str
-    """The model the client requested (or the server's default). Always set."""
+    """The model the client requested (or the server's default). Optional; empty when
+    the request body could not be read.
+    """
     served_model: _builtins.str
     """The model that served the request: a retired model's successor, or `model`
     itself. Optional; empty when the request failed before a model was chosen.
