@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -104,16 +105,30 @@ async def test_settling_charges_the_images_returned(store: Store) -> None:
 
 
 async def test_a_full_window_reserves_nothing(store: Store) -> None:
-    """The day has room, the minute has not: the day's counter must not move."""
+    """The day has room, the month has not: the day's counter, already raised in the same
+    transaction, must fall back."""
     keys, quotas = store.keys, store.quotas
     key, _ = await keys.create("unit", limits=KeyLimits(daily_image_quota=100,
-                                                        requests_per_minute=1))
+                                                        monthly_image_quota=6))
     await quotas.reserve(key, 4)
     with pytest.raises(ResourceExhausted) as refused:
         await quotas.reserve(key, 4)
+    assert refused.value.reason == "MONTHLY_QUOTA_EXCEEDED"
+    assert (await quotas.used([key.id]))[key.id] == (4, 4)
+
+
+async def test_rate_limit_counts_requests(store: Store) -> None:
+    keys, quotas = store.keys, store.quotas
+    key, _ = await keys.create("unit", limits=KeyLimits(requests_per_minute=2))
+    if time.time() % 60 > 58:  # all three in the same clock minute
+        await asyncio.sleep(2.5)
+    await quotas.reserve(key, 5)
+    await quotas.reserve(key, 5)
+    with pytest.raises(ResourceExhausted) as refused:
+        await quotas.reserve(key, 1)
     assert refused.value.reason == "RATE_LIMIT_EXCEEDED"
     assert 0 < (refused.value.retry_after or 0) <= 60
-    assert (await quotas.used([key.id]))[key.id] == (4, 4)
+    assert (await quotas.used([key.id]))[key.id] == (10, 10)
 
 
 async def test_keys_without_limits_are_counted_too(store: Store) -> None:
