@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,6 +39,8 @@ from service.errors import ResourceExhausted
 from service.keys import ApiKey
 
 MINUTE, DAY, MONTH = "minute", "day", "month"
+# INSERT ... ON CONFLICT, by database
+INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def window_start(period: str, now: datetime) -> datetime:
@@ -93,8 +96,10 @@ class Reservation:
 
 class Quotas:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
+        if dialect not in INSERTS:
+            raise ValueError(f"quotas need SQLite or PostgreSQL, not {dialect}")
         self._sessions = sessions
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._insert = INSERTS[dialect]
 
     async def reserve(self, key: ApiKey, images: int) -> Reservation:
         """Reserve a request of `images` images for `key`, or raise 429 naming the full
