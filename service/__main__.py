@@ -1,8 +1,13 @@
-"""Command line: `python -m service serve|run|keys|envoy-config`.
+"""Command line: `python -m service serve|run|keys|usage|envoy-config`.
 
     serve          the gRPC server alone
     run            the server and Envoy together (what `make run` starts); Ctrl-C stops both
-    keys create NAME [--admin] | keys list | keys revoke ID_OR_PREFIX
+    keys create NAME [--admin] [LIMITS] | keys list | keys limits ID_OR_PREFIX LIMITS
+        | keys revoke ID_OR_PREFIX
+                   LIMITS: [--models M,M|all] [--daily N] [--monthly N] [--rpm N]
+                   [--expires DATE|never]; 0 removes a quota
+    usage [--key ID] [--since DATE] [--until DATE] [--model M]
+                   usage totals per UTC day and model (every key unless --key)
     envoy-config   print the Envoy config rendered from the settings
 """
 
@@ -10,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from service import db, envoy, logs
+from service import cli, envoy, logs
 from service.config import Settings
 from service.errors import HubError
 from service.keys import KeyStore
@@ -31,14 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the gRPC server")
     commands.add_parser("run", help="run the server and Envoy (make run)")
     commands.add_parser("envoy-config", help="print the rendered Envoy config")
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="action", required=True)
-    create = keys.add_parser("create", help="create a key; its secret is printed once")
-    create.add_argument("name")
-    create.add_argument("--admin", action="store_true", help="may call the admin API")
-    keys.add_parser("list", help="list keys (id, prefix, name, state)")
-    revoke = keys.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key")
+    cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -50,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "envoy-config":
         print(envoy.render(settings))
     else:
+        command = cli.keys_command if args.command == "keys" else cli.usage_command
         try:
-            return asyncio.run(keys_command(settings, args))
+            return asyncio.run(command(settings, args))
         except HubError as error:
             print(f"error: {error.message}", file=sys.stderr)
             return 1
@@ -102,7 +99,8 @@ async def _until_stopped(proxy: object) -> None:
 async def ensure_first_key(keys: KeyStore, settings: Settings) -> str:
     """On a first start with no key at all, make one admin key and keep it in var/."""
     path = settings.var_dir / "dev-api-key"
-    if settings.static_api_keys or await keys.count_usable() > 0:
+    if (settings.static_api_keys or settings.static_admin_api_keys
+            or await keys.count_usable() > 0):
         return (f"API key: in {path}" if path.exists()
                 else "API keys: use yours (python -m service keys create NAME makes one)")
     _, token = await keys.create("first key (make run)", admin=True, source="dev")
@@ -116,36 +114,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     path.chmod(0o600)
-
-
-@contextlib.asynccontextmanager
-async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
-    settings = settings.with_generated_secrets()
-    assert settings.key_hash_secret is not None
-    engine = db.create_engine(settings.db_url)
-    try:
-        await db.migrate(engine)
-        yield KeyStore(db.sessions(engine), settings.key_hash_secret.get_secret_value().encode())
-    finally:
-        await engine.dispose()
-
-
-async def keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    async with _key_store(settings) as keys:
-        if args.action == "create":
-            key, token = await keys.create(args.name, admin=args.admin)
-            print(f"created {key.id} ({key.name}{', admin' if key.admin else ''})")
-            print(f"key (shown once, keep it safe): {token}")
-        elif args.action == "list":
-            print(f"{'id':22} {'prefix':14} {'state':8} {'admin':6} name")
-            for key in await keys.list():
-                state = "revoked" if key.revoked_at else "active"
-                print(f"{key.id:22} {key.prefix:14} {state:8} {'yes' if key.admin else 'no':6} "
-                      f"{key.name}")
-        else:
-            key = await keys.revoke(args.key)
-            print(f"revoked {key.id} ({key.name})")
-    return 0
 
 
 if __name__ == "__main__":

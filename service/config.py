@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -38,10 +39,15 @@ class Settings(BaseSettings):
     url_ttl_seconds: int = Field(default=3600, ge=1)
     signing_secret: SecretStr | None = None
 
-    # API keys: a comma-separated list accepted besides the keys in the database, and the
-    # secret that keys are digested with (HMAC-SHA256) before they are stored or looked up.
+    # API keys: comma-separated lists accepted besides the keys in the database (plain and
+    # admin keys, for deployments and tests), and the secret that keys are digested with
+    # (HMAC-SHA256) before they are stored or looked up.
     api_keys: SecretStr | None = None
+    admin_api_keys: SecretStr | None = None
     key_hash_secret: SecretStr | None = None
+
+    # Usage: how many credits one US dollar of cost is (costs are recorded in both).
+    credits_per_usd: Decimal = Field(default=Decimal(1000), gt=0)
 
     # Models: the default when a request names none (unset: dall-e-2 when OpenAI is
     # configured, else the local renderer), and an optional file that adds or overrides
@@ -114,9 +120,11 @@ class Settings(BaseSettings):
 
     @property
     def static_api_keys(self) -> list[str]:
-        if self.api_keys is None:
-            return []
-        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+        return _split(self.api_keys)
+
+    @property
+    def static_admin_api_keys(self) -> list[str]:
+        return _split(self.admin_api_keys)
 
     def with_generated_secrets(self) -> Settings:
         """Fill unset secrets from files under var/, creating them (mode 0600) if missing."""
@@ -126,6 +134,12 @@ class Settings(BaseSettings):
             if getattr(self, field) is None:
                 update[field] = SecretStr(_read_or_create_secret(self.var_dir / filename))
         return self.model_copy(update=update) if update else self
+
+
+def _split(keys: SecretStr | None) -> list[str]:
+    if keys is None:
+        return []
+    return [k.strip() for k in keys.get_secret_value().split(",") if k.strip()]
 
 
 def _read_or_create_secret(path: Path) -> str:

@@ -1,23 +1,45 @@
 """The database: tables, the async engine, and migrations to the newest schema.
 
 SQLite under var/ by default (WAL, so readers never wait on the writer), PostgreSQL when
-AIGNE_HUB_DATABASE_URL names one. Alembic owns the schema; `migrate` runs at start-up.
+AIGNE_HUB_DATABASE_URL names one. Alembic owns the schema; `migrate` runs at start-up, and
+several processes starting at once on one database take turns (a PostgreSQL advisory lock;
+on SQLite, the database's write lock).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Boolean, DateTime, LargeBinary, String, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    event,
+    text,
+)
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK_ID = 0x41_49_47_4E_45_48_55_42  # "AIGNEHUB": the advisory lock of migrations
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -56,17 +78,77 @@ class ApiKeyRow(Base):
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # Limits; None means the limit does not apply (allowed_models None: every model).
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    daily_image_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_image_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class QuotaCounterRow(Base):
+    """What one key used in one window: images per `day` or `month`, requests per
+    `minute`. Reservations add to `used` with one conditional statement (see quotas.py)."""
+
+    __tablename__ = "quota_counters"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer)
+
+
+class UsageRecordRow(Base):
+    """One image request that passed authentication, whatever its outcome."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_key_id_day", "key_id", "day"),
+        Index("ix_usage_records_day", "day"),
+        Index("ix_usage_records_key_id_id", "key_id", "id"),
+        Index("ix_usage_records_request_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    day: Mapped[date] = mapped_column(Date)  # created_at's UTC day, for totals per day
+    door: Mapped[str] = mapped_column(String(8))
+    model: Mapped[str] = mapped_column(String(200))
+    served_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    n: Mapped[int] = mapped_column(Integer)
+    size: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    quality: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    response_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    status: Mapped[str] = mapped_column(String(64))
+    http_status: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    upstream_ms: Mapped[float] = mapped_column(Float)
+    total_ms: Mapped[float] = mapped_column(Float)
+    input_text_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    input_image_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    output_text_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    output_image_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Costs in billionths, so sums are exact on every database.
+    cost_usd_nanos: Mapped[int] = mapped_column(BigInteger)
+    cost_credits_nanos: Mapped[int] = mapped_column(BigInteger)
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """The engine for `url`. Statement parameters (key digests among them) are kept out of
+    error messages and logs."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -83,9 +165,22 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-ar
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision."""
+    """Bring the schema to the newest revision, one process at a time: the others wait,
+    then find it at the newest revision already."""
     async with engine.begin() as connection:
+        await _lock_schema(connection)
         await connection.run_sync(_upgrade)
+
+
+async def _lock_schema(connection: AsyncConnection) -> None:
+    """Hold the migration lock until this transaction ends. PostgreSQL: an advisory lock
+    (its DDL is transactional). SQLite: the write lock, taken at once (BEGIN IMMEDIATE), so
+    a second process waits (busy_timeout) instead of creating the same tables."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"),
+                                 {"id": MIGRATION_LOCK_ID})
+    elif connection.dialect.name == "sqlite":
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _upgrade(connection: Connection) -> None:

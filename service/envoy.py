@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 LUA_FILE = ROOT / "envoy" / "hub.lua"
 DESCRIPTOR = ROOT / "gen" / "descriptor" / "aigne_hub.pb"
-SERVICES = ("aigne.hub.v1.ImageService",)
+SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService")
 ROUTE_MARGIN_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 

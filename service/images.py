@@ -1,7 +1,8 @@
 """The ImageService servicer: short methods that call the parts in order.
 
-    route the model → check the request → load input images → fan out to the provider
-    → conform the images → store them (url) or embed them (b64_json) → answer
+    route the model → check the request → reserve quota → load input images
+    → fan out to the provider → conform the images → store them (url) or embed them
+    (b64_json) → answer
 
 It never imports an SDK and never builds an error body: it raises HubError.
 """
@@ -26,6 +27,7 @@ from service.interceptors import Call, current_call
 from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
 from service.providers import Providers
 from service.providers.base import GeneratedImage, Generation
+from service.quotas import Quotas
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
@@ -36,9 +38,10 @@ JSON = "application/json"
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
-                 signer: UrlSigner, loader: ImageLoader, default_model: str,
+                 signer: UrlSigner, loader: ImageLoader, quotas: Quotas, default_model: str,
                  fan_out_concurrency: int, retry: RetryPolicy) -> None:
         self._registry = registry
+        self._quotas = quotas
         self._providers = providers
         self._store = store
         self._signer = signer
@@ -50,18 +53,26 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
         call = current_call()
-        route = self._registry.route(request.model or self._default_model)
+        meter = call.meter  # usage: the interceptor records it, success or failure
+        meter.requested(request, request.model or self._default_model)
+        call.caller.check_model(meter.model)
+        route = self._registry.route(meter.model)
         plan = validation.plan(request, route)
         provider = self._providers.for_model(route.served)
         call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
+        meter.planned(plan)
+        meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
         job = replace(plan.job, images=await self._loader.load(plan.image_sources),
                       deadline=call.deadline, request_id=call.request_id)
-        generation = await fan_out(provider, job, concurrency=self._concurrency,
-                                   seconds_left=call.remaining(), retry=self._retry)
+        meter.generation = generation = await fan_out(
+            provider, job, concurrency=self._concurrency, seconds_left=call.remaining(),
+            retry=self._retry)
         images = await conform(generation.images, plan)
         self._lifecycle_headers(call, route)
+        data = await self._answer(images, plan)
+        meter.returned(images)
         return pb.GenerateResponse(
-            created=int(call.accepted_at), data=await self._answer(images, plan),
+            created=int(call.accepted_at), data=data,
             usage=_usage(generation), output_format=plan.output_format,
             background=plan.job.background if plan.job.background != "auto" else None)
 

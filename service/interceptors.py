@@ -1,10 +1,12 @@
-"""Every call passes one interceptor: request id, deadline, API key, errors, the log line.
+"""Every call passes one interceptor: request id, deadline, API key (and admin rights for
+admin methods), errors, the usage record of metered calls, the log line.
 
-The servicer reads what the interceptor learned through `current_call()`, and raises
-HubError; this module turns the error into a google.rpc.Status (ErrorInfo, BadRequest,
-RetryInfo, RequestInfo). For calls that came through the REST door (Envoy marks them
-`x-hub-door: rest`) it also sends the OpenAI-shaped JSON body and the HTTP status as
-metadata, which Envoy's Lua filter puts on the wire, so both doors say the same thing.
+The servicer reads what the interceptor learned through `current_call()`, fills
+`call.meter` on metered calls, and raises HubError; this module turns the error into a
+google.rpc.Status (ErrorInfo, BadRequest, RetryInfo, RequestInfo). For calls that came
+through the REST door (Envoy marks them `x-hub-door: rest`) it also sends the OpenAI-shaped
+JSON body and the HTTP status as metadata, which Envoy's Lua filter puts on the wire, so
+both doors say the same thing.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.errors import DOMAIN, HubError, Internal
+from service.errors import DOMAIN, HubError, Internal, PermissionDenied, Unauthenticated
 from service.keys import ApiKey, KeyStore
+from service.usage import CallFacts, Meter, UsageRecorder
 
 log = structlog.get_logger("aigne.hub")
 
@@ -46,9 +49,17 @@ class Call:
     key: ApiKey | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     log: dict[str, Any] = field(default_factory=dict)
+    meter: Meter = field(default_factory=Meter)  # recorded for metered methods
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+    @property
+    def caller(self) -> ApiKey:
+        """The caller's key; only public methods run without one."""
+        if self.key is None:
+            raise Unauthenticated("This method needs an API key.", reason="MISSING_API_KEY")
+        return self.key
 
 
 _current: ContextVar[Call] = ContextVar("aigne_hub_call")
@@ -62,10 +73,17 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class HubInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: KeyStore, *, public_methods: frozenset[str],
+    """`public_methods` need no key; methods under `admin_prefixes` need an admin key;
+    `metered_methods` leave a usage record."""
+
+    def __init__(self, keys: KeyStore, usage: UsageRecorder, *, public_methods: frozenset[str],
+                 admin_prefixes: tuple[str, ...], metered_methods: frozenset[str],
                  request_timeout: float) -> None:
         self._keys = keys
+        self._usage = usage
         self._public = public_methods
+        self._admin = admin_prefixes
+        self._metered = metered_methods
         self._timeout = request_timeout
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
@@ -83,33 +101,48 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
             token = _current.set(call)
-            status = "OK"
             try:
-                if method not in self._public:
-                    call.key = await self._keys.authenticate(_metadata(context, "authorization"))
-                response = await behavior(request, context)
+                response = await self._run(method, call, behavior, request, context)
+            except HubError as error:
+                await self._end(method, call, error.reason, error.http_status)
+                await _abort(context, call, error)
+            except grpc.aio.AbortError:
+                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
+                raise
+            except asyncio.CancelledError:
+                await self._end(method, call, "CANCELLED", 499)
+                raise
+            except Exception:
+                log.exception("unexpected error", request_id=call.request_id, method=method)
+                await self._end(method, call, "INTERNAL", 500)
+                await _abort(context, call, Internal(
+                    f"Something went wrong on our side (request {call.request_id})."))
+            else:
+                await self._end(method, call, "OK", 200)
                 await context.send_initial_metadata(
                     (*call.response_headers, ("x-request-id", call.request_id)))
                 return response
-            except grpc.aio.AbortError:
-                status = "ABORTED_BY_HANDLER"
-                raise
-            except asyncio.CancelledError:
-                status = "CANCELLED"
-                raise
-            except HubError as error:
-                status = error.reason
-                await _abort(context, call, error)
-            except Exception:
-                status = "INTERNAL"
-                log.exception("unexpected error", request_id=call.request_id, method=method)
-                await _abort(context, call, Internal(
-                    f"Something went wrong on our side (request {call.request_id})."))
             finally:
-                _log_line(call, status)
                 _current.reset(token)
 
         return unary
+
+    async def _run(self, method: str, call: Call, behavior: Behavior, request: Any,
+                   context: grpc.aio.ServicerContext) -> Any:
+        if method not in self._public:
+            call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+        if method.startswith(self._admin) and not (call.key and call.key.admin):
+            raise PermissionDenied("This API key may not call the admin API.",
+                                   reason="ADMIN_KEY_REQUIRED")
+        return await behavior(request, context)
+
+    async def _end(self, method: str, call: Call, status: str, http_status: int) -> None:
+        """Record a metered call's usage and write the log line, before the answer leaves
+        (so a client that has its answer finds the record, and its quota settled)."""
+        _log_line(call, status)
+        if method in self._metered and call.key is not None:
+            await self._usage.finish(call.meter, CallFacts(
+                call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         loop = asyncio.get_running_loop()

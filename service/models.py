@@ -3,7 +3,8 @@
 `models.toml` beside this module holds the defaults; an operator's file
 (AIGNE_HUB_MODELS_FILE) adds models or overrides fields of existing ones, so a new model or a
 new shutdown date is a config entry, not code. An entry may name a `base` entry whose fields
-it starts from.
+it starts from. Prices are data too: `[prices.NAME]` tables (see pricing.py) attach to the
+model of that name and to the entries based on it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.errors import NotFound
+from service.pricing import Price
 
 DEFAULTS_FILE = Path(__file__).with_name("models.toml")
 
@@ -153,6 +155,7 @@ class ModelSpec(BaseModel):
     serve_retired: bool = True
     quality_map: Mapping[str, str] = Field(default_factory=dict)
     style_hints: Mapping[str, str] = Field(default_factory=dict)
+    price: Price | None = None  # from [prices.NAME]; None: requests cost nothing
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -262,20 +265,36 @@ def lifecycle_on(spec: ModelSpec, today: date) -> Lifecycle:
 
 
 def load_registry(extra_file: Path | None = None) -> ModelRegistry:
-    """The default registry, with the entries of `extra_file` merged over it.
+    """The default registry, with the entries and prices of `extra_file` merged over it.
 
     An entry of `extra_file` overrides the fields it names of the model it names, and
     nothing else: models whose defaults were based on it keep their own fields."""
-    entries = _resolve(_read(DEFAULTS_FILE), {})
+    defaults, prices = _read(DEFAULTS_FILE)
+    entries = _resolve(_priced(defaults, prices, {}), {})
     if extra_file is not None:
-        entries = _resolve(_read(extra_file), entries)
+        extra_entries, extra_prices = _read(extra_file)
+        entries = _resolve(_priced(extra_entries, extra_prices, entries), entries)
     return ModelRegistry(ModelSpec(name=name, **fields) for name, fields in entries.items())
 
 
-def _read(path: Path) -> dict[str, dict[str, Any]]:
+def _priced(entries: dict[str, dict[str, Any]], prices: dict[str, Any],
+            known: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`entries` with each price table set on its model, before bases are resolved: a default
+    price then carries over to the entries based on its model."""
+    priced = {name: dict(fields) for name, fields in entries.items()}
+    for name, price in prices.items():
+        if name in priced:
+            priced[name]["price"] = price
+        elif name in known:
+            priced[name] = {"price": price}
+    return priced
+
+
+def _read(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     with path.open("rb") as f:
         data = tomllib.load(f)
-    return {name: dict(fields) for name, fields in data.get("models", {}).items()}
+    entries = {name: dict(fields) for name, fields in data.get("models", {}).items()}
+    return entries, dict(data.get("prices", {}))
 
 
 def _resolve(entries: dict[str, dict[str, Any]],

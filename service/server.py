@@ -17,8 +17,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aigne.hub.v1 import image_service_pb2, image_service_pb2_grpc
+from aigne.hub.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
+)
 from service import db
+from service.admin import AdminServicer
 from service.config import Settings
 from service.generation import RetryPolicy
 from service.images import ImageServicer
@@ -27,16 +35,23 @@ from service.interceptors import HubInterceptor
 from service.keys import KeyStore
 from service.models import ModelRegistry, load_registry
 from service.providers import Providers
+from service.quotas import Quotas
+from service.reports import UsageServicer
 from service.store.filesystem import FilesystemStore
 from service.store.signing import UrlSigner
+from service.usage import UsageRecorder, UsageReports
 
 log = structlog.get_logger("aigne.hub")
 
 SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
     "/grpc.health.v1.Health/Check",
 })
+ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/",)
+METERED_METHODS = frozenset({f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/GenerateHttp"})
 GRACE_SECONDS = 30.0
 
 
@@ -49,6 +64,7 @@ class Hub:
     health: health.aio.HealthServicer
     engine: AsyncEngine
     keys: KeyStore
+    usage: UsageRecorder
     providers: Providers
     loader: ImageLoader
     default_model: str
@@ -56,6 +72,7 @@ class Hub:
     async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.usage.drain()
         await self.providers.aclose()
         await self.loader.aclose()
         await self.engine.dispose()
@@ -66,39 +83,59 @@ async def create_server(settings: Settings) -> Hub:
     assert settings.signing_secret and settings.key_hash_secret
     engine = db.create_engine(settings.db_url)
     await db.migrate(engine)
-    keys = KeyStore(db.sessions(engine), settings.key_hash_secret.get_secret_value().encode())
-    for token in settings.static_api_keys:
-        await keys.ensure(token, f"from AIGNE_HUB_API_KEYS ({token[:8]}…)", admin=False,
-                          source="env")
+    sessions = db.sessions(engine)
+    keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
+    await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
     providers = Providers(settings)
     default_model = choose_default_model(settings, registry, providers)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
+    quotas = Quotas(sessions, engine.dialect.name)
+    usage = UsageRecorder(sessions, settings.credits_per_usd)
     servicer = ImageServicer(
         registry=registry, providers=providers, store=FilesystemStore(settings.images_dir),
         signer=UrlSigner(settings.signing_secret.get_secret_value().encode(),
                          settings.public_base, settings.url_ttl_seconds),
-        loader=loader, default_model=default_model,
+        loader=loader, quotas=quotas, default_model=default_model,
         fan_out_concurrency=settings.fan_out_concurrency,
         retry=RetryPolicy(retries=settings.upstream_retries,
                           base_seconds=settings.upstream_retry_base_seconds))
     server = grpc.aio.server(
-        interceptors=[HubInterceptor(keys, public_methods=PUBLIC_METHODS,
+        interceptors=[HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
+                                     admin_prefixes=ADMIN_PREFIXES,
+                                     metered_methods=METERED_METHODS,
                                      request_timeout=settings.request_timeout_seconds)],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(keys=keys, quotas=quotas, models=registry), server)
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(UsageReports(sessions)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE,
+         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Hub(server, port, health_servicer, engine, keys, providers, loader, default_model)
+    return Hub(server, port, health_servicer, engine, keys, usage, providers, loader,
+               default_model)
+
+
+async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
+    """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
+    have ids, usage and limits like any key); a key's admin flag follows the setting."""
+    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
+                                    ("AIGNE_HUB_ADMIN_API_KEYS",
+                                     settings.static_admin_api_keys, True)):
+        for token in tokens:
+            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
+                              source="env")
 
 
 def choose_default_model(settings: Settings, registry: ModelRegistry,

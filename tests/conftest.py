@@ -1,8 +1,11 @@
-"""Fixtures: the real stack (server and Envoy), fake providers, and clients for both doors."""
+"""Fixtures: the real stack (server and Envoy), fake providers, and clients for both doors; a
+real PostgreSQL server, and a stack per database (SQLite, PostgreSQL) for the tests of keys,
+quotas and usage."""
 
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.images import picture
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import FakeServer, Received, Reply
+from tests.hub import Hub
+from tests.postgres import PostgresServer
 from tests.stack import TEST_KEY, Stack
 
 DATA = Path(__file__).with_name("data")
@@ -155,3 +160,43 @@ def out_dir(request: pytest.FixtureRequest) -> Path:
     path = Path(__file__).resolve().parents[1] / "test-output" / request.node.name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; each user of it makes its own database."""
+    with PostgresServer() as server:
+        yield server
+
+
+DATABASES = ["sqlite", "postgres"]
+
+
+def database_url(kind: str, request: pytest.FixtureRequest, tmp: Path) -> str:
+    """A new, empty database of `kind`."""
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp / 'hub.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"hub_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=DATABASES)
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty database, once per kind."""
+    return database_url(request.param, request, tmp_path)
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Hub]:
+    """The stack on SQLite, then on PostgreSQL, with an admin key from the configuration
+    and tests/models.toml. At the end its log must hold none of the secrets handed out."""
+    var_dir = tmp_path_factory.mktemp(f"hub-{request.param}")
+    url = database_url(request.param, request, var_dir)
+    with Stack(var_dir, env=Hub.env(url)) as stack:
+        running = Hub(stack, request.param)
+        yield running
+        running.close()
+    log = stack.log_path.read_text(errors="replace")
+    leaked = [secret[:12] for secret in running.secrets if secret in log]
+    assert not leaked, f"secrets in the stack's log: {leaked}"

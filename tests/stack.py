@@ -1,5 +1,6 @@
 """The real stack for tests: `python -m service run` (server and Envoy) on free ports, with
-its own var/ directory, stopped for sure at the end."""
+its own var/ directory, stopped for sure at the end. `Stack.replica()` adds more server
+processes (`python -m service serve`) on the same database, as replicas would be."""
 
 from __future__ import annotations
 
@@ -88,13 +89,7 @@ class Stack:
         raise TimeoutError(f"the stack did not become ready:\n{self.log_tail()}")
 
     def _server_serving(self) -> bool:
-        with grpc.insecure_channel(self.server_target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return serving(self.server_target)
 
     def _envoy_ready(self) -> bool:
         try:
@@ -114,19 +109,76 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "service", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=60, check=True)
 
+    def replica(self) -> Replica:
+        """Another server process on this stack's database, settings and var/ (not started)."""
+        return Replica(self)
+
     def stop(self) -> None:
         """SIGTERM and wait (the run command stops Envoy and drains); kill if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
 
     def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Replica:
+    """One more gRPC server (`python -m service serve`) sharing a stack's database, reached
+    on its own port (not through the stack's Envoy)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.grpc_port = free_port()
+        self.env = {**stack.env, "AIGNE_HUB_GRPC_PORT": str(self.grpc_port)}
+        self.log_path = stack.var_dir / f"replica-{self.grpc_port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 60) -> Replica:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not serving(self.target):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the replica did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        terminate(self.process)
+
+    def __enter__(self) -> Replica:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serving(target: str) -> bool:
+    """Whether the gRPC server at `target` answers its health check with SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM and wait (the server drains; `run` stops Envoy too); kill if it hangs."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,169 @@
+"""Quotas and rate limits, exact under concurrency and across processes sharing a database.
+
+Before a request reaches the provider it reserves what it may use: one request in the
+key's current UTC minute (when the key has a requests-per-minute limit), and its n images
+in the current UTC day and calendar month. Each window is one statement,
+
+    INSERT INTO quota_counters (key_id, period, period_start, used) VALUES (..., :n)
+    ON CONFLICT (key_id, period, period_start)
+    DO UPDATE SET used = quota_counters.used + excluded.used
+    WHERE quota_counters.used + excluded.used <= :limit
+    RETURNING used
+
+which adds n only while the sum stays within the limit: PostgreSQL runs it under the row's
+lock (a concurrent statement waits, then re-checks the condition on the new value), SQLite
+runs one writer at a time. A request's windows are reserved in one transaction, always in
+the same order (so two requests never deadlock); when one is full the transaction rolls
+back and the request gets 429 naming that limit, with Retry-After until the window resets.
+
+Afterwards `Reservation.settle(images_returned)` gives back what was not returned (a
+failure gives back all n), so a request is charged for the images it actually returned.
+The minute window counts requests, whatever their outcome. Day and month windows are kept
+for every key, limited or not, so a quota set in the middle of a day counts that day's
+images already made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.db import QuotaCounterRow, utcnow
+from service.errors import ResourceExhausted
+from service.keys import ApiKey
+
+MINUTE, DAY, MONTH = "minute", "day", "month"
+# INSERT ... ON CONFLICT, by database
+INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def window_start(period: str, now: datetime) -> datetime:
+    """The start of the UTC window of `period` that holds `now`."""
+    if period == MINUTE:
+        return now.replace(second=0, microsecond=0)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == DAY else day.replace(day=1)
+
+
+def window_end(period: str, start: datetime) -> datetime:
+    if period == MINUTE:
+        return start + timedelta(minutes=1)
+    if period == DAY:
+        return start + timedelta(days=1)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    period: str
+    amount: int
+    limit: int | None
+    reason: str
+    what: str
+
+
+@dataclass
+class Reservation:
+    """What one request reserved: its images in the day and month windows it started in."""
+
+    key_id: str
+    images: int
+    windows: tuple[tuple[str, datetime], ...]
+    settled: bool = field(default=False)
+
+    async def settle(self, session: AsyncSession, images_returned: int) -> None:
+        """Give back the images that were not returned, in the caller's transaction. Only
+        the first call counts."""
+        if self.settled:
+            return
+        self.settled = True
+        unused = self.images - min(max(images_returned, 0), self.images)
+        if unused == 0:
+            return
+        for period, start in self.windows:
+            await session.execute(
+                update(QuotaCounterRow)
+                .where(QuotaCounterRow.key_id == self.key_id, QuotaCounterRow.period == period,
+                       QuotaCounterRow.period_start == start)
+                .values(used=QuotaCounterRow.used - unused))
+
+
+class Quotas:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
+        if dialect not in INSERTS:
+            raise ValueError(f"quotas need SQLite or PostgreSQL, not {dialect}")
+        self._sessions = sessions
+        self._insert = INSERTS[dialect]
+
+    async def reserve(self, key: ApiKey, images: int) -> Reservation:
+        """Reserve a request of `images` images for `key`, or raise 429 naming the full
+        window."""
+        limits = key.limits
+        claims = [_Claim(DAY, images, limits.daily_image_quota, "DAILY_QUOTA_EXCEEDED",
+                         "daily image quota"),
+                  _Claim(MONTH, images, limits.monthly_image_quota, "MONTHLY_QUOTA_EXCEEDED",
+                         "monthly image quota")]
+        if limits.requests_per_minute is not None:
+            claims.insert(0, _Claim(MINUTE, 1, limits.requests_per_minute,
+                                    "RATE_LIMIT_EXCEEDED", "requests-per-minute limit"))
+        now = utcnow()
+        async with self._sessions() as session, session.begin():
+            for claim in claims:
+                start = window_start(claim.period, now)
+                if claim.period == MINUTE:  # past minutes are of no use: keep the table small
+                    await session.execute(delete(QuotaCounterRow).where(
+                        QuotaCounterRow.key_id == key.id, QuotaCounterRow.period == MINUTE,
+                        QuotaCounterRow.period_start < start))
+                if not await self._claim(session, key.id, claim, start):
+                    raise _exhausted(claim, now, start)
+        return Reservation(key.id, images, tuple((p, window_start(p, now)) for p in (DAY, MONTH)))
+
+    async def _claim(self, session: AsyncSession, key_id: str, claim: _Claim,
+                     start: datetime) -> bool:
+        if claim.limit is not None and claim.amount > claim.limit:
+            return False
+        insert = self._insert(QuotaCounterRow).values(
+            key_id=key_id, period=claim.period, period_start=start, used=claim.amount)
+        statement = insert.on_conflict_do_update(
+            index_elements=[QuotaCounterRow.key_id, QuotaCounterRow.period,
+                            QuotaCounterRow.period_start],
+            set_={"used": QuotaCounterRow.used + insert.excluded.used},
+            where=(QuotaCounterRow.used + insert.excluded.used <= claim.limit)
+            if claim.limit is not None else None,
+        ).returning(QuotaCounterRow.used)
+        return (await session.execute(statement)).first() is not None
+
+    async def used(self, key_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """Images each key used in the current UTC day and month (reserved ones included)."""
+        now = utcnow()
+        starts = {DAY: window_start(DAY, now), MONTH: window_start(MONTH, now)}
+        async with self._sessions() as session:
+            rows = await session.execute(select(
+                QuotaCounterRow.key_id, QuotaCounterRow.period, QuotaCounterRow.used).where(
+                QuotaCounterRow.key_id.in_(key_ids),
+                ((QuotaCounterRow.period == DAY) & (QuotaCounterRow.period_start == starts[DAY]))
+                | ((QuotaCounterRow.period == MONTH)
+                   & (QuotaCounterRow.period_start == starts[MONTH]))))
+            used = {key_id: [0, 0] for key_id in key_ids}
+            for key_id, period, count in rows:
+                used[key_id][0 if period == DAY else 1] = count
+        return {key_id: (day, month) for key_id, (day, month) in used.items()}
+
+
+def _exhausted(claim: _Claim, now: datetime, start: datetime) -> ResourceExhausted:
+    retry_after = max(1, math.ceil((window_end(claim.period, start) - now).total_seconds()))
+    unit = "requests" if claim.period == MINUTE else "images"
+    if claim.limit is not None and claim.amount > claim.limit:
+        message = (f"This request asks for {claim.amount} {unit}, more than the key's "
+                   f"{claim.what} of {claim.limit}.")
+    else:
+        message = (f"This API key has reached its {claim.what} ({claim.limit} {unit}); "
+                   f"it resets in {retry_after} s.")
+    return ResourceExhausted(message, reason=claim.reason, retry_after=retry_after,
+                             metadata={"limit": str(claim.limit), "window": claim.period})
