@@ -26,6 +26,23 @@ type ImageServiceClient interface {
 	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
 	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
 	GenerateHttp(ctx context.Context, in *GenerateHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
+	// accepted (and every few seconds while nothing else happens), `partial_image` events
+	// where the upstream model streams previews (gpt-image models, when the request asks
+	// for `partial_images`), an `image` event for each finished image as soon as it is
+	// stored, then one `done` event with the usage. An error before the first event is the
+	// call's status; an error after it ends the stream with that status (the images already
+	// sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+	StreamGenerate(ctx context.Context, in *StreamGenerateRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateClient, error)
+	// StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+	// in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+	// StreamGenerateResponse, named like OpenAI's image stream events
+	// (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+	// for edits). An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. The second path serves the
+	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+	// reads this stream. gRPC clients call StreamGenerate.
+	StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -62,6 +79,70 @@ func (c *imageServiceClient) GenerateHttp(ctx context.Context, in *GenerateHttpR
 	return out, nil
 }
 
+func (c *imageServiceClient) StreamGenerate(ctx context.Context, in *StreamGenerateRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[0], "/aigne.hub.v1.ImageService/StreamGenerate", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceStreamGenerateClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_StreamGenerateClient interface {
+	Recv() (*StreamGenerateResponse, error)
+	grpc.ClientStream
+}
+
+type imageServiceStreamGenerateClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceStreamGenerateClient) Recv() (*StreamGenerateResponse, error) {
+	m := new(StreamGenerateResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *imageServiceClient) StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[1], "/aigne.hub.v1.ImageService/StreamGenerateHttp", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceStreamGenerateHttpClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_StreamGenerateHttpClient interface {
+	Recv() (*httpbody.HttpBody, error)
+	grpc.ClientStream
+}
+
+type imageServiceStreamGenerateHttpClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceStreamGenerateHttpClient) Recv() (*httpbody.HttpBody, error) {
+	m := new(httpbody.HttpBody)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
 	out := new(httpbody.HttpBody)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetImage", in, out, opts...)
@@ -92,6 +173,23 @@ type ImageServiceServer interface {
 	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
 	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
 	GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error)
+	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
+	// accepted (and every few seconds while nothing else happens), `partial_image` events
+	// where the upstream model streams previews (gpt-image models, when the request asks
+	// for `partial_images`), an `image` event for each finished image as soon as it is
+	// stored, then one `done` event with the usage. An error before the first event is the
+	// call's status; an error after it ends the stream with that status (the images already
+	// sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+	StreamGenerate(*StreamGenerateRequest, ImageService_StreamGenerateServer) error
+	// StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+	// in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+	// StreamGenerateResponse, named like OpenAI's image stream events
+	// (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+	// for edits). An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. The second path serves the
+	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+	// reads this stream. gRPC clients call StreamGenerate.
+	StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -112,6 +210,12 @@ func (UnimplementedImageServiceServer) Generate(context.Context, *GenerateReques
 }
 func (UnimplementedImageServiceServer) GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GenerateHttp not implemented")
+}
+func (UnimplementedImageServiceServer) StreamGenerate(*StreamGenerateRequest, ImageService_StreamGenerateServer) error {
+	return status.Errorf(codes.Unimplemented, "method StreamGenerate not implemented")
+}
+func (UnimplementedImageServiceServer) StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error {
+	return status.Errorf(codes.Unimplemented, "method StreamGenerateHttp not implemented")
 }
 func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetImage not implemented")
@@ -166,6 +270,48 @@ func _ImageService_GenerateHttp_Handler(srv interface{}, ctx context.Context, de
 		return srv.(ImageServiceServer).GenerateHttp(ctx, req.(*GenerateHttpRequest))
 	}
 	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageService_StreamGenerate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamGenerateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).StreamGenerate(m, &imageServiceStreamGenerateServer{stream})
+}
+
+type ImageService_StreamGenerateServer interface {
+	Send(*StreamGenerateResponse) error
+	grpc.ServerStream
+}
+
+type imageServiceStreamGenerateServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceStreamGenerateServer) Send(m *StreamGenerateResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _ImageService_StreamGenerateHttp_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamGenerateHttpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).StreamGenerateHttp(m, &imageServiceStreamGenerateHttpServer{stream})
+}
+
+type ImageService_StreamGenerateHttpServer interface {
+	Send(*httpbody.HttpBody) error
+	grpc.ServerStream
+}
+
+type imageServiceStreamGenerateHttpServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceStreamGenerateHttpServer) Send(m *httpbody.HttpBody) error {
+	return x.ServerStream.SendMsg(m)
 }
 
 func _ImageService_GetImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -225,6 +371,17 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _ImageService_ListModels_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "StreamGenerate",
+			Handler:       _ImageService_StreamGenerate_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamGenerateHttp",
+			Handler:       _ImageService_StreamGenerateHttp_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "aigne/hub/v1/image_service.proto",
 }

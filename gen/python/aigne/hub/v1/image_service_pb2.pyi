@@ -38,6 +38,8 @@ class GenerateRequest(_message.Message):
     BACKGROUND_FIELD_NUMBER: _builtins.int
     MODERATION_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The text description of the wanted image(s). Required; non-empty after trimming;
     at most 1000 characters for dall-e-2, 4000 for dall-e-3, 32000 for gpt-image models.
@@ -78,6 +80,16 @@ class GenerateRequest(_message.Message):
     """The moderation level for gpt-image models: `auto` or `low`. Optional; default `auto`."""
     user: _builtins.str
     """An id for the end user, recorded with usage. Optional."""
+    stream: _builtins.bool
+    """Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
+    Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
+    stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+    """
+    partial_images: _builtins.int
+    """How many partial images (previews) to stream for each image, 0 to 3. Optional;
+    default 0. Streams only; sent where the model streams previews (`partial_images` in
+    `GET /api/models`), else no previews come.
+    """
     @_builtins.property
     def image(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Source image(s) to edit: each an `http(s)` URL or base64 (raw or
@@ -101,19 +113,29 @@ class GenerateRequest(_message.Message):
         background: _builtins.str = ...,
         moderation: _builtins.str = ...,
         user: _builtins.str = ...,
+        stream: _builtins.bool | None = ...,
+        partial_images: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "n", b"n", "output_compression", b"output_compression"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "n", b"n", "output_compression", b"output_compression", "partial_images", b"partial_images", "stream", b"stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "background", b"background", "image", b"image", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "style", b"style", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "background", b"background", "image", b"image", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "partial_images", b"partial_images", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "stream", b"stream", "style", b"style", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
     _WhichOneofReturnType__output_compression: _TypeAlias = _typing.Literal["output_compression"]  # noqa: Y015
     _WhichOneofArgType__output_compression: _TypeAlias = _typing.Literal["_output_compression", b"_output_compression"]  # noqa: Y015
+    _WhichOneofReturnType__partial_images: _TypeAlias = _typing.Literal["partial_images"]  # noqa: Y015
+    _WhichOneofArgType__partial_images: _TypeAlias = _typing.Literal["_partial_images", b"_partial_images"]  # noqa: Y015
+    _WhichOneofReturnType__stream: _TypeAlias = _typing.Literal["stream"]  # noqa: Y015
+    _WhichOneofArgType__stream: _TypeAlias = _typing.Literal["_stream", b"_stream"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_compression) -> _WhichOneofReturnType__output_compression | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__partial_images) -> _WhichOneofReturnType__partial_images | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stream) -> _WhichOneofReturnType__stream | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
 
@@ -290,6 +312,256 @@ class GenerateHttpRequest(_message.Message):
 Global___GenerateHttpRequest: _TypeAlias = GenerateHttpRequest  # noqa: Y015
 
 @_typing.final
+class StreamGenerateRequest(_message.Message):
+    """StreamGenerateRequest asks for a generation whose progress is streamed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___GenerateRequest:
+        """The generation, as Generate takes it (`stream` may be true or unset). Required."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___GenerateRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamGenerateRequest: _TypeAlias = StreamGenerateRequest  # noqa: Y015
+
+@_typing.final
+class StreamGenerateResponse(_message.Message):
+    """StreamGenerateResponse is one event of a StreamGenerate stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    PARTIAL_IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___StreamProgress:
+        """The request was accepted and is being worked on; repeated every few seconds
+        while nothing else is sent.
+        """
+
+    @_builtins.property
+    def partial_image(self) -> Global___StreamPartialImage:
+        """A preview of an image still being made."""
+
+    @_builtins.property
+    def image(self) -> Global___StreamImage:
+        """One finished image, stored (for `url`) before it is sent."""
+
+    @_builtins.property
+    def done(self) -> Global___StreamDone:
+        """The last event: every image was sent. Carries the usage."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___StreamProgress | None = ...,
+        partial_image: Global___StreamPartialImage | None = ...,
+        image: Global___StreamImage | None = ...,
+        done: Global___StreamDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "event", b"event", "image", b"image", "partial_image", b"partial_image", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "event", b"event", "image", b"image", "partial_image", b"partial_image", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "partial_image", "image", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___StreamGenerateResponse: _TypeAlias = StreamGenerateResponse  # noqa: Y015
+
+@_typing.final
+class StreamProgress(_message.Message):
+    """StreamProgress says what the stream is doing, and what it makes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    IMAGES_DONE_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """`generating` (the provider is at work) or `replaying` (an earlier request with the
+    same idempotency key made these images). Always set.
+    """
+    n: _builtins.int
+    """How many images are asked for. Always set."""
+    images_done: _builtins.int
+    """How many finished images were sent so far. Always set."""
+    created: _builtins.int
+    """When the request was accepted, in UNIX seconds: the answer's `created`. Always set."""
+    model: _builtins.str
+    """The model that makes the images. Always set."""
+    size: _builtins.str
+    """The size the images will have, or `auto`. Always set."""
+    quality: _builtins.str
+    """The quality asked of the model. Always set."""
+    output_format: _builtins.str
+    """The images' file type: `png`, `jpeg` or `webp`. Always set."""
+    background: _builtins.str
+    """The background asked for, where the request asked for one. Optional."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        n: _builtins.int = ...,
+        images_done: _builtins.int = ...,
+        created: _builtins.int = ...,
+        model: _builtins.str = ...,
+        size: _builtins.str = ...,
+        quality: _builtins.str = ...,
+        output_format: _builtins.str = ...,
+        background: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "created", b"created", "images_done", b"images_done", "model", b"model", "n", b"n", "output_format", b"output_format", "quality", b"quality", "size", b"size", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamProgress: _TypeAlias = StreamProgress  # noqa: Y015
+
+@_typing.final
+class StreamPartialImage(_message.Message):
+    """StreamPartialImage is a preview of one image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PARTIAL_IMAGE_INDEX_FIELD_NUMBER: _builtins.int
+    B64_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which of the `n` images this previews, from 0. Always set."""
+    partial_image_index: _builtins.int
+    """Which preview of that image this is, from 0. Always set."""
+    b64_json: _builtins.bytes
+    """The preview's image file. In JSON, standard base64. Always set."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        partial_image_index: _builtins.int = ...,
+        b64_json: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["b64_json", b"b64_json", "index", b"index", "partial_image_index", b"partial_image_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPartialImage: _TypeAlias = StreamPartialImage  # noqa: Y015
+
+@_typing.final
+class StreamImage(_message.Message):
+    """StreamImage is one finished image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which of the `n` images this is, from 0 (its place in Generate's `data`). Always set."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """The image, as the request's `response_format` asked. Always set."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamImage: _TypeAlias = StreamImage  # noqa: Y015
+
+@_typing.final
+class StreamDone(_message.Message):
+    """StreamDone ends a stream that made every image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    created: _builtins.int
+    """When the request was accepted, in UNIX seconds. Always set."""
+    output_format: _builtins.str
+    """The file type of the images: `png`, `jpeg` or `webp`. Always set."""
+    background: _builtins.str
+    """The background the images have, where the request asked for one. Optional."""
+    images: _builtins.int
+    """How many images were sent. Always set."""
+    @_builtins.property
+    def usage(self) -> Global___ImageUsage:
+        """Token usage, for models billed by tokens. Optional; absent for others."""
+
+    def __init__(
+        self,
+        *,
+        created: _builtins.int = ...,
+        usage: Global___ImageUsage | None = ...,
+        output_format: _builtins.str = ...,
+        background: _builtins.str = ...,
+        images: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "created", b"created", "images", b"images", "output_format", b"output_format", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamDone: _TypeAlias = StreamDone  # noqa: Y015
+
+@_typing.final
+class StreamGenerateHttpRequest(_message.Message):
+    """StreamGenerateHttpRequest carries the raw JSON body of
+    `POST /api/images/generations:stream`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a GenerateRequest in its JSON form. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamGenerateHttpRequest: _TypeAlias = StreamGenerateHttpRequest  # noqa: Y015
+
+@_typing.final
 class GetImageRequest(_message.Message):
     """GetImageRequest names a stored image and carries the signature of its URL."""
 
@@ -397,6 +669,7 @@ class Model(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     SERVED_BY_FIELD_NUMBER: _builtins.int
     PROVIDER_CONFIGURED_FIELD_NUMBER: _builtins.int
+    PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
     object: _builtins.str
@@ -437,6 +710,8 @@ class Model(_message.Message):
     """The model that actually serves a request for this one: itself, or its successor."""
     provider_configured: _builtins.bool
     """Whether the provider serving this model has credentials configured on this server."""
+    partial_images: _builtins.bool
+    """Whether streams of this model send partial images (previews) when asked for them."""
     @_builtins.property
     def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses)."""
@@ -503,10 +778,11 @@ class Model(_message.Message):
         available: _builtins.bool = ...,
         served_by: _builtins.str = ...,
         provider_configured: _builtins.bool = ...,
+        partial_images: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,6 +57,16 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.StreamGenerate = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/StreamGenerate',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.SerializeToString,
+                response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateResponse.FromString,
+                _registered_method=True)
+        self.StreamGenerateHttp = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/StreamGenerateHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetImage = channel.unary_unary(
                 '/aigne.hub.v1.ImageService/GetImage',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
@@ -102,6 +112,33 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamGenerate(self, request, context):
+        """StreamGenerate is Generate told as it happens: a `progress` event once the request is
+        accepted (and every few seconds while nothing else happens), `partial_image` events
+        where the upstream model streams previews (gpt-image models, when the request asks
+        for `partial_images`), an `image` event for each finished image as soon as it is
+        stored, then one `done` event with the usage. An error before the first event is the
+        call's status; an error after it ends the stream with that status (the images already
+        sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamGenerateHttp(self, request, context):
+        """StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+        in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+        StreamGenerateResponse, named like OpenAI's image stream events
+        (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+        for edits). An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. The second path serves the
+        `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+        reads this stream. gRPC clients call StreamGenerate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImage(self, request, context):
         """GetImage serves a stored image by the signed URL a `url` answer gave out.
         It needs no API key: the signature is the capability. The answer carries the
@@ -131,6 +168,16 @@ def add_ImageServiceServicer_to_server(servicer, server):
             'GenerateHttp': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateHttp,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'StreamGenerate': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamGenerate,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.FromString,
+                    response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateResponse.SerializeToString,
+            ),
+            'StreamGenerateHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamGenerateHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetImage': grpc.unary_unary_rpc_method_handler(
@@ -209,6 +256,60 @@ class ImageService:
             target,
             '/aigne.hub.v1.ImageService/GenerateHttp',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamGenerate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/StreamGenerate',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.SerializeToString,
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamGenerateHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/StreamGenerateHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

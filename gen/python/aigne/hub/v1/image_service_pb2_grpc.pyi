@@ -56,6 +56,25 @@ class ImageServiceStub:
     (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
     by the server, and pass through Envoy untouched. gRPC clients call Generate.
     """
+    StreamGenerate: _grpc.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]
+    """StreamGenerate is Generate told as it happens: a `progress` event once the request is
+    accepted (and every few seconds while nothing else happens), `partial_image` events
+    where the upstream model streams previews (gpt-image models, when the request asks
+    for `partial_images`), an `image` event for each finished image as soon as it is
+    stored, then one `done` event with the usage. An error before the first event is the
+    call's status; an error after it ends the stream with that status (the images already
+    sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+    """
+    StreamGenerateHttp: _grpc.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateHttpRequest, _httpbody_pb2.HttpBody]
+    """StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+    in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+    StreamGenerateResponse, named like OpenAI's image stream events
+    (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+    for edits). An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. The second path serves the
+    `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+    reads this stream. gRPC clients call StreamGenerate.
+    """
     GetImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -93,6 +112,25 @@ class ImageServiceAsyncStub(ImageServiceStub):
     GenerateRequest; its answer is the JSON form of a GenerateResponse
     (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
     by the server, and pass through Envoy untouched. gRPC clients call Generate.
+    """
+    StreamGenerate: _aio.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]  # type: ignore[assignment]
+    """StreamGenerate is Generate told as it happens: a `progress` event once the request is
+    accepted (and every few seconds while nothing else happens), `partial_image` events
+    where the upstream model streams previews (gpt-image models, when the request asks
+    for `partial_images`), an `image` event for each finished image as soon as it is
+    stored, then one `done` event with the usage. An error before the first event is the
+    call's status; an error after it ends the stream with that status (the images already
+    sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+    """
+    StreamGenerateHttp: _aio.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+    in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+    StreamGenerateResponse, named like OpenAI's image stream events
+    (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+    for edits). An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. The second path serves the
+    `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+    reads this stream. gRPC clients call StreamGenerate.
     """
     GetImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
@@ -140,6 +178,37 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         GenerateRequest; its answer is the JSON form of a GenerateResponse
         (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
         by the server, and pass through Envoy untouched. gRPC clients call Generate.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamGenerate(
+        self,
+        request: _image_service_pb2.StreamGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_image_service_pb2.StreamGenerateResponse], _abc.AsyncIterator[_image_service_pb2.StreamGenerateResponse]]:
+        """StreamGenerate is Generate told as it happens: a `progress` event once the request is
+        accepted (and every few seconds while nothing else happens), `partial_image` events
+        where the upstream model streams previews (gpt-image models, when the request asks
+        for `partial_images`), an `image` event for each finished image as soon as it is
+        stored, then one `done` event with the usage. An error before the first event is the
+        call's status; an error after it ends the stream with that status (the images already
+        sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamGenerateHttp(
+        self,
+        request: _image_service_pb2.StreamGenerateHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+        in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+        StreamGenerateResponse, named like OpenAI's image stream events
+        (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+        for edits). An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. The second path serves the
+        `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+        reads this stream. gRPC clients call StreamGenerate.
         """
 
     @_abc_1.abstractmethod

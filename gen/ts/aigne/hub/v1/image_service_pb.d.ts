@@ -118,6 +118,24 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
    * @generated from field: string user = 13;
    */
   user: string;
+
+  /**
+   * Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
+   * Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
+   * stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+   *
+   * @generated from field: optional bool stream = 14;
+   */
+  stream?: boolean | undefined;
+
+  /**
+   * How many partial images (previews) to stream for each image, 0 to 3. Optional;
+   * default 0. Streams only; sent where the model streams previews (`partial_images` in
+   * `GET /api/models`), else no previews come.
+   *
+   * @generated from field: optional int32 partial_images = 15;
+   */
+  partialImages?: number | undefined;
 };
 
 /**
@@ -314,6 +332,286 @@ export declare type GenerateHttpRequest = Message<"aigne.hub.v1.GenerateHttpRequ
  * Use `create(GenerateHttpRequestSchema)` to create a new message.
  */
 export declare const GenerateHttpRequestSchema: GenMessage<GenerateHttpRequest>;
+
+/**
+ * StreamGenerateRequest asks for a generation whose progress is streamed.
+ *
+ * @generated from message aigne.hub.v1.StreamGenerateRequest
+ */
+export declare type StreamGenerateRequest = Message<"aigne.hub.v1.StreamGenerateRequest"> & {
+  /**
+   * The generation, as Generate takes it (`stream` may be true or unset). Required.
+   *
+   * @generated from field: aigne.hub.v1.GenerateRequest request = 1;
+   */
+  request?: GenerateRequest | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamGenerateRequest.
+ * Use `create(StreamGenerateRequestSchema)` to create a new message.
+ */
+export declare const StreamGenerateRequestSchema: GenMessage<StreamGenerateRequest>;
+
+/**
+ * StreamGenerateResponse is one event of a StreamGenerate stream.
+ *
+ * @generated from message aigne.hub.v1.StreamGenerateResponse
+ */
+export declare type StreamGenerateResponse = Message<"aigne.hub.v1.StreamGenerateResponse"> & {
+  /**
+   * What happened. Always set.
+   *
+   * @generated from oneof aigne.hub.v1.StreamGenerateResponse.event
+   */
+  event: {
+    /**
+     * The request was accepted and is being worked on; repeated every few seconds
+     * while nothing else is sent.
+     *
+     * @generated from field: aigne.hub.v1.StreamProgress progress = 1;
+     */
+    value: StreamProgress;
+    case: "progress";
+  } | {
+    /**
+     * A preview of an image still being made.
+     *
+     * @generated from field: aigne.hub.v1.StreamPartialImage partial_image = 2;
+     */
+    value: StreamPartialImage;
+    case: "partialImage";
+  } | {
+    /**
+     * One finished image, stored (for `url`) before it is sent.
+     *
+     * @generated from field: aigne.hub.v1.StreamImage image = 3;
+     */
+    value: StreamImage;
+    case: "image";
+  } | {
+    /**
+     * The last event: every image was sent. Carries the usage.
+     *
+     * @generated from field: aigne.hub.v1.StreamDone done = 4;
+     */
+    value: StreamDone;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamGenerateResponse.
+ * Use `create(StreamGenerateResponseSchema)` to create a new message.
+ */
+export declare const StreamGenerateResponseSchema: GenMessage<StreamGenerateResponse>;
+
+/**
+ * StreamProgress says what the stream is doing, and what it makes.
+ *
+ * @generated from message aigne.hub.v1.StreamProgress
+ */
+export declare type StreamProgress = Message<"aigne.hub.v1.StreamProgress"> & {
+  /**
+   * `generating` (the provider is at work) or `replaying` (an earlier request with the
+   * same idempotency key made these images). Always set.
+   *
+   * @generated from field: string stage = 1;
+   */
+  stage: string;
+
+  /**
+   * How many images are asked for. Always set.
+   *
+   * @generated from field: int32 n = 2;
+   */
+  n: number;
+
+  /**
+   * How many finished images were sent so far. Always set.
+   *
+   * @generated from field: int32 images_done = 3;
+   */
+  imagesDone: number;
+
+  /**
+   * When the request was accepted, in UNIX seconds: the answer's `created`. Always set.
+   *
+   * @generated from field: int64 created = 4;
+   */
+  created: bigint;
+
+  /**
+   * The model that makes the images. Always set.
+   *
+   * @generated from field: string model = 5;
+   */
+  model: string;
+
+  /**
+   * The size the images will have, or `auto`. Always set.
+   *
+   * @generated from field: string size = 6;
+   */
+  size: string;
+
+  /**
+   * The quality asked of the model. Always set.
+   *
+   * @generated from field: string quality = 7;
+   */
+  quality: string;
+
+  /**
+   * The images' file type: `png`, `jpeg` or `webp`. Always set.
+   *
+   * @generated from field: string output_format = 8;
+   */
+  outputFormat: string;
+
+  /**
+   * The background asked for, where the request asked for one. Optional.
+   *
+   * @generated from field: string background = 9;
+   */
+  background: string;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamProgress.
+ * Use `create(StreamProgressSchema)` to create a new message.
+ */
+export declare const StreamProgressSchema: GenMessage<StreamProgress>;
+
+/**
+ * StreamPartialImage is a preview of one image.
+ *
+ * @generated from message aigne.hub.v1.StreamPartialImage
+ */
+export declare type StreamPartialImage = Message<"aigne.hub.v1.StreamPartialImage"> & {
+  /**
+   * Which of the `n` images this previews, from 0. Always set.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * Which preview of that image this is, from 0. Always set.
+   *
+   * @generated from field: int32 partial_image_index = 2;
+   */
+  partialImageIndex: number;
+
+  /**
+   * The preview's image file. In JSON, standard base64. Always set.
+   *
+   * @generated from field: bytes b64_json = 3;
+   */
+  b64Json: Uint8Array;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamPartialImage.
+ * Use `create(StreamPartialImageSchema)` to create a new message.
+ */
+export declare const StreamPartialImageSchema: GenMessage<StreamPartialImage>;
+
+/**
+ * StreamImage is one finished image.
+ *
+ * @generated from message aigne.hub.v1.StreamImage
+ */
+export declare type StreamImage = Message<"aigne.hub.v1.StreamImage"> & {
+  /**
+   * Which of the `n` images this is, from 0 (its place in Generate's `data`). Always set.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The image, as the request's `response_format` asked. Always set.
+   *
+   * @generated from field: aigne.hub.v1.Image image = 2;
+   */
+  image?: Image | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamImage.
+ * Use `create(StreamImageSchema)` to create a new message.
+ */
+export declare const StreamImageSchema: GenMessage<StreamImage>;
+
+/**
+ * StreamDone ends a stream that made every image.
+ *
+ * @generated from message aigne.hub.v1.StreamDone
+ */
+export declare type StreamDone = Message<"aigne.hub.v1.StreamDone"> & {
+  /**
+   * When the request was accepted, in UNIX seconds. Always set.
+   *
+   * @generated from field: int64 created = 1;
+   */
+  created: bigint;
+
+  /**
+   * Token usage, for models billed by tokens. Optional; absent for others.
+   *
+   * @generated from field: aigne.hub.v1.ImageUsage usage = 2;
+   */
+  usage?: ImageUsage | undefined;
+
+  /**
+   * The file type of the images: `png`, `jpeg` or `webp`. Always set.
+   *
+   * @generated from field: string output_format = 3;
+   */
+  outputFormat: string;
+
+  /**
+   * The background the images have, where the request asked for one. Optional.
+   *
+   * @generated from field: string background = 4;
+   */
+  background: string;
+
+  /**
+   * How many images were sent. Always set.
+   *
+   * @generated from field: int32 images = 5;
+   */
+  images: number;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamDone.
+ * Use `create(StreamDoneSchema)` to create a new message.
+ */
+export declare const StreamDoneSchema: GenMessage<StreamDone>;
+
+/**
+ * StreamGenerateHttpRequest carries the raw JSON body of
+ * `POST /api/images/generations:stream`.
+ *
+ * @generated from message aigne.hub.v1.StreamGenerateHttpRequest
+ */
+export declare type StreamGenerateHttpRequest = Message<"aigne.hub.v1.StreamGenerateHttpRequest"> & {
+  /**
+   * The HTTP body: a GenerateRequest in its JSON form. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.StreamGenerateHttpRequest.
+ * Use `create(StreamGenerateHttpRequestSchema)` to create a new message.
+ */
+export declare const StreamGenerateHttpRequestSchema: GenMessage<StreamGenerateHttpRequest>;
 
 /**
  * GetImageRequest names a stored image and carries the signature of its URL.
@@ -587,6 +885,13 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
    * @generated from field: bool provider_configured = 27;
    */
   providerConfigured: boolean;
+
+  /**
+   * Whether streams of this model send partial images (previews) when asked for them.
+   *
+   * @generated from field: bool partial_images = 28;
+   */
+  partialImages: boolean;
 };
 
 /**
@@ -689,6 +994,39 @@ export declare const ImageService: GenService<{
   generateHttp: {
     methodKind: "unary";
     input: typeof GenerateHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * StreamGenerate is Generate told as it happens: a `progress` event once the request is
+   * accepted (and every few seconds while nothing else happens), `partial_image` events
+   * where the upstream model streams previews (gpt-image models, when the request asks
+   * for `partial_images`), an `image` event for each finished image as soon as it is
+   * stored, then one `done` event with the usage. An error before the first event is the
+   * call's status; an error after it ends the stream with that status (the images already
+   * sent stay valid). The response metadata is Generate's (`x-model-served`, ...).
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.StreamGenerate
+   */
+  streamGenerate: {
+    methodKind: "server_streaming";
+    input: typeof StreamGenerateRequestSchema;
+    output: typeof StreamGenerateResponseSchema;
+  },
+  /**
+   * StreamGenerateHttp is the REST door of StreamGenerate: the body is a GenerateRequest
+   * in JSON, the answer Server-Sent Events (`text/event-stream`), one event per
+   * StreamGenerateResponse, named like OpenAI's image stream events
+   * (`image_generation.partial_image`, `image_generation.completed`, ...; `image_edit.*`
+   * for edits). An error before the first event is an HTTP error with the usual JSON body;
+   * after it, an `error` event whose data is that body. The second path serves the
+   * `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
+   * reads this stream. gRPC clients call StreamGenerate.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.StreamGenerateHttp
+   */
+  streamGenerateHttp: {
+    methodKind: "server_streaming";
+    input: typeof StreamGenerateHttpRequestSchema;
     output: typeof HttpBodySchema;
   },
   /**
