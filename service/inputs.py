@@ -79,39 +79,16 @@ class ImageLoader:
 
     async def _checked_address(self, url: str, index: int) -> str:
         """The address to connect to for `url`, after the guard has passed it."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _bad(index, "image URLs must be http or https with a host",
-                       reason="INVALID_IMAGE_URL")
-        if parts.username or parts.password:
-            raise _bad(index, "image URLs must not carry credentials", reason="INVALID_IMAGE_URL")
-        host = parts.hostname.lower()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        allowed = {host, f"{host}:{port}"} & self._limits.allowed_hosts
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            raise _bad(index, f"the host of {_shown(url)} does not resolve",
-                       reason="INVALID_IMAGE_URL") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        if not allowed and any(not _public(a) for a in addresses):
-            raise _bad(index, f"{_shown(url)} points at an address this server may not fetch "
-                              "from (loopback, private, link-local or metadata)",
-                       reason="IMAGE_URL_FORBIDDEN")
-        return str(addresses[0])
+            return await checked_address(url, self._limits.allowed_hosts)
+        except UrlRefused as refused:
+            raise _bad(index, refused.message, reason=refused.reason) from None
 
     async def _get(self, url: str, address: str, index: int) -> bytes | str:
         """The body of `url` fetched from `address`, or the Location it redirects to."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"[{address}]" if ":" in address else address
-        if parts.port:
-            netloc += f":{parts.port}"
-        pinned = parts._replace(netloc=netloc).geturl()
-        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
-        async with self._http.stream("GET", pinned, headers=headers,
-                                     extensions={"sni_hostname": host}) as response:
+        target, headers, extensions = pinned(url, address)
+        async with self._http.stream("GET", target, headers={**headers, "Accept": "image/*"},
+                                     extensions=extensions) as response:
             if response.is_redirect and "location" in response.headers:
                 return response.headers["location"]
             if response.status_code != 200:
@@ -125,6 +102,53 @@ class ImageLoader:
                 if len(body) > self._limits.max_bytes:
                     raise _too_large(index, self._limits.max_bytes)
             return bytes(body)
+
+
+class UrlRefused(Exception):
+    """A URL the guard does not let this server fetch from or post to."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+async def checked_address(url: str, allowed_hosts: frozenset[str]) -> str:
+    """The address to connect to for `url`: its host resolved, and refused (UrlRefused) if
+    any address is not public, unless the host (`host` or `host:port`) is allowed. Callers
+    connect to this address (see `pinned`), so no second DNS answer can slip in."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UrlRefused("URLs must be http or https with a host", "INVALID_IMAGE_URL")
+    if parts.username or parts.password:
+        raise UrlRefused("URLs must not carry credentials", "INVALID_IMAGE_URL")
+    host = parts.hostname.lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UrlRefused(f"the port of {_shown(url)} is not valid", "INVALID_IMAGE_URL") from None
+    allowed = {host, f"{host}:{port}"} & allowed_hosts
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise UrlRefused(f"the host of {_shown(url)} does not resolve",
+                         "INVALID_IMAGE_URL") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not allowed and any(not _public(a) for a in addresses):
+        raise UrlRefused(f"{_shown(url)} points at an address this server may not reach "
+                         "(loopback, private, link-local or metadata)", "IMAGE_URL_FORBIDDEN")
+    return str(addresses[0])
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """`url` aimed at the checked `address`: the URL to request, its Host header, and the
+    TLS server name (httpx's `sni_hostname` extension)."""
+    parts = urlsplit(url)
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port:
+        netloc += f":{parts.port}"
+    return (parts._replace(netloc=netloc).geturl(),
+            {"Host": parts.netloc.rsplit("@", 1)[-1]}, {"sni_hostname": parts.hostname or ""})
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
