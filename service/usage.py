@@ -53,8 +53,11 @@ class Meter:
     plan: GenerationPlan | None = None
     reservation: Reservation | None = None
     generation: Generation | None = None
-    images: int = 0
+    images: int = 0  # handed to the client: what the request is charged for
     bytes: int = 0
+    # False: nothing to record for this call (a replay of an answer already recorded, or
+    # a job, which records its usage when it ends).
+    record: bool = True
 
     def requested(self, request: pb.GenerateRequest, model: str) -> None:
         """The request as it came (it may still fail validation)."""
@@ -111,16 +114,22 @@ class UsageRecorder:
         await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def _write(self, meter: Meter, facts: CallFacts, ended_at: float) -> None:
-        images = meter.images if facts.status == "OK" else 0
-        row = self._row(meter, facts, images, ended_at)
         try:
             async with self._sessions() as session, session.begin():
-                if meter.reservation is not None:
-                    await meter.reservation.settle(session, images)
-                session.add(row)
+                await self.record(session, meter, facts, ended_at)
         except Exception:
             log.exception("usage record not written", request_id=facts.request_id,
                           key_id=facts.key_id)
+
+    async def record(self, session: AsyncSession, meter: Meter, facts: CallFacts,
+                     ended_at: float | None = None) -> None:
+        """Settle the reservation and add the record, in the caller's transaction. A request
+        is charged for the images it handed out (`meter.images`): all of them when it
+        succeeded, those a stream sent before it failed, none otherwise."""
+        images = meter.images
+        if meter.reservation is not None:
+            await meter.reservation.settle(session, images)
+        session.add(self._row(meter, facts, images, ended_at or time.time()))
 
     def _row(self, meter: Meter, facts: CallFacts, images: int,
              ended_at: float) -> UsageRecordRow:
