@@ -97,6 +97,31 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices(
             "AIGNE_HUB_GOOGLE_VERTEX_BASE_URL", "GOOGLE_VERTEX_BASE_URL"))
 
+    # Long generations (issue 11): idempotent retries, streams, background jobs, webhooks.
+    # How long an Idempotency-Key is remembered; the seconds between progress events of a
+    # quiet stream (they keep proxies from cutting it).
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Jobs: how many run at once per server process; how long a process's claim on a job
+    # lasts without renewal (another process takes over a job whose claim lapsed); how often
+    # each process looks for jobs and webhooks to take up; how often a job interrupted by a
+    # restart is run again before it fails; how long a stopping server lets running jobs
+    # finish before it hands them back to the queue.
+    job_concurrency: int = Field(default=4, ge=1)
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_poll_seconds: float = Field(default=2.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_stop_grace_seconds: float = Field(default=10.0, ge=0)
+    # Webhooks: the secret each key's webhook secret is derived from (share it between
+    # replicas); hosts (`host` or `host:port`) that may resolve to private addresses; one
+    # delivery's time limit; retries after a failed delivery, the first after the base delay,
+    # doubling up to an hour.
+    webhook_secret: SecretStr | None = None
+    webhook_url_allowlist: str = ""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retries: int = Field(default=8, ge=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+
     # Logs.
     log_level: str = "INFO"
     log_prompts: bool = False
@@ -119,6 +144,11 @@ class Settings(BaseSettings):
                          if h.strip())
 
     @property
+    def webhook_url_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_url_allowlist.split(",")
+                         if h.strip())
+
+    @property
     def static_api_keys(self) -> list[str]:
         return _split(self.api_keys)
 
@@ -130,7 +160,8 @@ class Settings(BaseSettings):
         """Fill unset secrets from files under var/, creating them (mode 0600) if missing."""
         update = {}
         for field, filename in (("signing_secret", "signing-secret"),
-                                ("key_hash_secret", "key-hash-secret")):
+                                ("key_hash_secret", "key-hash-secret"),
+                                ("webhook_secret", "webhook-secret")):
             if getattr(self, field) is None:
                 update[field] = SecretStr(_read_or_create_secret(self.var_dir / filename))
         return self.model_copy(update=update) if update else self

@@ -138,6 +138,60 @@ class UsageRecordRow(Base):
     cost_credits_nanos: Mapped[int] = mapped_column(BigInteger)
 
 
+# Issue 11: idempotent retries and background jobs.
+
+
+class IdempotencyKeyRow(Base):
+    """An `Idempotency-Key` a key sent, for 24 h: the request's fingerprint and, once the
+    first attempt succeeded, its answer (images by their store names, never their bytes).
+    While `state` is `running`, `request_id` owns it until `lease_until`."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(8))  # running, done
+    request_id: Mapped[str] = mapped_column(String(128))
+    lease_until: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    answer: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
+
+
+class JobRow(Base):
+    """A generation run in the background. Whoever holds `owner` until `lease_until` works
+    on it (runs it, or delivers its webhook); a lapsed lease lets any process take it over."""
+
+    __tablename__ = "image_jobs"
+    __table_args__ = (Index("ix_image_jobs_key_id", "key_id"),
+                      Index("ix_image_jobs_status", "status"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    request_id: Mapped[str] = mapped_column(String(128))
+    door: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))  # queued, running, succeeded, failed
+    model: Mapped[str] = mapped_column(String(200))
+    n: Mapped[int] = mapped_column(Integer)
+    request: Mapped[bytes] = mapped_column(LargeBinary)  # the GenerateRequest, serialized
+    reservation: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # type: ignore[type-arg]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    webhook_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+
+
 def create_engine(url: str) -> AsyncEngine:
     """The engine for `url`. Statement parameters (key digests among them) are kept out of
     error messages and logs."""
