@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import structlog
@@ -44,15 +45,26 @@ class RetryPolicy:
         return min(self.base_seconds * 2**attempt, self.max_seconds) * random.uniform(0.5, 1.0)
 
 
+PartDone = Callable[[ImageJob, Generation], Awaitable[None]]
+
+
 async def fan_out(provider: Provider, job: ImageJob, *, concurrency: int, seconds_left: float,
-                  retry: RetryPolicy | None = None) -> Generation:
-    """All n images of `job`, in order, from as many provider calls as the model needs."""
+                  retry: RetryPolicy | None = None, on_part: PartDone | None = None
+                  ) -> Generation:
+    """All n images of `job`, in order, from as many provider calls as the model needs.
+    `on_part` (not retried) takes each call's images as soon as that call is done."""
     limit = asyncio.Semaphore(concurrency)
     policy = retry or RetryPolicy()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds_left
 
     async def one(part: ImageJob) -> Generation:
+        result = await called(part)
+        if on_part is not None:
+            await on_part(part, result)
+        return result
+
+    async def called(part: ImageJob) -> Generation:
         async with limit:
             for attempt in range(policy.retries + 1):
                 try:

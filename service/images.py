@@ -1,15 +1,18 @@
 """The ImageService servicer: short methods that call the parts in order.
 
-    route the model → check the request → reserve quota → load input images
-    → fan out to the provider → conform the images → store them (url) or embed them
-    (b64_json) → answer
+    route the model → check the request → claim the idempotency key (or replay its answer)
+    → reserve quota → load input images → fan out to the provider → as each call is done:
+    conform its images, store them (url, or kept for replays and jobs) or embed them
+    (b64_json), tell the stream → answer
 
+Generate, StreamGenerate and the jobs of JobService (service/jobs.py) all take this path.
 It never imports an SDK and never builds an error body: it raises HubError.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
@@ -19,27 +22,35 @@ from google.api import httpbody_pb2
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from service import json_codec, validation
+from service import answers, json_codec, streaming, validation
+from service.answers import KeptAnswer
 from service.errors import NotFound
 from service.generation import RetryPolicy, conform, fan_out
+from service.idempotency import REPLAYED_HEADER, Claim, Idempotency, fingerprint
 from service.inputs import ImageLoader
 from service.interceptors import Call, current_call
 from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
 from service.providers import Providers
-from service.providers.base import GeneratedImage, Generation
+from service.providers.base import GeneratedImage, Generation, ImageJob, Provider
 from service.quotas import Quotas
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
+from service.streaming import NO_EVENTS, GenerationEvents
 
 log = structlog.get_logger("aigne.hub")
 
 JSON = "application/json"
+STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream)"
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
     def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
                  signer: UrlSigner, loader: ImageLoader, quotas: Quotas, default_model: str,
-                 fan_out_concurrency: int, retry: RetryPolicy) -> None:
+                 fan_out_concurrency: int, retry: RetryPolicy, idempotency: Idempotency,
+                 stream_heartbeat: float) -> None:
+        self._idempotency = idempotency
+        self._heartbeat = stream_heartbeat
+        self._detached: set[asyncio.Task[pb.GenerateResponse]] = set()
         self._registry = registry
         self._quotas = quotas
         self._providers = providers
@@ -52,7 +63,67 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._warned: set[tuple[str, str]] = set()
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
+        validation.refuse_stream_fields(request, STREAMING_CALL)
+        return await self.generate(current_call(), request)
+
+    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
+                           context: object) -> httpbody_pb2.HttpBody:
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        response = await self.Generate(generate_request, context)
+        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+
+    async def StreamGenerate(self, request: pb.StreamGenerateRequest,
+                             context: object) -> AsyncIterator[pb.StreamGenerateResponse]:
+        async for event in self._stream(current_call(), request.request):
+            yield event
+
+    async def StreamGenerateHttp(self, request: pb.StreamGenerateHttpRequest,
+                                 context: object) -> AsyncIterator[httpbody_pb2.HttpBody]:
         call = current_call()
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        call.response_headers.append(("cache-control", "no-cache"))
+        async for chunk in streaming.server_sent_events(
+                self._stream(call, generate_request), edit=bool(generate_request.image),
+                request_id=call.request_id, on_error=lambda error: setattr(call, "failure", error)):
+            yield httpbody_pb2.HttpBody(content_type=streaming.EVENT_STREAM, data=chunk)
+
+    def _stream(self, call: Call, request: pb.GenerateRequest
+                ) -> AsyncIterator[pb.StreamGenerateResponse]:
+        def sent(images: int, size: int) -> None:  # a failed stream is charged what it sent
+            call.meter.images, call.meter.bytes = images, size
+
+        return streaming.stream(lambda events: self.generate(call, request, events),
+                                previews=max(request.partial_images, 0),
+                                heartbeat=self._heartbeat, on_failure=sent)
+
+    async def generate(self, call: Call, request: pb.GenerateRequest,
+                       events: GenerationEvents = NO_EVENTS) -> pb.GenerateResponse:
+        """One generation, for every door: planned, then replayed from an earlier attempt
+        with the same idempotency key, or made. Made under a key, it goes on when the
+        client goes away, so that a retry finds its answer."""
+        plan, provider = self.plan(call, request)
+        same = pb.GenerateRequest()
+        same.CopyFrom(request)
+        same.ClearField("stream")  # how the answer is told is not what is asked
+        same.ClearField("partial_images")
+        claim = await self._idempotency.claim(
+            call.caller.id, call.idempotency_key, "generate",
+            fingerprint("generate", same.SerializeToString(deterministic=True)),
+            call.request_id, call.remaining())
+        if claim.answer is not None:
+            return await self._replay(call, plan, KeptAnswer.from_json(claim.answer), events)
+        work = self._reserve_and_make(call, plan, provider, claim, events)
+        if not claim.held:
+            return await work
+        task = asyncio.create_task(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        call.detached = task
+        return await asyncio.shield(task)
+
+    def plan(self, call: Call, request: pb.GenerateRequest
+             ) -> tuple[validation.GenerationPlan, Provider]:
+        """The checked request and the provider that serves it."""
         meter = call.meter  # usage: the interceptor records it, success or failure
         meter.requested(request, request.model or self._default_model)
         call.caller.check_model(meter.model)
@@ -61,26 +132,82 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         provider = self._providers.for_model(route.served)
         call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
         meter.planned(plan)
-        meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
-        job = replace(plan.job, images=await self._loader.load(plan.image_sources),
-                      deadline=call.deadline, request_id=call.request_id)
-        meter.generation = generation = await fan_out(
-            provider, job, concurrency=self._concurrency, seconds_left=call.remaining(),
-            retry=self._retry)
-        images = await conform(generation.images, plan)
         self._lifecycle_headers(call, route)
-        data = await self._answer(images, plan)
-        meter.returned(images)
-        return pb.GenerateResponse(
-            created=int(call.accepted_at), data=data,
-            usage=_usage(generation), output_format=plan.output_format,
-            background=plan.job.background if plan.job.background != "auto" else None)
+        return plan, provider
 
-    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
-        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
-        response = await self.Generate(generate_request, context)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+    async def _reserve_and_make(self, call: Call, plan: validation.GenerationPlan,
+                                provider: Provider, claim: Claim,
+                                events: GenerationEvents) -> pb.GenerateResponse:
+        try:
+            call.meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
+            response, names, images = await self.make(call, plan, provider, events,
+                                                      keep=claim.held)
+            await claim.complete(KeptAnswer.of(response, names, plan.response_format).to_json())
+        except BaseException:
+            await claim.release()
+            raise
+        call.meter.returned(images)
+        return response
+
+    async def make(self, call: Call, plan: validation.GenerationPlan, provider: Provider,
+                   events: GenerationEvents, *, keep: bool
+                   ) -> tuple[pb.GenerateResponse, list[str], list[GeneratedImage]]:
+        """Make the images: the answer, the store names of its images (every image is
+        stored when `keep`, else only `url` ones) and the images themselves."""
+        n = plan.job.n
+        data: list[pb.Image] = [pb.Image()] * n
+        names, made = [""] * n, list[GeneratedImage | None]([None] * n)
+
+        async def part_done(part: ImageJob, generation: Generation) -> None:
+            images = await conform(generation.images, plan)
+            stored = await self._store_all(images, plan.response_format == "url" or keep)
+            for offset, (image, name) in enumerate(zip(images, stored, strict=True)):
+                index = part.first_index + offset
+                data[index], names[index], made[index] = self._image(image, name, plan), name, image
+                await events.image(index, data[index], len(image.data))
+
+        job = replace(plan.job, images=await self._loader.load(plan.image_sources),
+                      deadline=call.deadline, request_id=call.request_id,
+                      on_partial=self._previews(plan, events) if events.previews else None)
+        await events.started(plan, int(call.accepted_at), "generating")
+        call.meter.generation = generation = await fan_out(
+            provider, job, concurrency=self._concurrency, seconds_left=call.remaining(),
+            retry=self._retry, on_part=part_done)
+        response = pb.GenerateResponse(
+            created=int(call.accepted_at), data=data, usage=_usage(generation),
+            output_format=plan.output_format,
+            background=plan.job.background if plan.job.background != "auto" else None)
+        return response, names, [image for image in made if image is not None]
+
+    def _previews(self, plan: validation.GenerationPlan, events: GenerationEvents
+                  ) -> Callable[[int, int, GeneratedImage], Awaitable[None]]:
+        async def preview(index: int, partial_index: int, image: GeneratedImage) -> None:
+            [conformed] = await conform([image], plan)
+            await events.partial(index, partial_index, conformed.data)
+
+        return preview
+
+    async def _replay(self, call: Call, plan: validation.GenerationPlan, kept: KeptAnswer,
+                      events: GenerationEvents) -> pb.GenerateResponse:
+        """The answer of an earlier attempt with the same idempotency key, told again; its
+        usage was recorded by that attempt."""
+        call.meter.record = False
+        call.response_headers.append(REPLAYED_HEADER)
+        response = await answers.told(kept, self._store, self._signer)
+        await events.started(plan, kept.created, "replaying")
+        for index, image in enumerate(response.data):
+            await events.image(index, image, len(image.b64_json))
+        return response
+
+    async def drain(self, seconds: float) -> None:
+        """Let generations that outlive their callers (idempotent ones) end, for at most
+        `seconds`; then cancel them (their idempotency keys are given up)."""
+        if not self._detached:
+            return
+        _, pending = await asyncio.wait(set(self._detached), timeout=seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
         self._signer.verify(request.name, request.expires, request.signature)
@@ -117,15 +244,21 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             deprecated_on=_iso(spec.deprecated_on), shutdown_on=_iso(spec.shutdown_on),
             successor=spec.successor or "", available=route is not None,
             served_by=served.name if route else "",
-            provider_configured=self._providers.is_configured(served.provider))
+            provider_configured=self._providers.is_configured(served.provider),
+            partial_images=served.partial_images)
 
-    async def _answer(self, images: list[GeneratedImage],
-                      plan: validation.GenerationPlan) -> list[pb.Image]:
+    async def _store_all(self, images: list[GeneratedImage], store: bool) -> list[str]:
+        """The store names of `images` when `store`, else empty names."""
+        if not store:
+            return [""] * len(images)
+        return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
+                                           for i in images)))
+
+    def _image(self, image: GeneratedImage, name: str,
+               plan: validation.GenerationPlan) -> pb.Image:
         if plan.response_format == "b64_json":
-            return [pb.Image(b64_json=i.data, revised_prompt=i.revised_prompt) for i in images]
-        names = await asyncio.gather(*(self._store.put(i.data, i.mime_type) for i in images))
-        return [pb.Image(url=self._signer.url(name), revised_prompt=image.revised_prompt)
-                for name, image in zip(names, images, strict=True)]
+            return pb.Image(b64_json=image.data, revised_prompt=image.revised_prompt)
+        return pb.Image(url=self._signer.url(name), revised_prompt=image.revised_prompt)
 
     def _lifecycle_headers(self, call: Call, route: Route) -> None:
         """Name the model that served; announce deprecation and sunset (RFC 9745, RFC 8594)."""

@@ -37,12 +37,22 @@ _KINDS = {
 
 def decode(body: bytes, message_type: type[M]) -> M:
     """Parse a JSON body into `message_type`, or raise InvalidArgument naming the field."""
+    return from_object(load_object(body), message_type)
+
+
+def load_object(body: bytes) -> dict[str, Any]:
+    """A JSON body that must be an object."""
     try:
         obj = orjson.loads(body) if body.strip() else None
     except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"The body is not valid JSON: {exc}", reason="INVALID_JSON") from None
     if not isinstance(obj, dict):
         raise InvalidArgument("The body must be a JSON object.", reason="INVALID_JSON")
+    return obj
+
+
+def from_object(obj: dict[str, Any], message_type: type[M]) -> M:
+    """A parsed JSON object as `message_type` (see `decode`)."""
     fields = message_type.DESCRIPTOR.fields_by_name
     by_json_name = {f.json_name: f for f in message_type.DESCRIPTOR.fields}
     for key, value in obj.items():

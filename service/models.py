@@ -146,6 +146,7 @@ class ModelSpec(BaseModel):
     max_input_images: int = 0
     prompt_limit: int = 1000
     token_usage: bool = False
+    partial_images: bool = False  # streams send previews (`partial_images`) when asked
     # Lifecycle upstream. A retired model is served by its successor, translated, unless
     # `serve_retired` is false; then it answers 404 model_retired.
     lifecycle: Lifecycle = Lifecycle.ACTIVE

@@ -22,6 +22,8 @@ from aigne.hub.v1 import (
     admin_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
     usage_service_pb2,
     usage_service_pb2_grpc,
 )
@@ -29,9 +31,12 @@ from service import db
 from service.admin import AdminServicer
 from service.config import Settings
 from service.generation import RetryPolicy
+from service.idempotency import Idempotency
 from service.images import ImageServicer
 from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
+from service.job_service import JobServicer
+from service.jobs import Jobs
 from service.keys import KeyStore
 from service.models import ModelRegistry, load_registry
 from service.providers import Providers
@@ -40,18 +45,24 @@ from service.reports import UsageServicer
 from service.store.filesystem import FilesystemStore
 from service.store.signing import UrlSigner
 from service.usage import UsageRecorder, UsageReports
+from service.webhooks import Webhooks
 
 log = structlog.get_logger("aigne.hub")
 
 SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
     "/grpc.health.v1.Health/Check",
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/",)
-METERED_METHODS = frozenset({f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/GenerateHttp"})
+METERED_METHODS = frozenset({
+    *(f"/{SERVICE_NAME}/{m}"
+      for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp")),
+    f"/{JOB_SERVICE}/CreateJob", f"/{JOB_SERVICE}/CreateJobHttp",  # failures; jobs record
+})
 GRACE_SECONDS = 30.0
 
 
@@ -68,11 +79,20 @@ class Hub:
     providers: Providers
     loader: ImageLoader
     default_model: str
+    # Issue 11: work that outlives calls (idempotent generations, jobs, webhooks).
+    images: ImageServicer
+    interceptor: HubInterceptor
+    jobs: Jobs
+    webhooks: Webhooks
 
     async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.jobs.stop()  # running jobs get their grace, then go back to the queue
+        await self.images.drain(grace or 0)
+        await self.interceptor.drain()
         await self.usage.drain()
+        await self.webhooks.aclose()
         await self.providers.aclose()
         await self.loader.aclose()
         await self.engine.dispose()
@@ -93,22 +113,32 @@ async def create_server(settings: Settings) -> Hub:
                                      settings.image_fetch_timeout_seconds))
     quotas = Quotas(sessions, engine.dialect.name)
     usage = UsageRecorder(sessions, settings.credits_per_usd)
+    store = FilesystemStore(settings.images_dir)
+    signer = UrlSigner(settings.signing_secret.get_secret_value().encode(),
+                       settings.public_base, settings.url_ttl_seconds)
+    idempotency = Idempotency(sessions, engine.dialect.name,
+                              ttl_seconds=settings.idempotency_ttl_seconds)
     servicer = ImageServicer(
-        registry=registry, providers=providers, store=FilesystemStore(settings.images_dir),
-        signer=UrlSigner(settings.signing_secret.get_secret_value().encode(),
-                         settings.public_base, settings.url_ttl_seconds),
+        registry=registry, providers=providers, store=store, signer=signer,
         loader=loader, quotas=quotas, default_model=default_model,
         fan_out_concurrency=settings.fan_out_concurrency,
         retry=RetryPolicy(retries=settings.upstream_retries,
-                          base_seconds=settings.upstream_retry_base_seconds))
+                          base_seconds=settings.upstream_retry_base_seconds),
+        idempotency=idempotency, stream_heartbeat=settings.stream_heartbeat_seconds)
+    webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage, store=store,
+                                     signer=signer, idempotency=idempotency)
+    interceptor = HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
+                                 admin_prefixes=ADMIN_PREFIXES,
+                                 metered_methods=METERED_METHODS,
+                                 request_timeout=settings.request_timeout_seconds)
     server = grpc.aio.server(
-        interceptors=[HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
-                                     admin_prefixes=ADMIN_PREFIXES,
-                                     metered_methods=METERED_METHODS,
-                                     request_timeout=settings.request_timeout_seconds)],
+        interceptors=[interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
+        images=servicer, jobs=jobs, idempotency=idempotency, quotas=quotas,
+        webhooks=webhooks), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
@@ -116,15 +146,34 @@ async def create_server(settings: Settings) -> Hub:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, JOB_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, JOB_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
     return Hub(server, port, health_servicer, engine, keys, usage, providers, loader,
-               default_model)
+               default_model, servicer, interceptor, jobs, webhooks)
+
+
+def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ignore[no-untyped-def]
+                    usage: UsageRecorder, store: FilesystemStore, signer: UrlSigner,
+                    idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
+    """JobService's parts: the webhook sender and the job runner."""
+    assert settings.webhook_secret is not None
+    webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
+                        settings.webhook_url_hosts, settings.webhook_timeout_seconds)
+    jobs = Jobs(sessions, keys=keys, usage=usage, webhooks=webhooks, store=store,
+                signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
+                lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
+                max_attempts=settings.job_max_attempts,
+                run_seconds=settings.request_timeout_seconds,
+                stop_grace_seconds=settings.job_stop_grace_seconds,
+                webhook_retries=settings.webhook_retries,
+                webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
+    return webhooks, jobs
 
 
 async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:

@@ -21,6 +21,7 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 BACKGROUNDS = ("auto", "opaque", "transparent")
 MODERATIONS = ("auto", "low")
 MAX_USER_LENGTH = 256
+MAX_PARTIAL_IMAGES = 3
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ def plan(request: pb.GenerateRequest, route: Route) -> GenerationPlan:
                               param="user", reason="STRING_ABOVE_MAX_LENGTH")
     job = ImageJob(prompt=prompt, model=spec, n=n, size=size, quality=quality, style=style,
                    output_format=output_format, output_compression=compression,
-                   background=background, moderation=moderation, user=request.user or None)
+                   background=background, moderation=moderation, user=request.user or None,
+                   partial_images=_partial_images(request))
     if route.translated:
         job = _translate(job, route.served)
     return GenerationPlan(route=route, job=job, size=size, response_format=response_format,
@@ -85,6 +87,27 @@ def _n(request: pb.GenerateRequest) -> int:
                               reason="INTEGER_BELOW_MIN_VALUE" if request.n < 1
                               else "INTEGER_ABOVE_MAX_VALUE")
     return request.n
+
+
+def _partial_images(request: pb.GenerateRequest) -> int:
+    if not request.HasField("partial_images"):
+        return 0
+    if not 0 <= request.partial_images <= MAX_PARTIAL_IMAGES:
+        raise InvalidArgument(f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}; "
+                              f"got {request.partial_images}", param="partial_images",
+                              reason="INTEGER_BELOW_MIN_VALUE" if request.partial_images < 0
+                              else "INTEGER_ABOVE_MAX_VALUE")
+    return request.partial_images
+
+
+def refuse_stream_fields(request: pb.GenerateRequest, streaming_call: str) -> None:
+    """For calls that do not stream: `stream: true` and previews belong to `streaming_call`."""
+    if request.stream:
+        raise InvalidArgument(f"stream: true is served by {streaming_call}; this call answers "
+                              "once", param="stream", reason="UNSUPPORTED_VALUE")
+    if request.partial_images:
+        raise InvalidArgument(f"partial_images needs a stream ({streaming_call})",
+                              param="partial_images", reason="UNSUPPORTED_VALUE")
 
 
 def _size(text: str, spec: ModelSpec) -> Size | None:
@@ -182,5 +205,5 @@ def _translate(job: ImageJob, served: ModelSpec) -> ImageJob:
         output_format=job.output_format, output_compression=job.output_compression,
         background=job.background if job.background in served.backgrounds else None,
         moderation=job.moderation if job.moderation in served.moderations else None,
-        user=job.user,
+        user=job.user, partial_images=job.partial_images,
     )

@@ -7,6 +7,7 @@ terms (sizes, qualities already translated) and answers the images it made.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -44,14 +45,24 @@ class ImageJob:
     first_index: int = 0  # the position of this call's first image among the request's n
     deadline: float | None = None  # time.monotonic() by which the call must be answered
     request_id: str = ""
+    # Streams: previews per image, and where a provider that streams them sends each
+    # (index among the request's n, preview number, the preview). 0 or None: no previews.
+    partial_images: int = 0
+    on_partial: PartialSink | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def streams_previews(self) -> bool:
+        return bool(self.partial_images and self.on_partial and self.model.partial_images)
 
     def seconds_left(self, floor: float = 0.05) -> float | None:
         """Time left before the deadline, for SDK timeouts (None: no deadline)."""
         return None if self.deadline is None else max(floor, self.deadline - time.monotonic())
 
     def split(self) -> list[ImageJob]:
-        """This job as calls of at most model.max_n_per_call images each."""
-        per_call = self.model.max_n_per_call
+        """This job as calls of at most model.max_n_per_call images each (one each when
+        previews stream: an upstream stream of several images does not say which image a
+        preview belongs to)."""
+        per_call = 1 if self.streams_previews else self.model.max_n_per_call
         return [
             replace(self, n=min(per_call, self.n - start), first_index=self.first_index + start)
             for start in range(0, self.n, per_call)
@@ -83,6 +94,9 @@ class GeneratedImage:
     data: bytes
     mime_type: str
     revised_prompt: str | None = None
+
+
+PartialSink = Callable[[int, int, GeneratedImage], Awaitable[None]]
 
 
 @dataclass(frozen=True)

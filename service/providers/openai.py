@@ -62,6 +62,8 @@ class OpenAIProvider:
         if job.request_id:
             options["extra_headers"] = {"x-request-id": job.request_id}
         try:
+            if job.streams_previews:
+                return await self._stream(job, options, started)
             if job.images:
                 response = await self._client.images.edit(**edit_args(job), **options)
             else:
@@ -76,6 +78,39 @@ class OpenAIProvider:
                                  "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
         return Generation(images=images, usage=token_usage(response.usage),
                           upstream_seconds=time.perf_counter() - started)
+
+    async def _stream(self, job: ImageJob, options: dict[str, Any],
+                      started: float) -> Generation:
+        """One image streamed (`stream`, `partial_images`): each preview goes to
+        job.on_partial as it arrives; the `.completed` event holds the image and usage.
+        Errors are mapped by the caller, like those of a plain call."""
+        assert job.on_partial is not None and job.n == 1
+        args = edit_args(job) if job.images else generate_args(job)
+        call = self._client.images.edit if job.images else self._client.images.generate
+        stream = await call(**args, stream=True, partial_images=job.partial_images,  # type: ignore[operator]
+                            **options)
+        completed = None
+        async with stream:
+            async for event in stream:
+                if event.type.endswith(".partial_image") and event.b64_json:
+                    preview = await self._checked(base64.b64decode(event.b64_json), job)
+                    await job.on_partial(job.first_index, event.partial_image_index or 0,
+                                         preview)
+                elif event.type.endswith(".completed"):
+                    completed = event
+        if completed is None or not completed.b64_json:
+            raise UpstreamFailed(f"{job.model.upstream}'s stream ended without its image.",
+                                 reason="UPSTREAM_NO_IMAGE")
+        image = await self._checked(base64.b64decode(completed.b64_json), job)
+        return Generation(images=[image], usage=token_usage(completed.usage),
+                          upstream_seconds=time.perf_counter() - started)
+
+    async def _checked(self, data: bytes, job: ImageJob) -> GeneratedImage:
+        mime_type = await asyncio.to_thread(verified_mime_type, data)
+        if mime_type is None:
+            raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or "
+                                 "not PNG, JPEG or WebP.")
+        return GeneratedImage(data=data, mime_type=mime_type)
 
     async def _images(self, response: Any, job: ImageJob) -> list[GeneratedImage]:
         items = response.data or []
@@ -140,11 +175,18 @@ def token_usage(usage: Any) -> TokenUsage | None:
         return None
     inputs, outputs = usage.input_tokens_details, getattr(usage, "output_tokens_details", None)
     return TokenUsage(
-        input_text=inputs.text_tokens if inputs else usage.input_tokens,
-        input_image=inputs.image_tokens if inputs else 0,
-        output_text=outputs.text_tokens if outputs else 0,
-        output_image=outputs.image_tokens if outputs else usage.output_tokens,
+        input_text=_count(inputs, "text_tokens") if inputs else usage.input_tokens,
+        input_image=_count(inputs, "image_tokens") if inputs else 0,
+        output_text=_count(outputs, "text_tokens") if outputs else 0,
+        output_image=_count(outputs, "image_tokens") if outputs else usage.output_tokens,
     )
+
+
+def _count(details: Any, name: str) -> int:
+    """A token count of a details object, or of a plain dict where the SDK's model has no
+    field for it (stream events' `output_tokens_details`)."""
+    value = details.get(name) if isinstance(details, dict) else getattr(details, name, None)
+    return int(value or 0)
 
 
 def hub_error(exc: openai.APIError, job: ImageJob) -> HubError:
