@@ -4,11 +4,15 @@
 `image[]`): gpt-image models answer base64 only, with `usage`; a request carrying
 `response_format` or `style` to a gpt-image model is a 400 `unknown_parameter`; retired names
 (dall-e-2, dall-e-3, gpt-image-1) are 404 `model_not_found`; sizes follow gpt-image-2's rules.
+With `stream: true` the answer is Server-Sent Events as OpenAI sends them: per image,
+`partial_images` `image_generation.partial_image` events (`image_edit.*` for edits), then
+`image_generation.completed` with the image and the usage, `stream_event_delay` apart.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from typing import Any
@@ -37,10 +41,12 @@ def image_tokens(width: int, height: int, quality: str) -> int:
 class FakeOpenAI(FakeServer):
     api_key = "sk-test-fake-openai-key-1234567890"
 
-    def __init__(self, *, retired: set[str] = RETIRED, noise: bool = False) -> None:
+    def __init__(self, *, retired: set[str] = RETIRED, noise: bool = False,
+                 stream_event_delay: float = 0.15) -> None:
         super().__init__()
         self.retired = retired  # names this upstream no longer serves
         self.noise = noise  # answer with large noise images, as real models do
+        self.stream_event_delay = stream_event_delay
 
     def route(self, method: str, path: str) -> str | None:
         return {"/v1/images/generations": "generations",
@@ -56,7 +62,29 @@ class FakeOpenAI(FakeServer):
         problem = self._problem(params or {})
         if problem:
             return problem
-        return self._images(params or {}, sum(len(files) for files in request.files.values()))
+        answer = self._images(params or {}, sum(len(files) for files in request.files.values()))
+        if str((params or {}).get("stream", "")).lower() == "true":
+            return self._stream(answer.json, int((params or {}).get("partial_images", 0)),
+                                "image_edit" if route == "edits" else "image_generation")
+        return answer
+
+    def _stream(self, answer: dict[str, Any], partial_images: int, kind: str) -> Reply:
+        """`answer` told as OpenAI streams it: previews, then each image with the usage."""
+        facts = {"created_at": answer["created"], "size": answer["size"],
+                 "quality": answer["quality"], "background": answer["background"],
+                 "output_format": answer["output_format"]}
+        w, h = (int(x) for x in answer["size"].split("x"))
+        fmt = {"jpeg": "JPEG", "webp": "WEBP"}.get(answer["output_format"], "PNG")
+        events = []
+        for index, item in enumerate(answer["data"]):
+            for preview in range(partial_images):
+                data = base64.b64encode(picture(w, h, 100 + 10 * index + preview, fmt)).decode()
+                events.append({"type": f"{kind}.partial_image", "b64_json": data,
+                               "partial_image_index": preview, **facts})
+            events.append({"type": f"{kind}.completed", "b64_json": item["b64_json"], **facts,
+                           "usage": answer["usage"]})
+        return Reply(200, events=[f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+                                  for e in events], event_delay=self.stream_event_delay)
 
     def _problem(self, params: dict[str, Any]) -> Reply | None:
         model = params.get("model", "dall-e-2")

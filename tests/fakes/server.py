@@ -8,6 +8,7 @@ test can see cancellation reach the provider.
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import json
@@ -32,6 +33,9 @@ class Reply:
     delay: float = 0.0
     hang: bool = False  # never answer; wait for the client to hang up
     reset: bool = False  # drop the connection without an answer
+    as_usual: bool = False  # the fake's usual answer (after `delay`)
+    events: list[bytes] | None = None  # a streamed body (chunked), one chunk per event...
+    event_delay: float = 0.0  # ...this long apart
 
 
 @dataclass
@@ -111,6 +115,8 @@ class FakeServer:
             self.received.append(request)
             queue = self._scripts.get(route)
             scripted = queue.popleft() if queue else None
+        if scripted is not None and scripted.as_usual:
+            return dataclasses.replace(self.answer(route, request), delay=scripted.delay)
         return scripted or self.answer(route, request)
 
 
@@ -161,6 +167,9 @@ def _handler_for(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
         def _send(self, reply: Reply) -> None:
+            if reply.events is not None:
+                self._send_events(reply)
+                return
             data = reply.raw if reply.raw is not None else json.dumps(reply.json).encode()
             self.send_response(reply.status)
             headers = {"content-type": "application/json", **reply.headers}
@@ -170,6 +179,23 @@ def _handler_for(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             try:
                 self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def _send_events(self, reply: Reply) -> None:
+            """A chunked body, one chunk per event, flushed as it goes (Server-Sent Events)."""
+            self.send_response(reply.status)
+            for name, value in {"content-type": "text/event-stream", **reply.headers}.items():
+                self.send_header(name, value)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            try:
+                for index, event in enumerate(reply.events or ()):
+                    if index and reply.event_delay:
+                        time.sleep(reply.event_delay)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 
