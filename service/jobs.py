@@ -212,6 +212,7 @@ class Jobs:
         if row is None:
             return
         renewal = asyncio.create_task(self._renew(job_id, asyncio.current_task()))
+        lapse = False
         try:
             if row.status in (QUEUED, RUNNING):
                 row = await self._run(row)
@@ -219,11 +220,13 @@ class Jobs:
                 await self._deliver(row)
         except ClaimLost:
             log.warning("job claim lost", job_id=job_id)
-        except Exception:
+        except Exception:  # the claim is left to lapse: the job is tried again after it
             log.exception("job work failed", job_id=job_id)
+            lapse = True
         finally:
             renewal.cancel()
-            await asyncio.shield(self._unclaim(job_id))
+            if not lapse:
+                await asyncio.shield(self._unclaim(job_id))
 
     async def _claim(self, job_id: str) -> JobRow | None:
         now = utcnow()
@@ -306,7 +309,7 @@ class Jobs:
             await self._usage.record(session, call.meter, CallFacts(
                 row.key_id, row.request_id, row.door, row.created_at.timestamp(),
                 error.reason if error else "OK", error.http_status if error else 200))
-            await session.refresh(row)
+            row = (await session.scalars(select(JobRow).where(JobRow.id == row.id))).one()
         log.info("job ended", job_id=row.id, status=status, key_id=row.key_id,
                  images=call.meter.images, reason=error.reason if error else None)
         return row

@@ -1,0 +1,285 @@
+"""Jobs, on SQLite and on PostgreSQL: accepted at once, run in the background, read back
+with the synchronous answer, their webhooks signed (verified with the Standard Webhooks
+library, as a receiver would), retried and guarded; a job in flight when the server stops
+or dies finishes after the restart, charged once."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+import standardwebhooks
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from aigne.hub.v1 import job_service_pb2 as job_pb
+from aigne.hub.v1 import job_service_pb2_grpc as job_grpc
+from tests.conftest import DATABASES, ImageHost, database_url, open_image, provider_env
+from tests.fakes.google_fake import FakeGoogle
+from tests.fakes.openai_fake import FakeOpenAI, error
+from tests.fakes.server import Reply
+from tests.hub import Hub, Key
+from tests.long_running import WebhookReceiver, long_stack_env, wait_for
+from tests.stack import Stack
+from tests.test_bad_input import assert_error
+
+JOBS = "/api/images/jobs"
+SLOW = Reply(as_usual=True, delay=1.5)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    running = WebhookReceiver().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def jobs_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             fake_openai: FakeOpenAI, fake_google: FakeGoogle, image_host: ImageHost,
+             receiver: WebhookReceiver) -> Iterator[Hub]:
+    var_dir = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    env = long_stack_env(provider_env(fake_openai, fake_google, image_host),
+                         database_url(request.param, request, var_dir), receiver)
+    with Stack(var_dir, env=env) as stack:
+        running = Hub(stack, request.param)
+        yield running
+        running.close()
+
+
+@pytest.fixture
+def key(jobs_hub: Hub, fakes, receiver: WebhookReceiver) -> Key:
+    receiver.clear()
+    return jobs_hub.create_key(f"jobs {uuid.uuid4().hex[:6]}")
+
+
+def create(hub: Hub, key: Key, headers: dict[str, str] | None = None,
+           **body: object) -> httpx.Response:
+    return httpx.post(f"{hub.stack.base_url}{JOBS}", timeout=30,
+                      headers={**key.headers, **(headers or {})},
+                      json={"model": "gpt-image-2", "prompt": "a lighthouse", **body})
+
+
+def read(hub: Hub, key: Key, job_id: str) -> httpx.Response:
+    return httpx.get(f"{hub.stack.base_url}{JOBS}/{job_id}", headers=key.headers, timeout=30)
+
+
+def ended(hub: Hub, key: Key, job_id: str, timeout: float = 30) -> dict:
+    def check() -> dict | None:
+        job = read(hub, key, job_id).json()["job"]
+        return job if job["status"] in ("succeeded", "failed") else None
+    return wait_for(check, timeout=timeout)
+
+
+def verified(delivery, secret: str) -> dict:  # type: ignore[no-untyped-def]
+    """The webhook's payload, once its signature verifies with the key's secret."""
+    return standardwebhooks.Webhook(secret).verify(delivery.body, delivery.headers)
+
+
+def test_a_job_answers_at_once_then_ends_with_the_synchronous_answer(
+        jobs_hub: Hub, key: Key, fakes, receiver: WebhookReceiver) -> None:
+    fakes[0].script("generations", SLOW)
+    started = time.monotonic()
+    answer = create(jobs_hub, key, n=2, response_format="b64_json",
+                    webhook_url=f"{receiver.url}/hooks/a")
+    assert answer.status_code == 200, answer.text
+    assert time.monotonic() - started < 1.2, "accepted before the image is made"
+    job, secret = answer.json()["job"], answer.json()["webhook_secret"]
+    assert job["id"].startswith("job_") and job["status"] in ("queued", "running")
+    assert job["webhook_status"] == "pending" and secret.startswith("whsec_")
+    assert "result" not in job
+
+    done = ended(jobs_hub, key, job["id"])
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["created"] == done["created"] == job["created"]
+    assert [open_image(base64.b64decode(i["b64_json"])).size for i in result["data"]] == \
+        [(1024, 1024)] * 2
+    assert result["usage"]["output_tokens"] > 0
+    assert read(jobs_hub, key, job["id"]).json()["job"]["result"] == result  # read again
+
+    [delivery] = wait_for(lambda: receiver.deliveries("hooks/a"))
+    payload = verified(delivery, secret)
+    assert payload["type"] == "image.job.succeeded"
+    assert payload["data"]["job"]["id"] == job["id"]
+    assert "result" not in payload["data"]["job"], "b64_json images are read with GetJob"
+    assert delivery.headers["webhook-id"] == f"msg_{job['id']}"
+    wait_for(lambda: read(jobs_hub, key, job["id"]).json()["job"]["webhook_status"]
+             == "delivered")
+    assert len(fakes[0].requests_to("generations")) == 1
+    assert [(r["status"], r["images"]) for r in jobs_hub.records(key)] == [("OK", 2)]
+
+
+def test_jobs_over_grpc_and_who_may_read_them(jobs_hub: Hub, key: Key, fakes) -> None:
+    with grpc.insecure_channel(jobs_hub.stack.envoy_target) as channel:
+        stub = job_grpc.JobServiceStub(channel)
+        created = stub.CreateJob(job_pb.CreateJobRequest(request=pb.GenerateRequest(
+            model="local", prompt="a fox", size="64x64")), metadata=key.metadata, timeout=30)
+        assert not created.webhook_secret
+
+        def succeeded() -> job_pb.Job | None:
+            job = stub.GetJob(job_pb.GetJobRequest(id=created.job.id), metadata=key.metadata,
+                              timeout=30).job
+            return job if job.status == "succeeded" else None
+
+        job = wait_for(succeeded)
+        other = jobs_hub.create_key("someone else")
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetJob(job_pb.GetJobRequest(id=job.id), metadata=other.metadata, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert open_image(httpx.get(job.result.data[0].url).content).size == (64, 64)
+    assert_error(read(jobs_hub, other, job.id), 404, "id", "job_not_found")
+    assert jobs_hub.admin.get(f"{JOBS}/{job.id}").json()["job"]["status"] == "succeeded"
+
+
+def test_a_webhook_is_retried_with_backoff_under_one_id(jobs_hub: Hub, key: Key,
+                                                        receiver: WebhookReceiver) -> None:
+    receiver.script("hooks/retry", Reply(500, raw=b""), Reply(503, raw=b""))
+    answer = create(jobs_hub, key, model="local", size="64x64",
+                    webhook_url=f"{receiver.url}/hooks/retry")
+    job, secret = answer.json()["job"], answer.json()["webhook_secret"]
+
+    deliveries = wait_for(lambda: (d := receiver.deliveries("hooks/retry")) and len(d) >= 3
+                          and d)
+    assert {d.headers["webhook-id"] for d in deliveries} == {f"msg_{job['id']}"}
+    assert all(verified(d, secret)["data"]["job"]["status"] == "succeeded" for d in deliveries)
+    assert verified(deliveries[0], secret)["data"]["job"]["result"]["data"][0]["url"]
+    wait_for(lambda: read(jobs_hub, key, job["id"]).json()["job"]["webhook_status"]
+             == "delivered")
+    assert len(receiver.deliveries("hooks/retry")) == 3
+
+
+def test_a_signature_made_with_another_secret_does_not_verify(jobs_hub: Hub, key: Key,
+                                                              receiver: WebhookReceiver) -> None:
+    answer = create(jobs_hub, key, model="local", size="64x64",
+                    webhook_url=f"{receiver.url}/hooks/forged")
+    [delivery] = wait_for(lambda: receiver.deliveries("hooks/forged"))
+    other_secret = create(jobs_hub, jobs_hub.create_key("other"), model="local", size="64x64",
+                          webhook_url=f"{receiver.url}/hooks/other").json()["webhook_secret"]
+    assert other_secret != answer.json()["webhook_secret"]
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        verified(delivery, other_secret)
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        tampered = type(delivery)(**{**delivery.__dict__, "body": delivery.body + b" "})
+        verified(tampered, answer.json()["webhook_secret"])
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("http://10.0.0.1/hook", "webhook_url_forbidden"),
+    ("http://169.254.169.254/latest", "webhook_url_forbidden"),
+    ("http://127.0.0.1:9/hook", "webhook_url_forbidden"),  # 127.0.0.1, but not the port allowed
+    ("http://[::1]/hook", "webhook_url_forbidden"),
+    ("ftp://example.com/hook", "invalid_webhook_url"),
+    ("http://user:pw@127.0.0.1/hook", "invalid_webhook_url"),
+])
+def test_webhook_urls_to_private_addresses_are_refused(jobs_hub: Hub, key: Key, url: str,
+                                                       code: str) -> None:
+    assert_error(create(jobs_hub, key, model="local", webhook_url=url), 400, "webhook_url", code)
+
+
+def test_a_failed_job_says_why_and_costs_nothing(jobs_hub: Hub, key: Key, fakes) -> None:
+    fakes[0].script("generations", error(400, "Invalid value: 'x'.", param="quality",
+                                         code="invalid_value"))
+    job = create(jobs_hub, key).json()["job"]
+    done = ended(jobs_hub, key, job["id"])
+    assert done["status"] == "failed" and "result" not in done
+    assert (done["error"]["code"], done["error"]["param"], done["error"]["http_status"]) == (
+        "upstream_invalid_request", "quality", 400)
+    assert [(r["status"], r["images"]) for r in jobs_hub.records(key)] == [
+        ("UPSTREAM_INVALID_REQUEST", 0)]
+    assert jobs_hub.get_key(key)["images_today"] == 0
+
+
+def test_the_quota_is_reserved_when_a_job_is_accepted(jobs_hub: Hub, fakes) -> None:
+    key = jobs_hub.create_key("two a day", daily_image_quota=2)
+    assert create(jobs_hub, key, model="local", n=2).status_code == 200
+    assert_error(create(jobs_hub, key, model="local"), 429, None, "daily_quota_exceeded")
+
+
+def test_creating_a_job_is_idempotent(jobs_hub: Hub, key: Key, fakes) -> None:
+    headers = {"Idempotency-Key": f"job-{uuid.uuid4()}"}
+    first = create(jobs_hub, key, headers, model="local", size="64x64")
+    retry = create(jobs_hub, key, headers, model="local", size="64x64")
+    assert retry.json()["job"]["id"] == first.json()["job"]["id"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert create(jobs_hub, key, headers, model="local", size="32x32").status_code == 409
+    ended(jobs_hub, key, first.json()["job"]["id"])
+    # One job, one record; the refused request leaves its own, of no images.
+    assert sorted((r["status"], r["images"]) for r in jobs_hub.records(key)) == [
+        ("IDEMPOTENCY_KEY_REUSED", 0), ("OK", 1)]
+
+
+def test_bad_job_requests_are_refused_at_once(jobs_hub: Hub, key: Key, fakes) -> None:
+    assert_error(create(jobs_hub, key, n=11), 400, "n", "integer_above_max_value")
+    assert_error(create(jobs_hub, key, stream=True), 400, "stream")
+    assert_error(create(jobs_hub, key, webhook_url=3), 400, "webhook_url", "invalid_type")
+    assert_error(read(jobs_hub, key, "job_nope"), 404, "id", "job_not_found")
+    assert fakes[0].received == []
+
+
+@pytest.fixture(params=DATABASES)
+def fresh_stack(request: pytest.FixtureRequest, tmp_path, fake_openai: FakeOpenAI,
+                fake_google: FakeGoogle, image_host: ImageHost, receiver: WebhookReceiver,
+                fakes) -> Iterator[Hub]:
+    """A stack of its own, to stop and start again."""
+    env = long_stack_env(provider_env(fake_openai, fake_google, image_host),
+                         database_url(request.param, request, tmp_path), receiver)
+    stack = Stack(tmp_path, env=env).start()
+    running = Hub(stack, request.param)
+    try:
+        yield running
+    finally:
+        running.close()
+        stack.stop()
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_a_job_in_flight_when_the_server_stops_finishes_after_the_restart(
+        fresh_stack: Hub, fakes, receiver: WebhookReceiver, stop: str) -> None:
+    """Stopped, the server hands its running job back; killed, its claim lapses. Either
+    way the restarted server runs the job again, to its end, and charges it once."""
+    hub, fake_openai = fresh_stack, fakes[0]
+    receiver.clear()
+    fake_openai.script("generations", Reply(hang=True))
+    key = hub.create_key("restart")
+    answer = create(hub, key, webhook_url=f"{receiver.url}/hooks/restart")
+    job = answer.json()["job"]
+    wait_for(lambda: fake_openai.requests_to("generations"))
+
+    if stop == "sigterm":
+        hub.stack.stop()
+    else:
+        kill(hub.stack)
+    assert fake_openai.wait_for_disconnect("generations")
+    hub.stack.start()
+
+    done = ended(hub, key, job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    assert len(fake_openai.requests_to("generations")) == 2
+    [delivery] = wait_for(lambda: receiver.deliveries("hooks/restart"))
+    assert verified(delivery, answer.json()["webhook_secret"])["data"]["job"]["id"] == job["id"]
+    assert [(r["status"], r["images"]) for r in hub.records(key)] == [("OK", 1)]
+    assert hub.get_key(key)["images_today"] == 1
+
+
+def kill(stack: Stack) -> None:
+    """SIGKILL the server (Envoy, its child, is told to stop when it dies); wait until the
+    ports are free."""
+    assert stack.process is not None
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait()
+
+    def envoy_gone() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{stack.admin_port}/ready", timeout=0.5)
+        except httpx.HTTPError:
+            return True
+        return False
+
+    wait_for(envoy_gone, timeout=20)
