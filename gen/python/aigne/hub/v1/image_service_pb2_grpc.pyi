@@ -40,6 +40,13 @@ class ImageServiceStub:
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
+
+    Idempotent retries: Generate and StreamGenerate take metadata `idempotency-key` (REST:
+    the `Idempotency-Key` header). A retry with the same key within 24 hours gets the first
+    attempt's answer (the same images, the same `created`; `url`s signed afresh) and is
+    charged once; while the first attempt runs, the retry waits for it. The same key with
+    another request is ABORTED (HTTP 409, reason IDEMPOTENCY_KEY_REUSED). A failed attempt
+    is not kept: its retry runs afresh. A replayed answer carries `idempotent-replayed: true`.
     """
 
     @_typing.overload
@@ -100,6 +107,13 @@ class ImageServiceAsyncStub(ImageServiceStub):
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
+
+    Idempotent retries: Generate and StreamGenerate take metadata `idempotency-key` (REST:
+    the `Idempotency-Key` header). A retry with the same key within 24 hours gets the first
+    attempt's answer (the same images, the same `created`; `url`s signed afresh) and is
+    charged once; while the first attempt runs, the retry waits for it. The same key with
+    another request is ABORTED (HTTP 409, reason IDEMPOTENCY_KEY_REUSED). A failed attempt
+    is not kept: its retry runs afresh. A replayed answer carries `idempotent-replayed: true`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -156,6 +170,13 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
+
+    Idempotent retries: Generate and StreamGenerate take metadata `idempotency-key` (REST:
+    the `Idempotency-Key` header). A retry with the same key within 24 hours gets the first
+    attempt's answer (the same images, the same `created`; `url`s signed afresh) and is
+    charged once; while the first attempt runs, the retry waits for it. The same key with
+    another request is ABORTED (HTTP 409, reason IDEMPOTENCY_KEY_REUSED). A failed attempt
+    is not kept: its retry runs afresh. A replayed answer carries `idempotent-replayed: true`.
     """
 
     @_abc_1.abstractmethod

@@ -152,6 +152,13 @@ export const SizeRuleSchema = /*@__PURE__*/
  * Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
  * and, for a bad field, google.rpc.BadRequest naming the field.
  *
+ * Idempotent retries: Generate and StreamGenerate take metadata `idempotency-key` (REST:
+ * the `Idempotency-Key` header). A retry with the same key within 24 hours gets the first
+ * attempt's answer (the same images, the same `created`; `url`s signed afresh) and is
+ * charged once; while the first attempt runs, the retry waits for it. The same key with
+ * another request is ABORTED (HTTP 409, reason IDEMPOTENCY_KEY_REUSED). A failed attempt
+ * is not kept: its retry runs afresh. A replayed answer carries `idempotent-replayed: true`.
+ *
  * @generated from service aigne.hub.v1.ImageService
  */
 export const ImageService = /*@__PURE__*/
