@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aigne.hub.v1 import image_service_pb2 as pb
 from service.db import IdempotencyKeyRow, utcnow
 from service.errors import Conflict, InvalidArgument
 from service.quotas import INSERTS
@@ -50,6 +51,16 @@ def fingerprint(operation: str, *parts: bytes) -> str:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()
+
+
+def generation_fingerprint(request: pb.GenerateRequest) -> str:
+    """A generation's fingerprint. `stream` and `partial_images` say how the answer is told,
+    not what is asked: a stream may retry a plain request, and the other way round."""
+    same = pb.GenerateRequest()
+    same.CopyFrom(request)
+    same.ClearField("stream")
+    same.ClearField("partial_images")
+    return fingerprint("generate", same.SerializeToString(deterministic=True))
 
 
 @dataclass

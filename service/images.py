@@ -26,7 +26,7 @@ from service import answers, json_codec, streaming, validation
 from service.answers import KeptAnswer
 from service.errors import NotFound
 from service.generation import RetryPolicy, conform, fan_out
-from service.idempotency import REPLAYED_HEADER, Claim, Idempotency, fingerprint
+from service.idempotency import REPLAYED_HEADER, Claim, Idempotency, generation_fingerprint
 from service.inputs import ImageLoader
 from service.interceptors import Call, current_call
 from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
@@ -102,23 +102,17 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         with the same idempotency key, or made. Made under a key, it goes on when the
         client goes away, so that a retry finds its answer."""
         plan, provider = self.plan(call, request)
-        same = pb.GenerateRequest()
-        same.CopyFrom(request)
-        same.ClearField("stream")  # how the answer is told is not what is asked
-        same.ClearField("partial_images")
         claim = await self._idempotency.claim(
-            call.caller.id, call.idempotency_key, "generate",
-            fingerprint("generate", same.SerializeToString(deterministic=True)),
+            call.caller.id, call.idempotency_key, "generate", generation_fingerprint(request),
             call.request_id, call.remaining())
         if claim.answer is not None:
             return await self._replay(call, plan, KeptAnswer.from_json(claim.answer), events)
         work = self._reserve_and_make(call, plan, provider, claim, events)
         if not claim.held:
             return await work
-        task = asyncio.create_task(work)
+        call.detached = task = asyncio.create_task(work)  # not cancelled with the call
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
-        call.detached = task
         return await asyncio.shield(task)
 
     def plan(self, call: Call, request: pb.GenerateRequest

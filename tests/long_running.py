@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.fakes.server import FakeServer, Received, Reply
 from tests.hub import Hub
+from tests.stack import Stack
 
 T = TypeVar("T")
 
@@ -35,6 +37,18 @@ def long_stack_env(provider_env: dict[str, str], database_url: str,
     if receiver is not None:
         env["AIGNE_HUB_WEBHOOK_URL_ALLOWLIST"] = f"127.0.0.1:{receiver.port}"
     return env
+
+
+@contextmanager
+def long_hub(var_dir: Path, provider_env: dict[str, str], database_url: str,
+             receiver: WebhookReceiver | None = None) -> Iterator[Hub]:
+    """A running stack of `long_stack_env`, with its admin client; stopped at the end."""
+    with Stack(var_dir, env=long_stack_env(provider_env, database_url, receiver)) as stack:
+        running = Hub(stack, database_url.split(":", 1)[0])
+        try:
+            yield running
+        finally:
+            running.close()
 
 
 class WebhookReceiver(FakeServer):

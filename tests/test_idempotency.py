@@ -26,8 +26,7 @@ from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI, error
 from tests.fakes.server import Reply
 from tests.hub import GENERATIONS, Hub, Key
-from tests.long_running import long_stack_env, read_events, wait_for
-from tests.stack import Stack
+from tests.long_running import long_hub, read_events, wait_for
 
 SLOW = Reply(as_usual=True, delay=1.5)  # the fake's usual answer, after 1.5 s
 BODY = {"model": "gpt-image-2", "prompt": "a lighthouse", "n": 2, "response_format": "b64_json"}
@@ -39,12 +38,9 @@ def providers_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         image_host: ImageHost) -> Iterator[Hub]:
     """The provider stack with an admin key, on SQLite, then on PostgreSQL."""
     var_dir = tmp_path_factory.mktemp(f"idempotency-{request.param}")
-    env = long_stack_env(provider_env(fake_openai, fake_google, image_host),
-                         database_url(request.param, request, var_dir))
-    with Stack(var_dir, env=env) as stack:
-        running = Hub(stack, request.param)
+    with long_hub(var_dir, provider_env(fake_openai, fake_google, image_host),
+                  database_url(request.param, request, var_dir)) as running:
         yield running
-        running.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI, error
 from tests.fakes.server import Reply
 from tests.hub import Hub, Key
-from tests.long_running import WebhookReceiver, long_stack_env, wait_for
+from tests.long_running import WebhookReceiver, long_hub, long_stack_env, wait_for
 from tests.stack import Stack
 from tests.test_bad_input import assert_error
 
@@ -45,12 +45,9 @@ def jobs_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
              fake_openai: FakeOpenAI, fake_google: FakeGoogle, image_host: ImageHost,
              receiver: WebhookReceiver) -> Iterator[Hub]:
     var_dir = tmp_path_factory.mktemp(f"jobs-{request.param}")
-    env = long_stack_env(provider_env(fake_openai, fake_google, image_host),
-                         database_url(request.param, request, var_dir), receiver)
-    with Stack(var_dir, env=env) as stack:
-        running = Hub(stack, request.param)
+    with long_hub(var_dir, provider_env(fake_openai, fake_google, image_host),
+                  database_url(request.param, request, var_dir), receiver) as running:
         yield running
-        running.close()
 
 
 @pytest.fixture
@@ -223,14 +220,20 @@ def test_bad_job_requests_are_refused_at_once(jobs_hub: Hub, key: Key, fakes) ->
     assert fakes[0].received == []
 
 
+@pytest.fixture
+def stack_settings() -> dict[str, str]:
+    """Settings of `fresh_stack` besides the usual ones (a test parametrizes it)."""
+    return {}
+
+
 @pytest.fixture(params=DATABASES)
 def fresh_stack(request: pytest.FixtureRequest, tmp_path, fake_openai: FakeOpenAI,
                 fake_google: FakeGoogle, image_host: ImageHost, receiver: WebhookReceiver,
-                fakes) -> Iterator[Hub]:
+                fakes, stack_settings: dict[str, str]) -> Iterator[Hub]:
     """A stack of its own, to stop and start again."""
     env = long_stack_env(provider_env(fake_openai, fake_google, image_host),
                          database_url(request.param, request, tmp_path), receiver)
-    stack = Stack(tmp_path, env=env).start()
+    stack = Stack(tmp_path, env={**env, **stack_settings}).start()
     running = Hub(stack, request.param)
     try:
         yield running
@@ -266,6 +269,27 @@ def test_a_job_in_flight_when_the_server_stops_finishes_after_the_restart(
     assert verified(delivery, answer.json()["webhook_secret"])["data"]["job"]["id"] == job["id"]
     assert [(r["status"], r["images"]) for r in hub.records(key)] == [("OK", 1)]
     assert hub.get_key(key)["images_today"] == 1
+
+
+@pytest.mark.parametrize("stack_settings", [{"AIGNE_HUB_JOB_MAX_ATTEMPTS": "1"}])
+def test_a_job_interrupted_too_often_fails_and_costs_nothing(fresh_stack: Hub, fakes,
+                                                             receiver: WebhookReceiver) -> None:
+    hub, fake_openai = fresh_stack, fakes[0]
+    receiver.clear()
+    fake_openai.script("generations", Reply(hang=True))
+    key = hub.create_key("interrupted")
+    job = create(hub, key, webhook_url=f"{receiver.url}/hooks/interrupted").json()["job"]
+    wait_for(lambda: fake_openai.requests_to("generations"))
+    hub.stack.stop()
+    hub.stack.start()
+
+    done = ended(hub, key, job["id"])
+    assert (done["status"], done["error"]["code"]) == ("failed", "job_interrupted")
+    assert len(fake_openai.requests_to("generations")) == 1
+    [delivery] = wait_for(lambda: receiver.deliveries("hooks/interrupted"))
+    assert delivery.json["type"] == "image.job.failed"
+    assert [(r["status"], r["images"]) for r in hub.records(key)] == [("JOB_INTERRUPTED", 0)]
+    assert hub.get_key(key)["images_today"] == 0
 
 
 def kill(stack: Stack) -> None:

@@ -5,7 +5,9 @@ progress, partial images, each finished image as soon as it is stored, then usag
 from __future__ import annotations
 
 import base64
+import itertools
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -15,10 +17,20 @@ import pytest
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
-from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, http_client, open_image
+from tests.conftest import (
+    GRPC_AUTH,
+    GRPC_OPTIONS,
+    ImageHost,
+    http_client,
+    open_image,
+    provider_env,
+)
+from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.images import picture
+from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import Reply
-from tests.long_running import Event, read_events
+from tests.hub import Hub
+from tests.long_running import Event, long_hub, read_events, wait_for
 from tests.stack import TEST_KEY, Stack
 from tests.test_bad_input import assert_error
 
@@ -34,9 +46,10 @@ def stream_stub(request: pytest.FixtureRequest, provider_stack: Stack,
         yield image_service_pb2_grpc.ImageServiceStub(channel)
 
 
-def sse(client: httpx.Client, body: dict, path: str = STREAM) -> tuple[httpx.Response, list[Event]]:
+def sse(client: httpx.Client, body: dict, path: str = STREAM,
+        headers: dict[str, str] | None = None) -> tuple[httpx.Response, list[Event]]:
     started = time.monotonic()
-    with client.stream("POST", path, json=body) as answer:
+    with client.stream("POST", path, json=body, headers=headers) as answer:
         if answer.status_code != 200:
             answer.read()
             return answer, []
@@ -73,10 +86,19 @@ def test_grpc_stream_sends_progress_partials_images_then_usage(stream_stub, fake
                                   and s["n"] == 1 for s in sent)
 
 
+def usage_record(client: httpx.Client, request_id: str) -> dict:
+    """The usage record of one of the test key's requests (a key reads its own)."""
+    [record] = client.get("/api/usage/records", params={"request_id": request_id}).json()[
+        "records"]
+    return record
+
+
 def test_sse_stream_through_envoy_arrives_as_it_happens(provider_stack: Stack, fakes) -> None:
+    request_id = uuid.uuid4().hex
     with http_client(provider_stack) as client:
         answer, events = sse(client, {"model": "gpt-image-2", "prompt": "a fox",
-                                      "partial_images": 3})
+                                      "partial_images": 3}, headers={"x-request-id": request_id})
+        record = usage_record(client, request_id)
 
     assert answer.headers["content-type"] == "text/event-stream"
     assert answer.headers["x-model-served"] == "gpt-image-2"
@@ -93,6 +115,24 @@ def test_sse_stream_through_envoy_arrives_as_it_happens(provider_stack: Stack, f
     assert done["usage"]["output_tokens"] > 0 and type(done["created"]) is int
     # Incremental: the fake waits 0.15 s between its events, and so do ours.
     assert events[-1].at - events[1].at > 0.3
+    assert (record["status"], record["images"], record["door"]) == ("OK", 1, "rest")
+
+
+def test_a_client_that_leaves_a_stream_cancels_the_upstream(provider_stack: Stack,
+                                                            fakes) -> None:
+    fakes[0].script("generations", Reply(hang=True))
+    request_id = uuid.uuid4().hex
+    with grpc.insecure_channel(provider_stack.envoy_target) as channel:
+        call = image_service_pb2_grpc.ImageServiceStub(channel).StreamGenerate(
+            pb.StreamGenerateRequest(request=pb.GenerateRequest(model="gpt-image-2", prompt="x")),
+            metadata=(*GRPC_AUTH, ("x-request-id", request_id)), timeout=60)
+        assert next(call).WhichOneof("event") == "progress"
+        call.cancel()
+    assert fakes[0].wait_for_disconnect("generations")
+    with http_client(provider_stack) as client:
+        record = wait_for(lambda: client.get("/api/usage/records", params={
+            "request_id": request_id}).json().get("records"))
+    assert [(r["status"], r["images"]) for r in record] == [("CANCELLED", 0)]
 
 
 def test_openai_sdk_streams_from_the_stream_base_url(provider_stack: Stack, fakes) -> None:
@@ -180,6 +220,31 @@ def test_models_listing_says_which_models_stream_previews(provider_rest: httpx.C
     assert models["gpt-image-2"]["partial_images"] is True
     assert models["dall-e-3"]["partial_images"] is True  # served by gpt-image-2
     assert models["local"]["partial_images"] is False
+
+
+@pytest.fixture(scope="module")
+def quick_heartbeat(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI,
+                    fake_google: FakeGoogle, image_host: ImageHost) -> Iterator[Hub]:
+    """A stack whose quiet streams repeat their progress every 0.5 s."""
+    var_dir = tmp_path_factory.mktemp("heartbeat")
+    with long_hub(var_dir, provider_env(fake_openai, fake_google, image_host),
+                  f"sqlite+aiosqlite:///{var_dir / 'hub.db'}") as running:
+        yield running
+
+
+def test_a_quiet_stream_repeats_its_progress(quick_heartbeat: Hub, fakes) -> None:
+    """While the upstream works without a word, the stream is not quiet: proxies with short
+    idle timeouts keep it."""
+    fakes[0].script("generations", Reply(as_usual=True, delay=2.0))
+    with httpx.Client(base_url=quick_heartbeat.stack.base_url, timeout=30,
+                      headers={"Authorization": f"Bearer {TEST_KEY}"}) as client:
+        _, events = sse(client, {"model": "gpt-image-2", "prompt": "a slow fox"})
+    names = [e.name for e in events]
+    assert names[-2:] == ["image_generation.completed", "image_generation.done"]
+    progress = [e for e in events if e.name == "image_generation.progress"]
+    assert len(progress) >= 3
+    assert max(b.at - a.at for a, b in itertools.pairwise(events)) < 1.5
+    assert progress[-1].data["images_done"] == 0 and progress[-1].data["stage"] == "generating"
 
 
 def test_upstream_stream_error_event_is_mapped(provider_stack: Stack, fakes) -> None:
