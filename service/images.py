@@ -63,8 +63,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._warned: set[tuple[str, str]] = set()
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
-        validation.refuse_stream_fields(request, STREAMING_CALL)
-        return await self.generate(current_call(), request)
+        return await self.generate(current_call(), request, refuse_streams=STREAMING_CALL)
 
     async def GenerateHttp(self, request: pb.GenerateHttpRequest,
                            context: object) -> httpbody_pb2.HttpBody:
@@ -97,11 +96,12 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                                 heartbeat=self._heartbeat, on_failure=sent)
 
     async def generate(self, call: Call, request: pb.GenerateRequest,
-                       events: GenerationEvents = NO_EVENTS) -> pb.GenerateResponse:
+                       events: GenerationEvents = NO_EVENTS,
+                       refuse_streams: str | None = None) -> pb.GenerateResponse:
         """One generation, for every door: planned, then replayed from an earlier attempt
         with the same idempotency key, or made. Made under a key, it goes on when the
         client goes away, so that a retry finds its answer."""
-        plan, provider = self.plan(call, request)
+        plan, provider = self.plan(call, request, refuse_streams)
         claim = await self._idempotency.claim(
             call.caller.id, call.idempotency_key, "generate", generation_fingerprint(request),
             call.request_id, call.remaining())
@@ -115,11 +115,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         task.add_done_callback(self._detached.discard)
         return await asyncio.shield(task)
 
-    def plan(self, call: Call, request: pb.GenerateRequest
+    def plan(self, call: Call, request: pb.GenerateRequest, refuse_streams: str | None = None
              ) -> tuple[validation.GenerationPlan, Provider]:
-        """The checked request and the provider that serves it."""
+        """The checked request and the provider that serves it. `refuse_streams` (for calls
+        that answer once) names the streaming call that `stream` and previews need."""
         meter = call.meter  # usage: the interceptor records it, success or failure
         meter.requested(request, request.model or self._default_model)
+        if refuse_streams:
+            validation.refuse_stream_fields(request, refuse_streams)
         call.caller.check_model(meter.model)
         route = self._registry.route(meter.model)
         plan = validation.plan(request, route)

@@ -13,7 +13,7 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
 from aigne.hub.v1 import job_service_pb2_grpc as job_grpc
-from service import json_codec, validation
+from service import json_codec
 from service.errors import InvalidArgument
 from service.idempotency import REPLAYED_HEADER, Idempotency, fingerprint
 from service.images import ImageServicer
@@ -61,8 +61,7 @@ class JobServicer(job_grpc.JobServiceServicer):
 
     async def _create(self, call: Call, request: pb.GenerateRequest,
                       webhook_url: str) -> job_pb.CreateJobResponse:
-        validation.refuse_stream_fields(request, STREAMING_CALL)
-        plan, _ = self._images.plan(call, request)
+        plan, _ = self._images.plan(call, request, refuse_streams=STREAMING_CALL)
         if webhook_url:
             await self._webhooks.check(webhook_url)
         claim = await self._idempotency.claim(
