@@ -208,7 +208,11 @@ class Jobs:
 
     async def _work(self, job_id: str) -> None:
         """Claim the job, run it if it has not ended, deliver its webhook if one is due."""
-        row = await self._claim(job_id)
+        try:
+            row = await self._claim(job_id)
+        except Exception:  # the database may be away for a moment: a later poll claims it
+            log.exception("job not claimed", job_id=job_id)
+            return
         if row is None:
             return
         renewal = asyncio.create_task(self._renew(job_id, asyncio.current_task()))
@@ -241,21 +245,29 @@ class Jobs:
     async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
-            async with self._sessions() as session, session.begin():
-                renewed = await session.execute(
-                    update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
-                    .values(lease_until=utcnow() + self._lease))
+            try:
+                async with self._sessions() as session, session.begin():
+                    renewed = await session.execute(
+                        update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
+                        .values(lease_until=utcnow() + self._lease))
+            except Exception:  # try again at the next third of the lease
+                log.warning("job claim not renewed", job_id=job_id, exc_info=True)
+                continue
             if renewed.rowcount != 1 and work is not None:  # type: ignore[attr-defined]
                 log.warning("job claim lost: another process took the job over", job_id=job_id)
                 work.cancel()
                 return
 
     async def _unclaim(self, job_id: str) -> None:
-        """Give the claim up; a job cut off while running waits, queued, for a new run."""
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
-                .values(owner=None, lease_until=None, status=_requeued()))
+        """Give the claim up; a job cut off while running waits, queued, for a new run.
+        If the database cannot be told, the claim lapses instead."""
+        try:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
+                    .values(owner=None, lease_until=None, status=_requeued()))
+        except Exception:
+            log.warning("job claim not given up; it lapses", job_id=job_id, exc_info=True)
 
     async def _run(self, row: JobRow) -> JobRow:
         assert self._executor is not None

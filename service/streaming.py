@@ -139,7 +139,7 @@ async def stream(generate: Generation, *, previews: int, heartbeat: float,
             queue.sent(event)
             yield event
         try:
-            response = task.result()
+            response = await task  # done: it ended the queue
         except BaseException:
             on_failure(queue.images_sent, queue.bytes_sent)
             raise
