@@ -10,11 +10,13 @@ import os
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1 << 20
+PRESIGN_MAX_SECONDS = 7 * 86_400  # the longest an S3 (SigV4) presigned URL may live
 
 
 class Settings(BaseSettings):
@@ -33,6 +35,27 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     store_dir: Path | None = None
     database_url: str | None = None
+
+    # The image store: files under store_dir (one machine), or an S3-compatible bucket
+    # (several). `url` answers are this service's signed URLs, served by any replica from
+    # the store (`signed`), or the bucket's own presigned URLs (`presigned`, S3 only); both
+    # expire after url_ttl_seconds. Images older than image_retention_seconds are deleted
+    # (0 keeps them) by a sweep every image_sweep_interval_seconds (0: none) and, on S3, by
+    # a bucket lifecycle rule the server sets up (whole days) unless s3_lifecycle_rule is off.
+    image_store: Literal["filesystem", "s3"] = "filesystem"
+    image_urls: Literal["signed", "presigned"] = "signed"
+    image_retention_seconds: int = Field(default=86_400, ge=0)
+    image_sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+    s3_bucket: str | None = None
+    s3_prefix: str = "images/"
+    s3_endpoint_url: str | None = None  # unset: AWS; else MinIO, Ceph, R2, GCS interop...
+    s3_presign_endpoint_url: str | None = None  # the endpoint clients reach, if it differs
+    s3_region: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Unset: boto3's own chain (AWS_* variables, a web identity, an instance role).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_lifecycle_rule: bool = True
 
     # Signed image URLs: the public base (for deployments behind a load balancer) and TTL.
     public_base_url: str | None = None
@@ -101,6 +124,38 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_prompts: bool = False
 
+    # Envoy's upstreams: the server replicas it balances over, as `host:port,...` (unset:
+    # this server, host:grpc_port). A name that is not an IP address is resolved by DNS and
+    # re-resolved while Envoy runs (a Kubernetes headless Service). And the directory that
+    # holds envoy/hub.lua and gen/descriptor/ where Envoy runs (unset: this checkout).
+    envoy_upstreams: str = ""
+    envoy_assets_root: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        for name in ("signing_secret", "key_hash_secret"):
+            secret = getattr(self, name)
+            if secret is not None and not secret.get_secret_value().strip():
+                raise ValueError(f"AIGNE_HUB_{name.upper()} is set but empty: set it to a long "
+                                 "random value, or unset it to have one generated into var/")
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("AIGNE_HUB_IMAGE_STORE=s3 needs AIGNE_HUB_S3_BUCKET")
+        if self.image_urls == "presigned":
+            if self.image_store != "s3":
+                raise ValueError("AIGNE_HUB_IMAGE_URLS=presigned needs AIGNE_HUB_IMAGE_STORE=s3")
+            if self.url_ttl_seconds > PRESIGN_MAX_SECONDS:
+                raise ValueError(f"presigned URLs live at most {PRESIGN_MAX_SECONDS} s: lower "
+                                 "AIGNE_HUB_URL_TTL_SECONDS")
+        if 0 < self.image_retention_seconds < self.url_ttl_seconds:
+            raise ValueError("AIGNE_HUB_IMAGE_RETENTION_SECONDS is shorter than "
+                             "AIGNE_HUB_URL_TTL_SECONDS: image URLs would stop working early")
+        try:
+            self.upstreams  # noqa: B018
+        except ValueError:
+            raise ValueError("AIGNE_HUB_ENVOY_UPSTREAMS must be host:port[,host:port...]; "
+                             f"got {self.envoy_upstreams!r}") from None
+        return self
+
     @property
     def images_dir(self) -> Path:
         return self.store_dir or self.var_dir / "images"
@@ -112,6 +167,16 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+
+    @property
+    def upstreams(self) -> list[tuple[str, int]]:
+        """Envoy's upstreams: AIGNE_HUB_ENVOY_UPSTREAMS, else this server."""
+        found = []
+        for item in self.envoy_upstreams.split(","):
+            if item.strip():
+                host, _, port = item.strip().rpartition(":")
+                found.append((host.strip("[]"), int(port)))
+        return found or [(self.host, self.grpc_port)]
 
     @property
     def image_url_hosts(self) -> frozenset[str]:

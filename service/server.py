@@ -37,8 +37,7 @@ from service.models import ModelRegistry, load_registry
 from service.providers import Providers
 from service.quotas import Quotas
 from service.reports import UsageServicer
-from service.store.filesystem import FilesystemStore
-from service.store.signing import UrlSigner
+from service.store.storage import ImageStorage, open_storage
 from service.usage import UsageRecorder, UsageReports
 
 log = structlog.get_logger("aigne.hub")
@@ -68,6 +67,7 @@ class Hub:
     providers: Providers
     loader: ImageLoader
     default_model: str
+    storage: ImageStorage
 
     async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
@@ -75,6 +75,7 @@ class Hub:
         await self.usage.drain()
         await self.providers.aclose()
         await self.loader.aclose()
+        await self.storage.aclose()
         await self.engine.dispose()
 
 
@@ -93,10 +94,9 @@ async def create_server(settings: Settings) -> Hub:
                                      settings.image_fetch_timeout_seconds))
     quotas = Quotas(sessions, engine.dialect.name)
     usage = UsageRecorder(sessions, settings.credits_per_usd)
+    storage = await open_storage(settings)
     servicer = ImageServicer(
-        registry=registry, providers=providers, store=FilesystemStore(settings.images_dir),
-        signer=UrlSigner(settings.signing_secret.get_secret_value().encode(),
-                         settings.public_base, settings.url_ttl_seconds),
+        registry=registry, providers=providers, store=storage.store, signer=storage.urls,
         loader=loader, quotas=quotas, default_model=default_model,
         fan_out_concurrency=settings.fan_out_concurrency,
         retry=RetryPolicy(retries=settings.upstream_retries,
@@ -124,7 +124,7 @@ async def create_server(settings: Settings) -> Hub:
     for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Hub(server, port, health_servicer, engine, keys, usage, providers, loader,
-               default_model)
+               default_model, storage)
 
 
 async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
