@@ -56,8 +56,10 @@ $(NODE_STAMP): package.json package-lock.json gen/ts/package.json examples/ts/pa
 
 node-deps: $(NODE_STAMP)
 
+# REPLICAS=N: N server processes behind one Envoy (README "Several replicas").
+REPLICAS ?= 1
 run: install
-	$(BIN)/python -m service run
+	$(BIN)/python -m service run --replicas $(REPLICAS)
 
 test: install system-deps node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

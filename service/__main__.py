@@ -1,7 +1,9 @@
 """Command line: `python -m service serve|run|keys|usage|envoy-config`.
 
     serve          the gRPC server alone
-    run            the server and Envoy together (what `make run` starts); Ctrl-C stops both
+    run [--replicas N]
+                   the server and Envoy together (what `make run` starts); Ctrl-C stops both;
+                   with N > 1, N server processes behind one Envoy (`make run REPLICAS=N`)
     keys create NAME [--admin] [LIMITS] | keys list | keys limits ID_OR_PREFIX LIMITS
         | keys revoke ID_OR_PREFIX
                    LIMITS: [--models M,M|all] [--daily N] [--monthly N] [--rpm N]
@@ -20,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from service import cli, envoy, logs
+from service import cli, envoy, logs, replicas
 from service.config import Settings
 from service.errors import HubError
 from service.keys import KeyStore
@@ -32,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gRPC server")
-    commands.add_parser("run", help="run the server and Envoy (make run)")
+    run_command = commands.add_parser("run", help="run the server and Envoy (make run)")
+    run_command.add_argument("--replicas", type=int, default=1, metavar="N",
+                             help="server processes behind Envoy, on ports from "
+                                  "AIGNE_HUB_GRPC_PORT up (default 1)")
     commands.add_parser("envoy-config", help="print the rendered Envoy config")
     cli.add_commands(commands)
     args = parser.parse_args(argv)
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     if args.command == "serve":
         asyncio.run(serve(settings))
+    elif args.command == "run" and args.replicas > 1:
+        asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
         asyncio.run(run(settings))
     elif args.command == "envoy-config":
