@@ -26,7 +26,7 @@ DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install run test lint gen check-gen proto-deps breaking baseline system-deps node-deps \
-  gopath examples bench clean
+  gopath examples deploy-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -138,6 +138,10 @@ examples/ts/dist/client.js: examples/ts/client.ts examples/ts/tsconfig.json $(NO
 	npm run --silent build -w examples/ts
 
 examples: system-deps node-deps build/examples/go-client examples/ts/dist/client.js
+
+# deploy/envoy-config.yaml: Envoy's config for Kubernetes, rendered from deploy/envoy.env.
+deploy-config: install
+	$(BIN)/python deploy/render.py
 
 bench: install
 	$(BIN)/python -m bench

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
             if secret is not None and not secret.get_secret_value().strip():
                 raise ValueError(f"AIGNE_HUB_{name.upper()} is set but empty: set it to a long "
                                  "random value, or unset it to have one generated into var/")
+        if self.database_url is not None and not self.database_url.strip():
+            raise ValueError("AIGNE_HUB_DATABASE_URL is set but empty: name the database, or "
+                             "unset it for SQLite under var/")
         if self.image_store == "s3" and not self.s3_bucket:
             raise ValueError("AIGNE_HUB_IMAGE_STORE=s3 needs AIGNE_HUB_S3_BUCKET")
         if self.image_urls == "presigned":

@@ -47,8 +47,8 @@ def client_from_settings(settings: Settings, endpoint_url: str | None = None) ->
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint_url or settings.s3_endpoint_url,
         region_name=settings.s3_region, config=config,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None)
+        aws_access_key_id=settings.s3_access_key_id or None,  # empty: boto3's own chain
+        aws_secret_access_key=secret.get_secret_value() or None if secret else None)
 
 
 class S3Store:
