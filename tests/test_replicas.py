@@ -151,6 +151,8 @@ async def test_killed_replica_is_taken_out_and_only_its_requests_fail(
         assert log[failed.request_id]["upstream_host"] == victim, (failed, log[failed.request_id])
         assert failed.started < killed_at < failed.ended, failed
     assert len(failures) <= WORKERS
+    assert {(o.door, o.status) for o in failures} <= {
+        ("rest", "SERVICE_UNAVAILABLE"), ("grpc", "UNAVAILABLE")}
     later = [o for o in outcomes if o.started > killed_at]
     assert len(later) > WORKERS and all(o.ok for o in later)
     assert {log[o.request_id]["upstream_host"] for o in later} <= set(stack.targets) - {victim}
