@@ -129,7 +129,7 @@ class Router:
         Raises when nothing can serve it."""
         now = datetime.now(UTC)
         serving = [d for d in await self.deployments() if d.serves(spec) and d.enabled
-                   and (pin is None or pin in (d.name, d.kind, d.provider))]
+                   and (pin is None or pin in (d.name, d.kind))]
         if not serving:
             raise self._nothing_serves(spec, pin)
         healthy = [d for d in serving if d.state(now) == "healthy"]
