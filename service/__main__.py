@@ -10,6 +10,14 @@
                    [--expires DATE|never]; 0 removes a quota
     usage [--key ID] [--since DATE] [--until DATE] [--model M]
                    usage totals per UTC day and model (every key unless --key)
+    deployments add NAME --kind openai|azure|gemini|vertex [OPTIONS] | deployments set ID
+        [OPTIONS] | deployments list | deployments remove ID | deployments test [ID]
+        | deployments reseal
+                   OPTIONS: [--base-url URL] [--api-version V] [--models M,M|all]
+                   [--map MODEL=NAME]... [--option KEY=VALUE]... [--priority N] [--weight N]
+                   [--disabled|--enabled]
+    credentials add DEPLOYMENT [--name N] [--weight N] [--secret-env VAR] (secret on stdin)
+        | credentials set ID [--weight N] [--disable] | credentials remove ID
     envoy-config   print the Envoy config rendered from the settings
 """
 
@@ -22,7 +30,7 @@ import signal
 import sys
 from pathlib import Path
 
-from service import cli, envoy, logs, replicas
+from service import cli, deployments_cli, envoy, logs, replicas
 from service.config import Settings
 from service.errors import HubError
 from service.keys import KeyStore
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "AIGNE_HUB_GRPC_PORT up (default 1)")
     commands.add_parser("envoy-config", help="print the rendered Envoy config")
     cli.add_commands(commands)
+    deployments_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -53,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "envoy-config":
         print(envoy.render(settings))
     else:
-        command = cli.keys_command if args.command == "keys" else cli.usage_command
+        command = {"keys": cli.keys_command, "usage": cli.usage_command,
+                   "deployments": deployments_cli.deployments_command,
+                   "credentials": deployments_cli.credentials_command}[args.command]
         try:
             return asyncio.run(command(settings, args))
         except HubError as error:

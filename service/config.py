@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     admin_api_keys: SecretStr | None = None
     key_hash_secret: SecretStr | None = None
 
+    # Provider credentials added through the admin API or the CLI are encrypted at rest with
+    # this key (Fernet; a comma-separated list rotates keys: the first encrypts, all decrypt).
+    credentials_key: SecretStr | None = None
+
     # Usage: how many credits one US dollar of cost is (costs are recorded in both).
     credits_per_usd: Decimal = Field(default=Decimal(1000), gt=0)
 
@@ -87,6 +91,15 @@ class Settings(BaseSettings):
     # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
     upstream_retries: int = Field(default=2, ge=0)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
+    # Routing over deployments: a cap on one upstream attempt (0: the request's whole budget),
+    # then move on; consecutive failures that put a deployment in cooldown, and for how long;
+    # how long a credential rests after a 429 that named no Retry-After; how often a process
+    # re-reads deployments and their health from the database.
+    upstream_attempt_timeout_seconds: float = Field(default=0.0, ge=0)
+    deployment_failure_threshold: int = Field(default=3, ge=1)
+    deployment_cooldown_seconds: float = Field(default=30.0, ge=0)
+    credential_cooldown_seconds: float = Field(default=30.0, ge=0)
+    routing_refresh_seconds: float = Field(default=2.0, ge=0)
 
     # Source images given as URLs: fetched with a guard against server-side request forgery.
     # Hosts (`host` or `host:port`) listed here may resolve to loopback or private addresses.
@@ -133,7 +146,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        for name in ("signing_secret", "key_hash_secret"):
+        for name in ("signing_secret", "key_hash_secret", "credentials_key"):
             secret = getattr(self, name)
             if secret is not None and not secret.get_secret_value().strip():
                 raise ValueError(f"AIGNE_HUB_{name.upper()} is set but empty: set it to a long "
@@ -198,7 +211,8 @@ class Settings(BaseSettings):
         """Fill unset secrets from files under var/, creating them (mode 0600) if missing."""
         update = {}
         for field, filename in (("signing_secret", "signing-secret"),
-                                ("key_hash_secret", "key-hash-secret")):
+                                ("key_hash_secret", "key-hash-secret"),
+                                ("credentials_key", "credentials-key")):
             if getattr(self, field) is None:
                 update[field] = SecretStr(_read_or_create_secret(self.var_dir / filename))
         return self.model_copy(update=update) if update else self

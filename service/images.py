@@ -20,61 +20,78 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service import json_codec, validation
-from service.errors import NotFound
-from service.generation import RetryPolicy, conform, fan_out
+from service.generation import conform, fan_out
 from service.inputs import ImageLoader
 from service.interceptors import Call, current_call
-from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
-from service.providers import Providers
+from service.listing import ModelListing
+from service.models import Lifecycle, ModelRegistry, Route
 from service.providers.base import GeneratedImage, Generation
 from service.quotas import Quotas
+from service.routing import Router
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
 
 JSON = "application/json"
+CONTRACT_DEFAULT_MODEL = "dall-e-2"
+LOCAL_MODEL = "local"
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
-                 signer: UrlSigner, loader: ImageLoader, quotas: Quotas, default_model: str,
-                 fan_out_concurrency: int, retry: RetryPolicy) -> None:
+    def __init__(self, *, registry: ModelRegistry, router: Router, listing: ModelListing,
+                 store: ImageStore, signer: UrlSigner, loader: ImageLoader, quotas: Quotas,
+                 default_model: str | None, fan_out_concurrency: int) -> None:
         self._registry = registry
+        self._router = router
+        self._listing = listing
         self._quotas = quotas
-        self._providers = providers
         self._store = store
         self._signer = signer
         self._loader = loader
         self._default_model = default_model
         self._concurrency = fan_out_concurrency
-        self._retry = retry
         self._warned: set[tuple[str, str]] = set()
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
         call = current_call()
-        meter = call.meter  # usage: the interceptor records it, success or failure
-        meter.requested(request, request.model or self._default_model)
-        call.caller.check_model(meter.model)
-        route = self._registry.route(meter.model)
-        plan = validation.plan(request, route)
-        provider = self._providers.for_model(route.served)
-        call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
-        meter.planned(plan)
-        meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
+        plan, pin = await self._checked(request, call)
         job = replace(plan.job, images=await self._loader.load(plan.image_sources),
                       deadline=call.deadline, request_id=call.request_id)
-        meter.generation = generation = await fan_out(
-            provider, job, concurrency=self._concurrency, seconds_left=call.remaining(),
-            retry=self._retry)
+        call.meter.generation = generation = await fan_out(
+            lambda part: self._router.generate(part, call.meter.attempts, pin), job,
+            concurrency=self._concurrency, seconds_left=call.remaining())
         images = await conform(generation.images, plan)
-        self._lifecycle_headers(call, route)
         data = await self._answer(images, plan)
-        meter.returned(images)
+        call.meter.returned(images)
+        self._lifecycle_headers(call, plan.route)
         return pb.GenerateResponse(
             created=int(call.accepted_at), data=data,
             usage=_usage(generation), output_format=plan.output_format,
             background=plan.job.background if plan.job.background != "auto" else None)
+
+    async def _checked(self, request: pb.GenerateRequest,
+                       call: Call) -> tuple[validation.GenerationPlan, str | None]:
+        """The request checked against its model and the caller's key, and its images
+        reserved in the key's quotas. `NAME/MODEL` pins the deployment (or kind) NAME."""
+        meter = call.meter  # usage: the interceptor records it, success or failure
+        meter.requested(request, request.model or self._default_model
+                        or await default_model(self._registry, self._router))
+        pin, model = self._pinned(meter.model)
+        call.caller.check_model(model)
+        route = self._registry.route(model)
+        plan = validation.plan(request, route)
+        await self._router.targets(route.served, pin)  # 503/404 now if nothing can serve it
+        call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
+        meter.planned(plan)
+        meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
+        return plan, pin
+
+    def _pinned(self, name: str) -> tuple[str | None, str]:
+        if name in self._registry or "/" not in name:
+            return None, name
+        pin, _, model = name.partition("/")
+        return pin, model
 
     async def GenerateHttp(self, request: pb.GenerateHttpRequest,
                            context: object) -> httpbody_pb2.HttpBody:
@@ -90,34 +107,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: object) -> pb.ListModelsResponse:
-        specs = sorted(self._registry, key=lambda s: (s.provider != "local", s.provider, s.name))
-        return pb.ListModelsResponse(object="list", data=[self._model(s) for s in specs])
-
-    def _model(self, spec: ModelSpec) -> pb.Model:
-        try:
-            route: Route | None = self._registry.route(spec.name)
-        except NotFound:  # retired, and an operator switched its translation off
-            route = None
-        served = route.served if route else spec
-        rule = spec.size_rule
-        return pb.Model(
-            id=spec.name, object="model", owned_by=spec.owned_by or spec.provider,
-            provider=spec.provider, description=spec.description, sizes=spec.sizes,
-            size_rule=pb.SizeRule(
-                multiple_of=rule.multiple_of, min_edge=rule.min_edge, max_edge=rule.max_edge,
-                max_ratio=0 if rule.max_ratio == float("inf") else rule.max_ratio,
-                min_pixels=rule.min_pixels, max_pixels=rule.max_pixels or 0) if rule else None,
-            aspect_ratios=spec.aspect_ratios, default_size=spec.default_size,
-            max_n_per_call=spec.max_n_per_call, qualities=spec.qualities,
-            default_quality=spec.default_quality, styles=spec.styles,
-            output_formats=spec.output_formats, backgrounds=spec.backgrounds,
-            moderations=spec.moderations, edits=spec.edits,
-            max_input_images=spec.max_input_images, prompt_limit=spec.prompt_limit,
-            lifecycle=(route.lifecycle if route else Lifecycle.RETIRED).value,
-            deprecated_on=_iso(spec.deprecated_on), shutdown_on=_iso(spec.shutdown_on),
-            successor=spec.successor or "", available=route is not None,
-            served_by=served.name if route else "",
-            provider_configured=self._providers.is_configured(served.provider))
+        return await self._listing.answer()
 
     async def _answer(self, images: list[GeneratedImage],
                       plan: validation.GenerationPlan) -> list[pb.Image]:
@@ -144,6 +134,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                         shutdown_on=str(spec.shutdown_on), successor=spec.successor)
 
 
+async def default_model(registry: ModelRegistry, router: Router) -> str:
+    """The contract's default, dall-e-2, when something can serve it; else the local
+    renderer, so a fresh machine with no provider key answers with a real image."""
+    if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
+        return CONTRACT_DEFAULT_MODEL
+    return LOCAL_MODEL
+
+
 def _usage(generation: Generation) -> pb.ImageUsage | None:
     usage = generation.usage
     if usage is None:
@@ -156,10 +154,6 @@ def _usage(generation: Generation) -> pb.ImageUsage | None:
                                              image_tokens=usage.input_image),
         output_tokens_details=pb.TokenDetails(text_tokens=usage.output_text,
                                               image_tokens=usage.output_image))
-
-
-def _iso(day: date | None) -> str:
-    return day.isoformat() if day else ""
 
 
 def _epoch(day: date) -> int:

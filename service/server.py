@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aigne.hub.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
     usage_service_pb2,
@@ -28,15 +30,18 @@ from aigne.hub.v1 import (
 from service import db
 from service.admin import AdminServicer
 from service.config import Settings
-from service.generation import RetryPolicy
-from service.images import ImageServicer
+from service.deployment_admin import DeploymentServicer
+from service.deployments import DeploymentStore, environment_deployments
+from service.images import LOCAL_MODEL, ImageServicer, default_model
 from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
 from service.keys import KeyStore
+from service.listing import ModelListing
 from service.models import ModelRegistry, load_registry
-from service.providers import Providers
 from service.quotas import Quotas
 from service.reports import UsageServicer
+from service.routing import Router, RoutingPolicy
+from service.secretbox import SecretBox
 from service.store.storage import ImageStorage, open_storage
 from service.usage import UsageRecorder, UsageReports
 
@@ -45,11 +50,13 @@ log = structlog.get_logger("aigne.hub")
 SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+DEPLOYMENT_SERVICE = deployment_service_pb2.DESCRIPTOR.services_by_name[
+    "DeploymentService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
     "/grpc.health.v1.Health/Check",
 })
-ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/",)
+ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
 METERED_METHODS = frozenset({f"/{SERVICE_NAME}/Generate", f"/{SERVICE_NAME}/GenerateHttp"})
 GRACE_SECONDS = 30.0
 
@@ -64,7 +71,7 @@ class Hub:
     engine: AsyncEngine
     keys: KeyStore
     usage: UsageRecorder
-    providers: Providers
+    router: Router
     loader: ImageLoader
     default_model: str
     storage: ImageStorage
@@ -73,7 +80,7 @@ class Hub:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.usage.drain()
-        await self.providers.aclose()
+        await self.router.aclose()
         await self.loader.aclose()
         await self.storage.aclose()
         await self.engine.dispose()
@@ -81,26 +88,26 @@ class Hub:
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
-    assert settings.signing_secret and settings.key_hash_secret
+    assert settings.signing_secret and settings.key_hash_secret and settings.credentials_key
     engine = db.create_engine(settings.db_url)
     await db.migrate(engine)
     sessions = db.sessions(engine)
     keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
     await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
-    providers = Providers(settings)
-    default_model = choose_default_model(settings, registry, providers)
+    deployments = DeploymentStore(sessions, SecretBox(settings.credentials_key.get_secret_value()))
+    router = Router(deployments, environment_deployments(settings), routing_policy(settings))
+    default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
     quotas = Quotas(sessions, engine.dialect.name)
     usage = UsageRecorder(sessions, settings.credits_per_usd)
     storage = await open_storage(settings)
     servicer = ImageServicer(
-        registry=registry, providers=providers, store=storage.store, signer=storage.urls,
-        loader=loader, quotas=quotas, default_model=default_model,
-        fan_out_concurrency=settings.fan_out_concurrency,
-        retry=RetryPolicy(retries=settings.upstream_retries,
-                          base_seconds=settings.upstream_retry_base_seconds))
+        registry=registry, router=router, listing=ModelListing(registry, router),
+        store=storage.store, signer=storage.urls,
+        loader=loader, quotas=quotas, default_model=settings.default_model,
+        fan_out_concurrency=settings.fan_out_concurrency)
     server = grpc.aio.server(
         interceptors=[HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
                                      admin_prefixes=ADMIN_PREFIXES,
@@ -113,18 +120,30 @@ async def create_server(settings: Settings) -> Hub:
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
         UsageServicer(UsageReports(sessions)), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments, router, registry), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Hub(server, port, health_servicer, engine, keys, usage, providers, loader,
+    return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
                default_model, storage)
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    return RoutingPolicy(
+        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
+        attempt_timeout=settings.upstream_attempt_timeout_seconds,
+        failure_threshold=settings.deployment_failure_threshold,
+        deployment_cooldown=settings.deployment_cooldown_seconds,
+        credential_cooldown=settings.credential_cooldown_seconds,
+        refresh_seconds=settings.routing_refresh_seconds)
 
 
 async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
@@ -138,20 +157,18 @@ async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
                               source="env")
 
 
-def choose_default_model(settings: Settings, registry: ModelRegistry,
-                         providers: Providers) -> str:
-    """The configured default; unset, dall-e-2 (the contract's) if its provider is set up,
-    else the local renderer, so a fresh machine answers with a real image."""
+async def choose_default_model(settings: Settings, registry: ModelRegistry,
+                               router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
     if settings.default_model:
         registry.get(settings.default_model)
         return settings.default_model
-    contract_default = registry.get("dall-e-2")
-    served = registry.route(contract_default.name).served
-    if providers.is_configured(served.provider):
-        return contract_default.name
-    log.warning("no provider key is set: requests that name no model go to the local "
-                "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return "local"
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model
 
 
 async def serve(settings: Settings) -> None:

@@ -81,6 +81,8 @@ async def test_the_sweep_runs_by_itself_until_stopped(tmp_path: Path) -> None:
     ({"image_retention_seconds": 60}, "shorter than AIGNE_HUB_URL_TTL_SECONDS"),
     ({"signing_secret": ""}, "AIGNE_HUB_SIGNING_SECRET is set but empty"),
     ({"key_hash_secret": " "}, "AIGNE_HUB_KEY_HASH_SECRET is set but empty"),
+    ({"credentials_key": ""}, "AIGNE_HUB_CREDENTIALS_KEY is set but empty"),
+    ({"database_url": ""}, "AIGNE_HUB_DATABASE_URL is set but empty"),
     ({"envoy_upstreams": "server-without-port"}, "must be host:port"),
 ])
 def test_inconsistent_settings_are_refused(settings: dict, message: str) -> None:
