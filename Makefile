@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto' | sort)
 DESCRIPTOR := gen/descriptor/aigne_hub.pb
+# The REST door's OpenAPI document, made from the descriptor (the console serves it).
+OPENAPI := gen/openapi/aigne_hub.openapi.json
 # The contract as released: `make breaking` refuses changes that would break its clients.
 BASELINE := contract/baseline.binpb
 BREAKING_AGAINST ?= HEAD~1
@@ -70,7 +72,7 @@ proto-deps: install
 	cp $(SITE)/google/rpc/{status,error_details,code}.proto third_party/proto/google/rpc/
 
 gen: proto-deps node-deps system-deps
-	rm -rf gen/python/aigne $(DESCRIPTOR)
+	rm -rf gen/python/aigne $(DESCRIPTOR) $(OPENAPI)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto \
 	  --python_out=gen/python --grpc_python_out=gen/python \
 	  --mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTOS)
@@ -79,6 +81,7 @@ gen: proto-deps node-deps system-deps
 	  google/rpc/status.proto google/rpc/error_details.proto
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
+	$(BIN)/python -m service.openapi $(DESCRIPTOR) $(OPENAPI)
 	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
 	find gen/ts -mindepth 1 -type d -empty -not -path '*/node_modules*' -delete
 	rm -rf gen/go/aigne

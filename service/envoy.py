@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 LUA_FILE = ROOT / "envoy" / "hub.lua"
 DESCRIPTOR = ROOT / "gen" / "descriptor" / "aigne_hub.pb"
-SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService")
+SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService",
+            "aigne.hub.v1.ConsoleService")
 ROUTE_MARGIN_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aigne.hub.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    console_service_pb2,
+    console_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
     usage_service_pb2,
@@ -28,6 +30,7 @@ from aigne.hub.v1 import (
 from service import db
 from service.admin import AdminServicer
 from service.config import Settings
+from service.console import ConsoleServicer
 from service.generation import RetryPolicy
 from service.images import ImageServicer
 from service.inputs import FetchLimits, ImageLoader
@@ -46,8 +49,13 @@ log = structlog.get_logger("aigne.hub")
 SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+CONSOLE_SERVICE = console_service_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
+    # The web console's files and the OpenAPI document: the page holds no secret; the API
+    # calls it makes carry the key the person enters.
+    f"/{CONSOLE_SERVICE}/GetConsoleAsset",
+    f"/{CONSOLE_SERVICE}/GetOpenApiDocument",
     "/grpc.health.v1.Health/Check",
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/",)
@@ -113,10 +121,12 @@ async def create_server(settings: Settings) -> Hub:
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
         UsageServicer(UsageReports(sessions)), server)
+    console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(public_base=settings.public_base), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, CONSOLE_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
