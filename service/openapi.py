@@ -245,7 +245,7 @@ class Generator:
         return out
 
     def _parameter(self, owner: str, field: FieldProto, where: str, prefix: str = "") -> Schema:
-        parameter = {"name": prefix + field.name, "in": where,
+        parameter: Schema = {"name": prefix + field.name, "in": where,
                      "description": self.d.fields[(owner, field.name)],
                      "schema": self._field_schema(field, False)}
         if where == "path" or "Required." in parameter["description"]:
