@@ -13,11 +13,12 @@ export function colours(names) {
 }
 
 /** Round numbers for an axis from 0 to at least `max`. */
-function ticks(max, count = 4) {
+function ticks(max, integer, count = 4) {
   if (!(max > 0)) return [0, 1];
   const raw = max / count;
   const power = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  let step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  if (integer) step = Math.max(1, Math.ceil(step));
   const out = [];
   for (let v = 0; v <= max + step * 0.999; v += step) out.push(Number(v.toPrecision(12)));
   return out;
@@ -27,14 +28,14 @@ function ticks(max, count = 4) {
  * Stacked bars per day. `days`: ["YYYY-MM-DD"...]; `series`: [{name, colour, values: Map
  * day → number}]; `format`: how a value reads.
  */
-export function stackedBars({ id, label, days, series, format = String }) {
-  const width = 760;
-  const height = 240;
-  const pad = { top: 12, right: 12, bottom: 28, left: 56 };
+export function stackedBars({ id, label, days, series, format = String, integer = false }) {
+  const width = 1100;
+  const height = 260;
+  const pad = { top: 12, right: 12, bottom: 28, left: 64 };
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const totals = days.map((day) => series.reduce((sum, s) => sum + (s.values.get(day) || 0), 0));
-  const axis = ticks(Math.max(0, ...totals));
+  const axis = ticks(Math.max(0, ...totals), integer);
   const top = axis[axis.length - 1] || 1;
   const slot = plotW / Math.max(1, days.length);
   const barW = Math.max(2, Math.min(36, slot * 0.7));
@@ -74,9 +75,9 @@ export function stackedBars({ id, label, days, series, format = String }) {
 /** Horizontal bars, one per row: [{name, value, colour}]. */
 export function horizontalBars({ id, label, rows, format = String }) {
   const rowH = 30;
-  const width = 760;
+  const width = 540;
   const left = 190;
-  const right = 110;
+  const right = 90;
   const height = Math.max(1, rows.length) * rowH + 8;
   const max = Math.max(0, ...rows.map((r) => r.value)) || 1;
   const svg = h("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",

@@ -33,7 +33,10 @@ function draw(el, doc) {
     h("h2", {}, doc.info?.title || "API"), prose(doc.info?.description || ""),
     h("p.muted", {}, `OpenAPI ${doc.openapi} · version ${doc.info?.version || ""} · `
       + "authentication: ", h("code", {}, "Authorization: Bearer <API key>"))));
-  for (const tag of doc.tags || []) {
+  // The image API first: it is what most readers came for.
+  const tags = [...(doc.tags || [])].sort((a, b) =>
+    (b.name === "ImageService") - (a.name === "ImageService"));
+  for (const tag of tags) {
     const ops = operations.filter(({ op }) => (op.tags || []).includes(tag.name));
     if (!ops.length) continue;
     const group = h("ul");
@@ -43,7 +46,7 @@ function draw(el, doc) {
     for (const entry of ops) {
       const id = `op-${entry.op.operationId}-${entry.method}`;
       group.appendChild(h("li", {}, jump(id, [methodBadge(entry.method), " ",
-        h("span", {}, entry.op.summary ? entry.op.operationId : entry.path)])));
+        h("span.nav-path", {}, entry.path.replace(/^\/api/, ""))])));
       section.appendChild(operation(doc, entry, id));
     }
     main.appendChild(section);
@@ -80,8 +83,8 @@ function operation(doc, { path, method, op }, id) {
   const parts = [
     h("header.op-head", {}, methodBadge(method), h("code.op-path", {}, path),
       h("span.chip", {}, auth)),
-    h("p.op-summary", {}, op.summary || ""),
-    prose(op.description && op.description !== op.summary ? op.description : ""),
+    h("p.op-summary", {}, op.operationId),
+    prose(op.description || op.summary || ""),
     op["x-grpc-method"] ? h("p.muted.small", {}, "gRPC: ", h("code", {}, op["x-grpc-method"]))
       : null,
   ];

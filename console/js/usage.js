@@ -88,7 +88,7 @@ async function setup(state, form, refresh) {
   replace(form,
     h("div.filter-row", {},
       field("From (UTC day)", start), field("To (UTC day)", end),
-      h("div.field", {}, h("span.label", {}, "Range"), presets),
+      h("div.field.range-field", {}, h("span.label", {}, "Quick range"), presets),
       field("Key", keyControl), field("Model", model),
       field("Status (requests)", status), statuses,
       h("div.field.apply", {}, h("button.primary", { type: "submit" }, "Apply"))),
@@ -139,10 +139,10 @@ function drawTotals(data, summary, charts) {
   replace(charts,
     chartCard("Images per day", stackedBars({ id: "images-per-day",
       label: "Images per UTC day, stacked by model", days, series: seriesOf("images"),
-      format: formatNumber }), legend(palette)),
+      format: formatNumber, integer: true }), legend(palette), true),
     chartCard("Cost per day", stackedBars({ id: "cost-per-day",
       label: "Cost in US dollars per UTC day, stacked by model", days,
-      series: seriesOf("cost_usd"), format: usd }), legend(palette)),
+      series: seriesOf("cost_usd"), format: usd }), legend(palette), true),
     chartCard("Images per model", horizontalBars({ id: "images-per-model",
       label: "Images per model over the range", rows: perModel("images"),
       format: formatNumber })),
@@ -165,8 +165,9 @@ function tile(label, value, detail, id) {
     h("div.stat-detail", {}, detail));
 }
 
-function chartCard(title, chart, after) {
-  return h("section.card.chart-card", {}, h("h2", {}, title), chart, after || null);
+function chartCard(title, chart, after, wide = false) {
+  return h(`section.card.chart-card${wide ? ".wide" : ""}`, {}, h("h2", {}, title), chart,
+    after || null);
 }
 
 async function loadRecords(state, el, more) {
