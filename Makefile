@@ -22,9 +22,11 @@ GOPATH_DIR := $(CURDIR)/build/gopath
 GO := GO111MODULE=off GOFLAGS= GOPATH=$(GOPATH_DIR):/usr/share/gocode go
 # The Debian packages behind the Go stubs and the Go example. The protobuf 1-5 package must be
 # named: grpc's dependency is also met by the 1-3 one, whose codec cannot decode messages made
-# by today's protoc-gen-go.
+# by today's protoc-gen-go. Chromium: the console's tests drive it headless with Playwright
+# (tests/browser.py), which cannot download a browser of its own here.
 DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
-  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev \
+  chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install run test lint gen check-gen proto-deps breaking baseline system-deps node-deps \

@@ -32,6 +32,8 @@ PACKAGE = "aigne.hub.v1"
 # Plumbing of the console itself, not part of the API.
 EXCLUDED_SERVICES = frozenset({f"{PACKAGE}.ConsoleService"})
 HTTP_BODY = "google.api.HttpBody"
+# A field comment saying "Required." (or "Required;") makes the field required.
+REQUIRED = re.compile(r"(?:^|\s)Required[.;]")
 # What HttpBody answers carry, where it is not JSON.
 RAW_ANSWERS = {f"{PACKAGE}.ImageService.GetImage": ("image/*", "The image file's bytes.")}
 
@@ -248,7 +250,7 @@ class Generator:
         parameter: Schema = {"name": prefix + field.name, "in": where,
                      "description": self.d.fields[(owner, field.name)],
                      "schema": self._field_schema(field, False)}
-        if where == "path" or "Required." in parameter["description"]:
+        if where == "path" or REQUIRED.search(parameter["description"]):
             parameter["required"] = True
         return parameter
 
@@ -276,7 +278,7 @@ class Generator:
             schema["properties"][field.name] = (
                 {**prop, "description": comment} if "$ref" not in prop
                 else {"allOf": [prop], "description": comment})
-            if "Required." in comment:
+            if REQUIRED.search(comment):
                 required.append(field.name)
         if required:
             schema["required"] = required
