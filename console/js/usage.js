@@ -166,8 +166,8 @@ function tile(label, value, detail, id) {
 }
 
 function chartCard(title, chart, after, wide = false) {
-  return h(`section.card.chart-card${wide ? ".wide" : ""}`, {}, h("h2", {}, title), chart,
-    after || null);
+  return h(`section.card.chart-card${wide ? ".wide" : ""}`, {}, h("h2", {}, title),
+    h("div.chart-scroll", {}, chart), after || null);
 }
 
 async function loadRecords(state, el, more) {
