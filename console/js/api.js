@@ -21,13 +21,14 @@ export function keyPrefix(key = apiKey()) {
 
 /** An error answer: the OpenAI-shaped body's message, param, code and type. */
 export class ApiError extends Error {
-  constructor(status, body, fallback) {
+  constructor(status, body, fallback, retryAfter = null) {
     const error = (body && typeof body === "object" && body.error) || {};
     super(error.message || fallback || `HTTP ${status}`);
     this.status = status;
     this.param = error.param || null;
     this.code = error.code || null;
     this.type = error.type || null;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -56,7 +57,10 @@ export async function api(path, { method = "GET", query, body, signal, auth = tr
   } catch {
     data = null;
   }
-  if (!response.ok) throw new ApiError(response.status, data, text.slice(0, 300));
+  if (!response.ok) {
+    throw new ApiError(response.status, data, text.slice(0, 300),
+      response.headers.get("retry-after"));
+  }
   return { data, headers: response.headers, status: response.status,
     ms: performance.now() - started };
 }

@@ -4,7 +4,7 @@
 import { ApiError, api, isAdmin, keyPrefix, models } from "./api.js";
 import { append, copyText, field, formatNumber, formatTime, h, replace, spinner, toast }
   from "./dom.js";
-import { errorBox } from "./playground.js";
+import { errorBox } from "./errors.js";
 
 export function render(root) {
   const body = h("div.keys-body");

@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { append, h, replace, spinner } from "./dom.js";
-import { errorBox } from "./playground.js";
+import { errorBox } from "./errors.js";
 
 export const OPENAPI_PATH = "/api/openapi.json";
 

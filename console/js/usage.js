@@ -5,7 +5,7 @@ import { api, isAdmin, models, utcDay } from "./api.js";
 import { colours, horizontalBars, legend, stackedBars } from "./charts.js";
 import { append, field, formatBytes, formatMs, formatNumber, formatTime, formatUsd, h, replace,
   select, spinner } from "./dom.js";
-import { errorBox } from "./playground.js";
+import { errorBox } from "./errors.js";
 
 const DAY = 86_400_000;
 const STATUSES = ["OK", "INVALID_VALUE", "MISSING_REQUIRED_PARAMETER", "UNSUPPORTED_VALUE",
