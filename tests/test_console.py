@@ -23,12 +23,15 @@ XSS_PROMPT = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture(scope="module")
 def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """A stack on SQLite with an admin key (tests.hub.ADMIN_KEY) and a plain one (TEST_KEY)."""
+    """A stack on SQLite with an admin key (tests.hub.ADMIN_KEY) and a plain one (TEST_KEY).
+    At the end its log must hold none of the secrets handed out, in the page or not."""
     var_dir = tmp_path_factory.mktemp("console")
     with Stack(var_dir, env=Hub.env(f"sqlite+aiosqlite:///{var_dir / 'hub.db'}")) as stack:
         hub = Hub(stack, "sqlite")
         yield hub
         hub.close()
+    log = stack.log_path.read_text(errors="replace")
+    assert not [secret[:12] for secret in hub.secrets if secret in log]
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +196,7 @@ def test_a_prompt_with_markup_renders_as_text(console: ConsolePage) -> None:
     page.select_option("#model", "local")
     page.select_option("#size", "256x256")
     page.fill("#prompt", XSS_PROMPT)
-    page.click("#generate")
+    page.press("#prompt", "Control+Enter")  # the keyboard way
     page.wait_for_function(
         "() => [...document.querySelectorAll('#images img')].some(i => i.naturalWidth > 0)",
         timeout=60_000)
@@ -320,6 +323,18 @@ def test_usage_shows_the_requests_just_made(console: ConsolePage, console_hub: H
     page.press("#usage-status", "Enter")
     expect(page.locator("#usage-records .empty-row")).to_have_text("No requests match.",
                                                                     timeout=30_000)
+    console.assert_clean()
+
+
+def test_a_plain_key_sees_its_own_usage(console: ConsolePage, console_hub: Hub) -> None:
+    key = console_hub.create_key("plain usage")
+    assert console_hub.generate(key, n=2).status_code == 200
+    page = console.open("usage", key=key.secret)
+    expect(page.locator('[data-stat="images"] .stat-value')).to_have_text("2", timeout=30_000)
+    assert page.locator("#usage-key").is_disabled()
+    rows = page.locator("#usage-records tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(key.id)
     console.assert_clean()
 
 
