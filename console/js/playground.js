@@ -11,10 +11,10 @@ import { MAX_N, PROVIDERS, renderModelInfo, renderOptions, renderSources, reques
 import { fillTile, placeholder, promptLine } from "./results.js";
 
 export function render(root) {
-  const state = { models: [], model: null, controller: null, objectUrls: [], last: null };
+  const state = { models: [], model: null, controller: null, objectUrls: [] };
   const form = h("form.card.play-form", { novalidate: true, "aria-label": "Request" });
   const results = h("section.card.results", { "aria-label": "Results" });
-  const code = h("section.card.code", { "aria-label": "The same request as code" });
+  const code = h("section.card.code", { "aria-label": "The same request as code", hidden: true });
   append(root, h("div.page-head", {},
     h("h1", { tabindex: "-1" }, "Playground"),
     h("p.lead", {}, "Try a model with your key. The controls offer only what the chosen "
@@ -28,8 +28,11 @@ export function render(root) {
     buildForm(form, state, () => updateCode(code, requestBody(state, form)), (body) =>
       generate(state, results, form, body));
     updateCode(code, requestBody(state, form));
+    code.hidden = false;
   }, (error) => {
-    replace(form, errorBox(error, "The model list could not be loaded"));
+    replace(form, errorBox(error, "The model list could not be loaded"),
+      error.status === 401 ? h("p.hint", {}, "Check the key in the box at the top: "
+        + "“Forget key”, then paste another.") : null);
   });
   return () => {
     state.controller?.abort();
