@@ -76,10 +76,11 @@ def test_console_is_served_with_a_strict_content_security_policy(console_hub: Hu
         assert script.headers["content-security-policy"] == csp
         assert http.get("/console/css/console.css").headers["content-type"].startswith("text/css")
 
-        for path in ("/", "/console"):
-            moved = http.get(path)
+        for path in ("/", "/console"):  # what a browser asks for
+            moved = http.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*"})
             assert moved.status_code == 301, path
             assert moved.headers["location"].endswith("/console/")
+        assert http.get("/").status_code == 404  # API clients: an unknown path
 
         for missing in ("/console/nope.js", "/console/.hidden.js", "/console/%2e%2e/README.md",
                         "/console/js/../../service/config.py", "/console/js"):
