@@ -85,6 +85,7 @@ async def run(settings: Settings) -> None:
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
+              f"  Console  http://{settings.host}:{settings.http_port}/console/\n"
               f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"

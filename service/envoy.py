@@ -22,7 +22,7 @@ TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 LUA_FILE = Path("envoy") / "hub.lua"  # these two under ROOT, or AIGNE_HUB_ENVOY_ASSETS_ROOT
 DESCRIPTOR = Path("gen") / "descriptor" / "aigne_hub.pb"
 SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService",
-            "aigne.hub.v1.DeploymentService")
+            "aigne.hub.v1.DeploymentService", "aigne.hub.v1.ConsoleService")
 ROUTE_MARGIN_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 

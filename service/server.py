@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aigne.hub.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    console_service_pb2,
+    console_service_pb2_grpc,
     deployment_service_pb2,
     deployment_service_pb2_grpc,
     image_service_pb2,
@@ -30,6 +32,7 @@ from aigne.hub.v1 import (
 from service import db
 from service.admin import AdminServicer
 from service.config import Settings
+from service.console import ConsoleServicer
 from service.deployment_admin import DeploymentServicer
 from service.deployments import DeploymentStore, environment_deployments
 from service.images import LOCAL_MODEL, ImageServicer, default_model
@@ -52,8 +55,13 @@ ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].fu
 USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
 DEPLOYMENT_SERVICE = deployment_service_pb2.DESCRIPTOR.services_by_name[
     "DeploymentService"].full_name
+CONSOLE_SERVICE = console_service_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
+    # The web console's files and the OpenAPI document: the page holds no secret; the API
+    # calls it makes carry the key the person enters.
+    f"/{CONSOLE_SERVICE}/GetConsoleAsset",
+    f"/{CONSOLE_SERVICE}/GetOpenApiDocument",
     "/grpc.health.v1.Health/Check",
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
@@ -122,15 +130,18 @@ async def create_server(settings: Settings) -> Hub:
         UsageServicer(UsageReports(sessions)), server)
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, router, registry), server)
+    console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(public_base=settings.public_base), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
+                 CONSOLE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
                default_model, storage)
