@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 SITE = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto' | sort)
 DESCRIPTOR := gen/descriptor/aigne_hub.pb
+# The REST door's OpenAPI document, made from the descriptor (the console serves it).
+OPENAPI := gen/openapi/aigne_hub.openapi.json
 # The contract as released: `make breaking` refuses changes that would break its clients.
 BASELINE := contract/baseline.binpb
 BREAKING_AGAINST ?= HEAD~1
@@ -20,13 +22,15 @@ GOPATH_DIR := $(CURDIR)/build/gopath
 GO := GO111MODULE=off GOFLAGS= GOPATH=$(GOPATH_DIR):/usr/share/gocode go
 # The Debian packages behind the Go stubs and the Go example. The protobuf 1-5 package must be
 # named: grpc's dependency is also met by the 1-3 one, whose codec cannot decode messages made
-# by today's protoc-gen-go.
+# by today's protoc-gen-go. Chromium: the console's tests drive it headless with Playwright
+# (tests/browser.py), which cannot download a browser of its own here.
 DEBIAN_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
-  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev \
+  chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install run test lint gen check-gen proto-deps breaking baseline system-deps node-deps \
-  gopath examples bench clean
+  gopath examples deploy-config bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +60,10 @@ $(NODE_STAMP): package.json package-lock.json gen/ts/package.json examples/ts/pa
 
 node-deps: $(NODE_STAMP)
 
+# REPLICAS=N: N server processes behind one Envoy (README "Several replicas").
+REPLICAS ?= 1
 run: install
-	$(BIN)/python -m service run
+	$(BIN)/python -m service run --replicas $(REPLICAS)
 
 test: install system-deps node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -70,7 +76,7 @@ proto-deps: install
 	cp $(SITE)/google/rpc/{status,error_details,code}.proto third_party/proto/google/rpc/
 
 gen: proto-deps node-deps system-deps
-	rm -rf gen/python/aigne $(DESCRIPTOR)
+	rm -rf gen/python/aigne $(DESCRIPTOR) $(OPENAPI)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -Ithird_party/proto \
 	  --python_out=gen/python --grpc_python_out=gen/python \
 	  --mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTOS)
@@ -79,6 +85,7 @@ gen: proto-deps node-deps system-deps
 	  google/rpc/status.proto google/rpc/error_details.proto
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
+	$(BIN)/python -m service.openapi $(DESCRIPTOR) $(OPENAPI)
 	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
 	find gen/ts -mindepth 1 -type d -empty -not -path '*/node_modules*' -delete
 	rm -rf gen/go/aigne
@@ -136,6 +143,10 @@ examples/ts/dist/client.js: examples/ts/client.ts examples/ts/tsconfig.json $(NO
 	npm run --silent build -w examples/ts
 
 examples: system-deps node-deps build/examples/go-client examples/ts/dist/client.js
+
+# deploy/envoy-config.yaml: Envoy's config for Kubernetes, rendered from deploy/envoy.env.
+deploy-config: install
+	$(BIN)/python deploy/render.py
 
 bench: install
 	$(BIN)/python -m bench

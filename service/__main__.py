@@ -1,13 +1,23 @@
 """Command line: `python -m service serve|run|keys|usage|envoy-config`.
 
     serve          the gRPC server alone
-    run            the server and Envoy together (what `make run` starts); Ctrl-C stops both
+    run [--replicas N]
+                   the server and Envoy together (what `make run` starts); Ctrl-C stops both;
+                   with N > 1, N server processes behind one Envoy (`make run REPLICAS=N`)
     keys create NAME [--admin] [LIMITS] | keys list | keys limits ID_OR_PREFIX LIMITS
         | keys revoke ID_OR_PREFIX
                    LIMITS: [--models M,M|all] [--daily N] [--monthly N] [--rpm N]
                    [--expires DATE|never]; 0 removes a quota
     usage [--key ID] [--since DATE] [--until DATE] [--model M]
                    usage totals per UTC day and model (every key unless --key)
+    deployments add NAME --kind openai|azure|gemini|vertex [OPTIONS] | deployments set ID
+        [OPTIONS] | deployments list | deployments remove ID | deployments test [ID]
+        | deployments reseal
+                   OPTIONS: [--base-url URL] [--api-version V] [--models M,M|all]
+                   [--map MODEL=NAME]... [--option KEY=VALUE]... [--priority N] [--weight N]
+                   [--disabled|--enabled]
+    credentials add DEPLOYMENT [--name N] [--weight N] [--secret-env VAR] (secret on stdin)
+        | credentials set ID [--weight N] [--disable] | credentials remove ID
     envoy-config   print the Envoy config rendered from the settings
 """
 
@@ -20,7 +30,7 @@ import signal
 import sys
 from pathlib import Path
 
-from service import cli, envoy, logs
+from service import cli, deployments_cli, envoy, logs, replicas
 from service.config import Settings
 from service.errors import HubError
 from service.keys import KeyStore
@@ -32,21 +42,29 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the gRPC server")
-    commands.add_parser("run", help="run the server and Envoy (make run)")
+    run_command = commands.add_parser("run", help="run the server and Envoy (make run)")
+    run_command.add_argument("--replicas", type=int, default=1, metavar="N",
+                             help="server processes behind Envoy, on ports from "
+                                  "AIGNE_HUB_GRPC_PORT up (default 1)")
     commands.add_parser("envoy-config", help="print the rendered Envoy config")
     cli.add_commands(commands)
+    deployments_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     settings = Settings()
     logs.configure(settings.log_level)
     if args.command == "serve":
         asyncio.run(serve(settings))
+    elif args.command == "run" and args.replicas > 1:
+        asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
         asyncio.run(run(settings))
     elif args.command == "envoy-config":
         print(envoy.render(settings))
     else:
-        command = cli.keys_command if args.command == "keys" else cli.usage_command
+        command = {"keys": cli.keys_command, "usage": cli.usage_command,
+                   "deployments": deployments_cli.deployments_command,
+                   "credentials": deployments_cli.credentials_command}[args.command]
         try:
             return asyncio.run(command(settings, args))
         except HubError as error:
@@ -67,6 +85,7 @@ async def run(settings: Settings) -> None:
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
+              f"  Console  http://{settings.host}:{settings.http_port}/console/\n"
               f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"

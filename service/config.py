@@ -10,11 +10,13 @@ import os
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1 << 20
+PRESIGN_MAX_SECONDS = 7 * 86_400  # the longest an S3 (SigV4) presigned URL may live
 
 
 class Settings(BaseSettings):
@@ -34,6 +36,27 @@ class Settings(BaseSettings):
     store_dir: Path | None = None
     database_url: str | None = None
 
+    # The image store: files under store_dir (one machine), or an S3-compatible bucket
+    # (several). `url` answers are this service's signed URLs, served by any replica from
+    # the store (`signed`), or the bucket's own presigned URLs (`presigned`, S3 only); both
+    # expire after url_ttl_seconds. Images older than image_retention_seconds are deleted
+    # (0 keeps them) by a sweep every image_sweep_interval_seconds (0: none) and, on S3, by
+    # a bucket lifecycle rule the server sets up (whole days) unless s3_lifecycle_rule is off.
+    image_store: Literal["filesystem", "s3"] = "filesystem"
+    image_urls: Literal["signed", "presigned"] = "signed"
+    image_retention_seconds: int = Field(default=86_400, ge=0)
+    image_sweep_interval_seconds: float = Field(default=3600.0, ge=0)
+    s3_bucket: str | None = None
+    s3_prefix: str = "images/"
+    s3_endpoint_url: str | None = None  # unset: AWS; else MinIO, Ceph, R2, GCS interop...
+    s3_presign_endpoint_url: str | None = None  # the endpoint clients reach, if it differs
+    s3_region: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Unset: boto3's own chain (AWS_* variables, a web identity, an instance role).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_lifecycle_rule: bool = True
+
     # Signed image URLs: the public base (for deployments behind a load balancer) and TTL.
     public_base_url: str | None = None
     url_ttl_seconds: int = Field(default=3600, ge=1)
@@ -45,6 +68,10 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     admin_api_keys: SecretStr | None = None
     key_hash_secret: SecretStr | None = None
+
+    # Provider credentials added through the admin API or the CLI are encrypted at rest with
+    # this key (Fernet; a comma-separated list rotates keys: the first encrypts, all decrypt).
+    credentials_key: SecretStr | None = None
 
     # Usage: how many credits one US dollar of cost is (costs are recorded in both).
     credits_per_usd: Decimal = Field(default=Decimal(1000), gt=0)
@@ -64,6 +91,15 @@ class Settings(BaseSettings):
     # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
     upstream_retries: int = Field(default=2, ge=0)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
+    # Routing over deployments: a cap on one upstream attempt (0: the request's whole budget),
+    # then move on; consecutive failures that put a deployment in cooldown, and for how long;
+    # how long a credential rests after a 429 that named no Retry-After; how often a process
+    # re-reads deployments and their health from the database.
+    upstream_attempt_timeout_seconds: float = Field(default=0.0, ge=0)
+    deployment_failure_threshold: int = Field(default=3, ge=1)
+    deployment_cooldown_seconds: float = Field(default=30.0, ge=0)
+    credential_cooldown_seconds: float = Field(default=30.0, ge=0)
+    routing_refresh_seconds: float = Field(default=2.0, ge=0)
 
     # Source images given as URLs: fetched with a guard against server-side request forgery.
     # Hosts (`host` or `host:port`) listed here may resolve to loopback or private addresses.
@@ -126,6 +162,48 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_prompts: bool = False
 
+    # Envoy's upstreams: the server replicas it balances over, as `host:port,...` (unset:
+    # this server, host:grpc_port). A name that is not an IP address is resolved by DNS and
+    # re-resolved while Envoy runs (a Kubernetes headless Service). And the directory that
+    # holds envoy/hub.lua and gen/descriptor/ where Envoy runs (unset: this checkout).
+    envoy_upstreams: str = ""
+    envoy_assets_root: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        for name in ("signing_secret", "key_hash_secret", "credentials_key"):
+            secret = getattr(self, name)
+            if secret is not None and not secret.get_secret_value().strip():
+                raise ValueError(f"AIGNE_HUB_{name.upper()} is set but empty: set it to a long "
+                                 "random value, or unset it to have one generated into var/")
+        if self.database_url is not None and not self.database_url.strip():
+            raise ValueError("AIGNE_HUB_DATABASE_URL is set but empty: name the database, or "
+                             "unset it for SQLite under var/")
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("AIGNE_HUB_IMAGE_STORE=s3 needs AIGNE_HUB_S3_BUCKET")
+        if self.image_urls == "presigned":
+            if self.image_store != "s3":
+                raise ValueError("AIGNE_HUB_IMAGE_URLS=presigned needs AIGNE_HUB_IMAGE_STORE=s3")
+            if self.url_ttl_seconds > PRESIGN_MAX_SECONDS:
+                raise ValueError(f"presigned URLs live at most {PRESIGN_MAX_SECONDS} s: lower "
+                                 "AIGNE_HUB_URL_TTL_SECONDS")
+        if 0 < self.image_retention_seconds < self.url_ttl_seconds:
+            raise ValueError("AIGNE_HUB_IMAGE_RETENTION_SECONDS is shorter than "
+                             "AIGNE_HUB_URL_TTL_SECONDS: image URLs would stop working early")
+        if 0 < self.image_retention_seconds < self.idempotency_ttl_seconds:
+            raise ValueError("AIGNE_HUB_IMAGE_RETENTION_SECONDS is shorter than "
+                             "AIGNE_HUB_IDEMPOTENCY_TTL_SECONDS: a retry could find its "
+                             "answer's images deleted")
+        if self.webhook_secret is not None and not self.webhook_secret.get_secret_value().strip():
+            raise ValueError("AIGNE_HUB_WEBHOOK_SECRET is set but empty: set it to a long random "
+                             "value, or unset it to have one generated into var/")
+        try:
+            self.upstreams  # noqa: B018
+        except ValueError:
+            raise ValueError("AIGNE_HUB_ENVOY_UPSTREAMS must be host:port[,host:port...]; "
+                             f"got {self.envoy_upstreams!r}") from None
+        return self
+
     @property
     def images_dir(self) -> Path:
         return self.store_dir or self.var_dir / "images"
@@ -137,6 +215,16 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+
+    @property
+    def upstreams(self) -> list[tuple[str, int]]:
+        """Envoy's upstreams: AIGNE_HUB_ENVOY_UPSTREAMS, else this server."""
+        found = []
+        for item in self.envoy_upstreams.split(","):
+            if item.strip():
+                host, _, port = item.strip().rpartition(":")
+                found.append((host.strip("[]"), int(port)))
+        return found or [(self.host, self.grpc_port)]
 
     @property
     def image_url_hosts(self) -> frozenset[str]:
@@ -161,6 +249,7 @@ class Settings(BaseSettings):
         update = {}
         for field, filename in (("signing_secret", "signing-secret"),
                                 ("key_hash_secret", "key-hash-secret"),
+                                ("credentials_key", "credentials-key"),
                                 ("webhook_secret", "webhook-secret")):
             if getattr(self, field) is None:
                 update[field] = SecretStr(_read_or_create_secret(self.var_dir / filename))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -136,6 +137,66 @@ class UsageRecordRow(Base):
     # Costs in billionths, so sums are exact on every database.
     cost_usd_nanos: Mapped[int] = mapped_column(BigInteger)
     cost_credits_nanos: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentRow(Base):
+    """An upstream that serves models: OpenAI, Azure OpenAI, an OpenAI-compatible base URL,
+    the Gemini API or Vertex AI. Its health is shared by every replica through this row."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    base_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    api_version: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    options: Mapped[dict[str, str]] = mapped_column(JSON)  # kind-specific, e.g. Vertex project
+    models: Mapped[list[str]] = mapped_column(JSON)  # empty: every model of its provider
+    model_map: Mapped[dict[str, str]] = mapped_column(JSON)  # model -> upstream name
+    priority: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    cooldown_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    last_test_status: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_test_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_test_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class CredentialRow(Base):
+    """A provider secret of one deployment, encrypted at rest (Fernet); never shown again."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    weight: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    disabled_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    cooldown_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class UsageAttemptRow(Base):
+    """One upstream attempt of a request: which deployment and credential, and how it went."""
+
+    __tablename__ = "usage_attempts"
+    __table_args__ = (Index("ix_usage_attempts_record_id", "record_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    record_id: Mapped[int] = mapped_column(BigId, ForeignKey("usage_records.id",
+                                                             ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deployment_id: Mapped[str] = mapped_column(String(40))
+    credential_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(64))  # OK, or the error reason
+    upstream_ms: Mapped[float] = mapped_column(Float)
 
 
 # Issue 11: idempotent retries and background jobs.

@@ -15,12 +15,14 @@ from pathlib import Path
 from string import Template
 
 from service.config import Settings
+from service.upstreams import discovery
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
-LUA_FILE = ROOT / "envoy" / "hub.lua"
-DESCRIPTOR = ROOT / "gen" / "descriptor" / "aigne_hub.pb"
+LUA_FILE = Path("envoy") / "hub.lua"  # these two under ROOT, or AIGNE_HUB_ENVOY_ASSETS_ROOT
+DESCRIPTOR = Path("gen") / "descriptor" / "aigne_hub.pb"
 SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService",
+            "aigne.hub.v1.DeploymentService", "aigne.hub.v1.ConsoleService",
             "aigne.hub.v1.JobService")
 ROUTE_MARGIN_SECONDS = 5
 PR_SET_PDEATHSIG = 1
@@ -42,21 +44,23 @@ LOCAL_REPLIES = {
 
 
 def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -> str:
-    """The Envoy config for `settings`, balancing over `upstreams` (default: our server)."""
+    """The Envoy config for `settings`, balancing over `upstreams` (default: the settings'
+    AIGNE_HUB_ENVOY_UPSTREAMS, else our server)."""
     route_timeout = int(settings.request_timeout_seconds) + ROUTE_MARGIN_SECONDS
     values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout}
+    assets = settings.envoy_assets_root or ROOT
     return Template(TEMPLATE.read_text()).substitute(
         admin_port=settings.envoy_admin_port,
         listen_host=settings.host,
         listen_port=settings.http_port,
         route_timeout=route_timeout,
-        lua_file=json.dumps(str(LUA_FILE)),
-        descriptor=json.dumps(str(DESCRIPTOR)),
+        lua_file=json.dumps(str(assets / LUA_FILE)),
+        descriptor=json.dumps(str(assets / DESCRIPTOR)),
         services=", ".join(SERVICES),
         max_request_bytes=settings.max_request_bytes,
         max_response_bytes=settings.max_response_bytes,
         local_reply_mappers=_local_reply_mappers(values),
-        endpoints=_endpoints(upstreams or [(settings.host, settings.grpc_port)]),
+        upstream_discovery=discovery(upstreams or settings.upstreams),
     )
 
 
@@ -75,12 +79,6 @@ def _local_reply_mappers(values: dict[str, int]) -> str:
             "                content_type: application/json",
         ]
     return "\n".join(lines)
-
-
-def _endpoints(upstreams: list[tuple[str, int]]) -> str:
-    return "\n".join(
-        f"        - endpoint: {{address: {{socket_address: "
-        f"{{address: {host}, port_value: {port}}}}}}}" for host, port in upstreams)
 
 
 def write_config(settings: Settings, path: Path,
@@ -102,10 +100,11 @@ def start(config: Path, *, concurrency: int, log_level: str = "warning"
     return subprocess.Popen(  # noqa: S603
         [envoy_binary(), "-c", str(config), "--disable-hot-restart",
          "--concurrency", str(concurrency), "-l", log_level],
-        preexec_fn=_die_with_parent)
+        process_group=0,  # Ctrl-C reaches only us: Envoy stops after the servers drain
+        preexec_fn=die_with_parent)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM Envoy if its parent dies, so a killed
     server never leaves an Envoy behind."""
     if sys.platform.startswith("linux"):

@@ -2,9 +2,8 @@
 the client asked for.
 
 `fan_out` splits n over calls of at most the model's max_n_per_call, runs them at once
-within a bound, retries a call that failed in a retryable way (5xx, broken connection) with
-exponential backoff and jitter while the request's budget allows, and fails as one: if a
-call fails for good, the others are cancelled. This is the only layer that retries. `conform`
+within a bound (each call goes through the router, which picks deployments, falls back and
+retries), and fails as one: if a call fails for good, the others are cancelled. `conform`
 resizes (a retired model served by a successor at another size) and re-encodes (a provider
 that cannot make the asked file type) only when the image is not already right.
 """
@@ -13,50 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import io
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import structlog
 from PIL import Image, ImageOps
 
-from service.errors import DeadlineExceeded, HubError
+from service.errors import DeadlineExceeded
 from service.imaging import encode
 from service.models import Size
-from service.providers.base import (
-    MIME_TYPES,
-    GeneratedImage,
-    Generation,
-    ImageJob,
-    Provider,
-)
+from service.providers.base import MIME_TYPES, GeneratedImage, Generation, ImageJob
 from service.validation import GenerationPlan
-
-log = structlog.get_logger("aigne.hub")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 2
-    base_seconds: float = 0.5
-    max_seconds: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.base_seconds * 2**attempt, self.max_seconds) * random.uniform(0.5, 1.0)
-
 
 PartDone = Callable[[ImageJob, Generation], Awaitable[None]]
 
 
-async def fan_out(provider: Provider, job: ImageJob, *, concurrency: int, seconds_left: float,
-                  retry: RetryPolicy | None = None, on_part: PartDone | None = None
+async def fan_out(generate: Callable[[ImageJob], Awaitable[Generation]], job: ImageJob, *,
+                  concurrency: int, seconds_left: float, on_part: PartDone | None = None
                   ) -> Generation:
-    """All n images of `job`, in order, from as many provider calls as the model needs.
+    """All n images of `job`, in order, from as many upstream calls as the model needs.
     `on_part` (not retried) takes each call's images as soon as that call is done."""
     limit = asyncio.Semaphore(concurrency)
-    policy = retry or RetryPolicy()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds_left
 
     async def one(part: ImageJob) -> Generation:
         result = await called(part)
@@ -66,18 +41,7 @@ async def fan_out(provider: Provider, job: ImageJob, *, concurrency: int, second
 
     async def called(part: ImageJob) -> Generation:
         async with limit:
-            for attempt in range(policy.retries + 1):
-                try:
-                    return await provider.generate(part)
-                except HubError as error:
-                    delay = policy.delay(attempt)
-                    if (not error.retryable or attempt == policy.retries
-                            or loop.time() + delay >= deadline):
-                        raise
-                    log.info("upstream retry", request_id=part.request_id, model=part.model.name,
-                             reason=error.reason, attempt=attempt + 1, delay_s=round(delay, 2))
-                    await asyncio.sleep(delay)
-            raise AssertionError("unreachable")
+            return await generate(part)
 
     async def all_parts() -> list[Generation]:
         try:

@@ -24,15 +24,15 @@ from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service import answers, json_codec, streaming, validation
 from service.answers import KeptAnswer
-from service.errors import NotFound
-from service.generation import RetryPolicy, conform, fan_out
+from service.generation import conform, fan_out
 from service.idempotency import REPLAYED_HEADER, Claim, Idempotency, generation_fingerprint
 from service.inputs import ImageLoader
 from service.interceptors import Call, current_call
-from service.models import Lifecycle, ModelRegistry, ModelSpec, Route
-from service.providers import Providers
-from service.providers.base import GeneratedImage, Generation, ImageJob, Provider
+from service.listing import ModelListing
+from service.models import Lifecycle, ModelRegistry, Route
+from service.providers.base import GeneratedImage, Generation, ImageJob
 from service.quotas import Quotas
+from service.routing import Router
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 from service.streaming import NO_EVENTS, GenerationEvents
@@ -40,26 +40,28 @@ from service.streaming import NO_EVENTS, GenerationEvents
 log = structlog.get_logger("aigne.hub")
 
 JSON = "application/json"
+CONTRACT_DEFAULT_MODEL = "dall-e-2"
+LOCAL_MODEL = "local"
 STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream)"
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
-    def __init__(self, *, registry: ModelRegistry, providers: Providers, store: ImageStore,
-                 signer: UrlSigner, loader: ImageLoader, quotas: Quotas, default_model: str,
-                 fan_out_concurrency: int, retry: RetryPolicy, idempotency: Idempotency,
+    def __init__(self, *, registry: ModelRegistry, router: Router, listing: ModelListing,
+                 store: ImageStore, signer: UrlSigner, loader: ImageLoader, quotas: Quotas,
+                 default_model: str | None, fan_out_concurrency: int, idempotency: Idempotency,
                  stream_heartbeat: float) -> None:
         self._idempotency = idempotency
         self._heartbeat = stream_heartbeat
         self._detached: set[asyncio.Task[pb.GenerateResponse]] = set()
         self._registry = registry
+        self._router = router
+        self._listing = listing
         self._quotas = quotas
-        self._providers = providers
         self._store = store
         self._signer = signer
         self._loader = loader
         self._default_model = default_model
         self._concurrency = fan_out_concurrency
-        self._retry = retry
         self._warned: set[tuple[str, str]] = set()
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
@@ -101,13 +103,13 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         """One generation, for every door: planned, then replayed from an earlier attempt
         with the same idempotency key, or made. Made under a key, it goes on when the
         client goes away, so that a retry finds its answer."""
-        plan, provider = self.plan(call, request, refuse_streams)
+        plan, pin = await self.plan(call, request, refuse_streams)
         claim = await self._idempotency.claim(
             call.caller.id, call.idempotency_key, "generate", generation_fingerprint(request),
             call.request_id, call.remaining())
         if claim.answer is not None:
             return await self._replay(call, plan, KeptAnswer.from_json(claim.answer), events)
-        work = self._reserve_and_make(call, plan, provider, claim, events)
+        work = self._reserve_and_make(call, plan, pin, claim, events)
         if not claim.held:
             return await work
         call.detached = task = asyncio.create_task(work)  # not cancelled with the call
@@ -115,30 +117,39 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         task.add_done_callback(self._detached.discard)
         return await asyncio.shield(task)
 
-    def plan(self, call: Call, request: pb.GenerateRequest, refuse_streams: str | None = None
-             ) -> tuple[validation.GenerationPlan, Provider]:
-        """The checked request and the provider that serves it. `refuse_streams` (for calls
-        that answer once) names the streaming call that `stream` and previews need."""
+    async def plan(self, call: Call, request: pb.GenerateRequest,
+                   refuse_streams: str | None = None
+                   ) -> tuple[validation.GenerationPlan, str | None]:
+        """The request checked against its model and the caller's key, and the deployment
+        (or kind) it pins with `NAME/MODEL`. `refuse_streams` (for calls that answer once)
+        names the streaming call that `stream` and previews need."""
         meter = call.meter  # usage: the interceptor records it, success or failure
-        meter.requested(request, request.model or self._default_model)
+        meter.requested(request, request.model or self._default_model
+                        or await default_model(self._registry, self._router))
         if refuse_streams:
             validation.refuse_stream_fields(request, refuse_streams)
-        call.caller.check_model(meter.model)
-        route = self._registry.route(meter.model)
+        pin, model = self._pinned(meter.model)
+        call.caller.check_model(model)
+        route = self._registry.route(model)
         plan = validation.plan(request, route)
-        provider = self._providers.for_model(route.served)
+        await self._router.targets(route.served, pin)  # 503/404 now if nothing can serve it
         call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
         meter.planned(plan)
         self._lifecycle_headers(call, route)
-        return plan, provider
+        return plan, pin
+
+    def _pinned(self, name: str) -> tuple[str | None, str]:
+        if name in self._registry or "/" not in name:
+            return None, name
+        pin, _, model = name.partition("/")
+        return pin, model
 
     async def _reserve_and_make(self, call: Call, plan: validation.GenerationPlan,
-                                provider: Provider, claim: Claim,
+                                pin: str | None, claim: Claim,
                                 events: GenerationEvents) -> pb.GenerateResponse:
         try:
             call.meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
-            response, names, images = await self.make(call, plan, provider, events,
-                                                      keep=claim.held)
+            response, names, images = await self.make(call, plan, pin, events, keep=claim.held)
             await claim.complete(KeptAnswer.of(response, names, plan.response_format).to_json())
         except BaseException:
             await claim.release()
@@ -146,7 +157,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         call.meter.returned(images)
         return response
 
-    async def make(self, call: Call, plan: validation.GenerationPlan, provider: Provider,
+    async def make(self, call: Call, plan: validation.GenerationPlan, pin: str | None,
                    events: GenerationEvents, *, keep: bool
                    ) -> tuple[pb.GenerateResponse, list[str], list[GeneratedImage]]:
         """Make the images: the answer, the store names of its images (every image is
@@ -168,8 +179,8 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                       on_partial=self._previews(plan, events) if events.previews else None)
         await events.started(plan, int(call.accepted_at), "generating")
         call.meter.generation = generation = await fan_out(
-            provider, job, concurrency=self._concurrency, seconds_left=call.remaining(),
-            retry=self._retry, on_part=part_done)
+            lambda part: self._router.generate(part, call.meter.attempts, pin), job,
+            concurrency=self._concurrency, seconds_left=call.remaining(), on_part=part_done)
         response = pb.GenerateResponse(
             created=int(call.accepted_at), data=data, usage=_usage(generation),
             output_format=plan.output_format,
@@ -214,35 +225,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: object) -> pb.ListModelsResponse:
-        specs = sorted(self._registry, key=lambda s: (s.provider != "local", s.provider, s.name))
-        return pb.ListModelsResponse(object="list", data=[self._model(s) for s in specs])
-
-    def _model(self, spec: ModelSpec) -> pb.Model:
-        try:
-            route: Route | None = self._registry.route(spec.name)
-        except NotFound:  # retired, and an operator switched its translation off
-            route = None
-        served = route.served if route else spec
-        rule = spec.size_rule
-        return pb.Model(
-            id=spec.name, object="model", owned_by=spec.owned_by or spec.provider,
-            provider=spec.provider, description=spec.description, sizes=spec.sizes,
-            size_rule=pb.SizeRule(
-                multiple_of=rule.multiple_of, min_edge=rule.min_edge, max_edge=rule.max_edge,
-                max_ratio=0 if rule.max_ratio == float("inf") else rule.max_ratio,
-                min_pixels=rule.min_pixels, max_pixels=rule.max_pixels or 0) if rule else None,
-            aspect_ratios=spec.aspect_ratios, default_size=spec.default_size,
-            max_n_per_call=spec.max_n_per_call, qualities=spec.qualities,
-            default_quality=spec.default_quality, styles=spec.styles,
-            output_formats=spec.output_formats, backgrounds=spec.backgrounds,
-            moderations=spec.moderations, edits=spec.edits,
-            max_input_images=spec.max_input_images, prompt_limit=spec.prompt_limit,
-            lifecycle=(route.lifecycle if route else Lifecycle.RETIRED).value,
-            deprecated_on=_iso(spec.deprecated_on), shutdown_on=_iso(spec.shutdown_on),
-            successor=spec.successor or "", available=route is not None,
-            served_by=served.name if route else "",
-            provider_configured=self._providers.is_configured(served.provider),
-            partial_images=served.partial_images)
+        return await self._listing.answer()
 
     async def _store_all(self, images: list[GeneratedImage], store: bool) -> list[str]:
         """The store names of `images` when `store`, else empty names."""
@@ -274,6 +257,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
                         shutdown_on=str(spec.shutdown_on), successor=spec.successor)
 
 
+async def default_model(registry: ModelRegistry, router: Router) -> str:
+    """The contract's default, dall-e-2, when something can serve it; else the local
+    renderer, so a fresh machine with no provider key answers with a real image."""
+    if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
+        return CONTRACT_DEFAULT_MODEL
+    return LOCAL_MODEL
+
+
 def _usage(generation: Generation) -> pb.ImageUsage | None:
     usage = generation.usage
     if usage is None:
@@ -286,10 +277,6 @@ def _usage(generation: Generation) -> pb.ImageUsage | None:
                                              image_tokens=usage.input_image),
         output_tokens_details=pb.TokenDetails(text_tokens=usage.output_text,
                                               image_tokens=usage.output_image))
-
-
-def _iso(day: date | None) -> str:
-    return day.isoformat() if day else ""
 
 
 def _epoch(day: date) -> int:

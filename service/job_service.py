@@ -61,7 +61,7 @@ class JobServicer(job_grpc.JobServiceServicer):
 
     async def _create(self, call: Call, request: pb.GenerateRequest,
                       webhook_url: str) -> job_pb.CreateJobResponse:
-        plan, _ = self._images.plan(call, request, refuse_streams=STREAMING_CALL)
+        plan, _ = await self._images.plan(call, request, refuse_streams=STREAMING_CALL)
         if webhook_url:
             await self._webhooks.check(webhook_url)
         claim = await self._idempotency.claim(

@@ -47,7 +47,7 @@ from service.errors import HubError, Internal, NotFound
 from service.idempotency import Idempotency
 from service.interceptors import Call
 from service.keys import ApiKey, KeyStore
-from service.providers.base import GeneratedImage, Provider
+from service.providers.base import GeneratedImage
 from service.quotas import Reservation
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
@@ -71,10 +71,10 @@ class ClaimLost(Exception):
 class Executor(Protocol):
     """What runs a job's generation: the ImageServicer's path, without quota or key."""
 
-    def plan(self, call: Call, request: pb.GenerateRequest
-             ) -> tuple[GenerationPlan, Provider]: ...
+    async def plan(self, call: Call, request: pb.GenerateRequest
+                   ) -> tuple[GenerationPlan, str | None]: ...
 
-    async def make(self, call: Call, plan: GenerationPlan, provider: Provider,
+    async def make(self, call: Call, plan: GenerationPlan, pin: str | None,
                    events: GenerationEvents, *, keep: bool
                    ) -> tuple[pb.GenerateResponse, list[str], list[GeneratedImage]]: ...
 
@@ -282,9 +282,10 @@ class Jobs:
         call = self._call(row, await self._keys.get(row.key_id))
         log.info("job started", job_id=row.id, attempt=row.attempts + 1)
         try:
-            plan, provider = self._executor.plan(call, pb.GenerateRequest.FromString(row.request))
-            response, names, images = await self._executor.make(call, plan, provider,
-                                                                NO_EVENTS, keep=True)
+            request = pb.GenerateRequest.FromString(row.request)
+            plan, pin = await self._executor.plan(call, request)
+            response, names, images = await self._executor.make(call, plan, pin, NO_EVENTS,
+                                                                keep=True)
         except HubError as error:
             return await self._end(row, call, error=error)
         except Exception:

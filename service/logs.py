@@ -10,7 +10,8 @@ import structlog
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for quiet in ("alembic", "botocore", "boto3"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from aigne.hub.v1 import usage_service_pb2 as pb
 from aigne.hub.v1 import usage_service_pb2_grpc as pb_grpc
-from service.db import UsageRecordRow
+from service.db import UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument, PermissionDenied
 from service.interceptors import current_call
 from service.keys import ApiKey
@@ -49,8 +49,10 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             end=request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None,
             model=request.model, status=request.status, request_id=request.request_id,
             page_size=request.page_size, page_token=request.page_token)
-        return pb.ListUsageRecordsResponse(records=[_record(r) for r in records],
-                                           next_page_token=next_token)
+        attempts = await self._reports.attempts([r.id for r in records])
+        return pb.ListUsageRecordsResponse(
+            records=[_record(r, attempts.get(r.id, [])) for r in records],
+            next_page_token=next_token)
 
 
 def scope(caller: ApiKey, asked: str) -> str | None:
@@ -80,7 +82,7 @@ def _total(total: UsageTotal) -> pb.UsageTotal:
         bytes=total.bytes, cost_usd=total.cost.usd, cost_credits=total.cost.credits)
 
 
-def _record(row: UsageRecordRow) -> pb.UsageRecord:
+def _record(row: UsageRecordRow, attempts: list[UsageAttemptRow]) -> pb.UsageRecord:
     created = timestamp_pb2.Timestamp()
     created.FromDatetime(row.created_at)
     tokens = None
@@ -96,4 +98,12 @@ def _record(row: UsageRecordRow) -> pb.UsageRecord:
         http_status=row.http_status, images=row.images, bytes=row.bytes,
         upstream_latency_ms=row.upstream_ms, total_latency_ms=row.total_ms, tokens=tokens,
         cost_usd=row.cost_usd_nanos / 1e9, cost_credits=row.cost_credits_nanos / 1e9,
-        user=row.user or "")
+        user=row.user or "", attempts=[_attempt(a) for a in attempts])
+
+
+def _attempt(row: UsageAttemptRow) -> pb.UsageAttempt:
+    ended = timestamp_pb2.Timestamp()
+    ended.FromDatetime(row.created_at)
+    return pb.UsageAttempt(deployment_id=row.deployment_id,
+                           credential_id=row.credential_id or "", outcome=row.outcome,
+                           latency_ms=row.upstream_ms, time=ended)

@@ -20,6 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from aigne.hub.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    console_service_pb2,
+    console_service_pb2_grpc,
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
     image_service_pb2,
     image_service_pb2_grpc,
     job_service_pb2,
@@ -30,20 +34,24 @@ from aigne.hub.v1 import (
 from service import db
 from service.admin import AdminServicer
 from service.config import Settings
-from service.generation import RetryPolicy
+from service.console import ConsoleServicer
+from service.deployment_admin import DeploymentServicer
+from service.deployments import DeploymentStore, environment_deployments
 from service.idempotency import Idempotency
-from service.images import ImageServicer
+from service.images import LOCAL_MODEL, ImageServicer, default_model
 from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
 from service.job_service import JobServicer
 from service.jobs import Jobs
 from service.keys import KeyStore
+from service.listing import ModelListing
 from service.models import ModelRegistry, load_registry
-from service.providers import Providers
 from service.quotas import Quotas
 from service.reports import UsageServicer
-from service.store.filesystem import FilesystemStore
+from service.routing import Router, RoutingPolicy
+from service.secretbox import SecretBox
 from service.store.signing import UrlSigner
+from service.store.storage import ImageStorage, open_storage
 from service.usage import UsageRecorder, UsageReports
 from service.webhooks import Webhooks
 
@@ -52,12 +60,19 @@ log = structlog.get_logger("aigne.hub")
 SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+DEPLOYMENT_SERVICE = deployment_service_pb2.DESCRIPTOR.services_by_name[
+    "DeploymentService"].full_name
+CONSOLE_SERVICE = console_service_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name
 JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
+    # The web console's files and the OpenAPI document: the page holds no secret; the API
+    # calls it makes carry the key the person enters.
+    f"/{CONSOLE_SERVICE}/GetConsoleAsset",
+    f"/{CONSOLE_SERVICE}/GetOpenApiDocument",
     "/grpc.health.v1.Health/Check",
 })
-ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/",)
+ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
 METERED_METHODS = frozenset({
     *(f"/{SERVICE_NAME}/{m}"
       for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp")),
@@ -76,10 +91,11 @@ class Hub:
     engine: AsyncEngine
     keys: KeyStore
     usage: UsageRecorder
-    providers: Providers
+    router: Router
     loader: ImageLoader
     default_model: str
-    # Issue 11: work that outlives calls (idempotent generations, jobs, webhooks).
+    storage: ImageStorage
+    # Work that outlives calls: idempotent generations, jobs, webhooks.
     images: ImageServicer
     interceptor: HubInterceptor
     jobs: Jobs
@@ -93,43 +109,41 @@ class Hub:
         await self.interceptor.drain()
         await self.usage.drain()
         await self.webhooks.aclose()
-        await self.providers.aclose()
+        await self.router.aclose()
         await self.loader.aclose()
+        await self.storage.aclose()
         await self.engine.dispose()
 
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
-    assert settings.signing_secret and settings.key_hash_secret
+    assert settings.signing_secret and settings.key_hash_secret and settings.credentials_key
     engine = db.create_engine(settings.db_url)
     await db.migrate(engine)
     sessions = db.sessions(engine)
     keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
     await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
-    providers = Providers(settings)
-    default_model = choose_default_model(settings, registry, providers)
+    deployments = DeploymentStore(sessions, SecretBox(settings.credentials_key.get_secret_value()))
+    router = Router(deployments, environment_deployments(settings), routing_policy(settings))
+    default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
     quotas = Quotas(sessions, engine.dialect.name)
     usage = UsageRecorder(sessions, settings.credits_per_usd)
-    store = FilesystemStore(settings.images_dir)
-    signer = UrlSigner(settings.signing_secret.get_secret_value().encode(),
-                       settings.public_base, settings.url_ttl_seconds)
+    storage = await open_storage(settings)
     idempotency = Idempotency(sessions, engine.dialect.name,
                               ttl_seconds=settings.idempotency_ttl_seconds)
     servicer = ImageServicer(
-        registry=registry, providers=providers, store=store, signer=signer,
-        loader=loader, quotas=quotas, default_model=default_model,
-        fan_out_concurrency=settings.fan_out_concurrency,
-        retry=RetryPolicy(retries=settings.upstream_retries,
-                          base_seconds=settings.upstream_retry_base_seconds),
-        idempotency=idempotency, stream_heartbeat=settings.stream_heartbeat_seconds)
-    webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage, store=store,
-                                     signer=signer, idempotency=idempotency)
+        registry=registry, router=router, listing=ModelListing(registry, router),
+        store=storage.store, signer=storage.urls,
+        loader=loader, quotas=quotas, default_model=settings.default_model,
+        fan_out_concurrency=settings.fan_out_concurrency, idempotency=idempotency,
+        stream_heartbeat=settings.stream_heartbeat_seconds)
+    webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage,
+                                     storage=storage, idempotency=idempotency)
     interceptor = HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
-                                 admin_prefixes=ADMIN_PREFIXES,
-                                 metered_methods=METERED_METHODS,
+                                 admin_prefixes=ADMIN_PREFIXES, metered_methods=METERED_METHODS,
                                  request_timeout=settings.request_timeout_seconds)
     server = grpc.aio.server(
         interceptors=[interceptor],
@@ -143,29 +157,35 @@ async def create_server(settings: Settings) -> Hub:
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
         UsageServicer(UsageReports(sessions)), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(deployments, router, registry), server)
+    console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(public_base=settings.public_base), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, JOB_SERVICE,
-         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
+         JOB_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, JOB_SERVICE):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
+                 CONSOLE_SERVICE, JOB_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
-    return Hub(server, port, health_servicer, engine, keys, usage, providers, loader,
-               default_model, servicer, interceptor, jobs, webhooks)
+    return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
+               default_model, storage, servicer, interceptor, jobs, webhooks)
 
 
 def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ignore[no-untyped-def]
-                    usage: UsageRecorder, store: FilesystemStore, signer: UrlSigner,
+                    usage: UsageRecorder, storage: ImageStorage,
                     idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
     """JobService's parts: the webhook sender and the job runner."""
     assert settings.webhook_secret is not None
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
-    jobs = Jobs(sessions, keys=keys, usage=usage, webhooks=webhooks, store=store,
+    signer: UrlSigner = storage.urls
+    jobs = Jobs(sessions, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
                 signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
@@ -174,6 +194,16 @@ def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ig
                 webhook_retries=settings.webhook_retries,
                 webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
     return webhooks, jobs
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    return RoutingPolicy(
+        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
+        attempt_timeout=settings.upstream_attempt_timeout_seconds,
+        failure_threshold=settings.deployment_failure_threshold,
+        deployment_cooldown=settings.deployment_cooldown_seconds,
+        credential_cooldown=settings.credential_cooldown_seconds,
+        refresh_seconds=settings.routing_refresh_seconds)
 
 
 async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
@@ -187,20 +217,18 @@ async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
                               source="env")
 
 
-def choose_default_model(settings: Settings, registry: ModelRegistry,
-                         providers: Providers) -> str:
-    """The configured default; unset, dall-e-2 (the contract's) if its provider is set up,
-    else the local renderer, so a fresh machine answers with a real image."""
+async def choose_default_model(settings: Settings, registry: ModelRegistry,
+                               router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
     if settings.default_model:
         registry.get(settings.default_model)
         return settings.default_model
-    contract_default = registry.get("dall-e-2")
-    served = registry.route(contract_default.name).served
-    if providers.is_configured(served.provider):
-        return contract_default.name
-    log.warning("no provider key is set: requests that name no model go to the local "
-                "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return "local"
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model
 
 
 async def serve(settings: Settings) -> None:

@@ -25,13 +25,14 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import pricing
-from service.db import UsageRecordRow
+from service.db import UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument
 from service.quotas import Reservation
 
 if TYPE_CHECKING:
     from aigne.hub.v1 import image_service_pb2 as pb
     from service.providers.base import GeneratedImage, Generation
+    from service.routing import Attempt
     from service.validation import GenerationPlan
 
 log = structlog.get_logger("aigne.hub")
@@ -53,6 +54,7 @@ class Meter:
     plan: GenerationPlan | None = None
     reservation: Reservation | None = None
     generation: Generation | None = None
+    attempts: list[Attempt] = field(default_factory=list)  # upstream calls, by the router
     images: int = 0  # handed to the client: what the request is charged for
     bytes: int = 0
     # False: nothing to record for this call (a replay of an answer already recorded, or
@@ -129,7 +131,13 @@ class UsageRecorder:
         images = meter.images
         if meter.reservation is not None:
             await meter.reservation.settle(session, images)
-        session.add(self._row(meter, facts, images, ended_at or time.time()))
+        row = self._row(meter, facts, images, ended_at or time.time())
+        session.add(row)
+        await session.flush()  # the record's id, for its attempts
+        session.add_all(UsageAttemptRow(
+            record_id=row.id, created_at=a.at, deployment_id=a.deployment_id,
+            credential_id=a.credential_id, outcome=_clip(a.outcome, 64) or "",
+            upstream_ms=round(a.seconds * 1000, 1)) for a in meter.attempts)
 
     def _row(self, meter: Meter, facts: CallFacts, images: int,
              ended_at: float) -> UsageRecordRow:
@@ -255,6 +263,19 @@ class UsageReports:
         page = rows[:page_size]
         more = len(rows) > page_size
         return page, _encode_token(page[-1].id) if more else ""
+
+    async def attempts(self, record_ids: list[int]) -> dict[int, list[UsageAttemptRow]]:
+        """The upstream attempts of records, by record id, in the order they were made."""
+        if not record_ids:
+            return {}
+        async with self._sessions() as session:
+            rows = await session.scalars(select(UsageAttemptRow)
+                                         .where(UsageAttemptRow.record_id.in_(record_ids))
+                                         .order_by(UsageAttemptRow.id))
+            found: dict[int, list[UsageAttemptRow]] = {}
+            for row in rows:
+                found.setdefault(row.record_id, []).append(row)
+            return found
 
 
 def _encode_token(last_id: int) -> str:

@@ -20,7 +20,7 @@ from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.images import picture
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.fakes.server import FakeServer, Received, Reply
-from tests.hub import Hub
+from tests.hub import ADMIN_KEY, Hub
 from tests.postgres import PostgresServer
 from tests.stack import TEST_KEY, Stack
 
@@ -126,6 +126,7 @@ def provider_env(fake_openai: FakeOpenAI, fake_google: FakeGoogle,
         "AIGNE_HUB_IMAGE_URL_ALLOWLIST": f"127.0.0.1:{image_host.port}",
         "AIGNE_HUB_MODELS_FILE": str(DATA / "models.toml"),
         "AIGNE_HUB_UPSTREAM_RETRY_BASE_SECONDS": "0.05",
+        "AIGNE_HUB_ADMIN_API_KEYS": ADMIN_KEY,
     }
 
 
@@ -145,12 +146,27 @@ def provider_rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
         yield client
 
 
+def restore_credentials(stack: Stack) -> None:
+    """Enable every credential again: tests of 401s and 429s leave them disabled or resting."""
+    with httpx.Client(base_url=stack.base_url, timeout=30,
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        listing = admin.get("/api/admin/deployments")
+        assert listing.status_code == 200, listing.text
+        for deployment in listing.json()["deployments"]:
+            for credential in deployment["credentials"]:
+                if credential["state"] != "active":
+                    admin.put(f"/api/admin/credentials/{credential['id']}",
+                              json={"enabled": True, "weight": credential["weight"]})
+
+
 @pytest.fixture
-def fakes(fake_openai: FakeOpenAI, fake_google: FakeGoogle,
+def fakes(provider_stack: Stack, fake_openai: FakeOpenAI, fake_google: FakeGoogle,
           image_host: ImageHost) -> Iterator[tuple[FakeOpenAI, FakeGoogle, ImageHost]]:
-    """The fakes, with no scripts and no recorded requests left over from other tests."""
+    """The fakes, with no scripts and no recorded requests left over from other tests, and
+    the provider stack's credentials all usable."""
     for fake in (fake_openai, fake_google, image_host):
         fake.clear()
+    restore_credentials(provider_stack)
     yield fake_openai, fake_google, image_host
 
 

@@ -130,7 +130,9 @@ async def test_two_server_processes_keep_the_quota_exact(hub: Hub) -> None:
 
     assert sum(o.images for o in outcomes) == 50
     assert by_status(outcomes) == {(200, None): 50, (429, "monthly_quota_exceeded"): 150}
-    assert {o.door for o in outcomes if o.images} == {"rest", "grpc"}, "both processes served"
+    # Half the burst went to each process; which of them won the 50 images is a race (on a
+    # loaded machine one may win them all): what must hold is the total, across both.
+    assert {o.door for o in outcomes} == {"rest", "grpc"}
     assert len(hub.records(key)) == 200
 
 

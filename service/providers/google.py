@@ -23,7 +23,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from service.config import Settings
+from service.deployments import Deployment
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -48,25 +48,20 @@ class GoogleProvider:
         self._client = client
 
     @classmethod
-    def gemini_from_settings(cls, settings: Settings) -> GoogleProvider | None:
-        key = _secret(settings.gemini_api_key)
-        if not key:
-            return None
-        options = types.HttpOptions(base_url=settings.google_gemini_base_url or None)
-        return cls("google", genai.Client(api_key=key, http_options=options))
-
-    @classmethod
-    def vertex_from_settings(cls, settings: Settings) -> GoogleProvider | None:
-        key = _secret(settings.vertex_api_key)
-        if not key and not settings.google_cloud_project:
-            return None
-        options = types.HttpOptions(base_url=settings.google_vertex_base_url or None)
-        if key:  # express mode: the key alone, no project
-            client = genai.Client(vertexai=True, api_key=key, http_options=options)
+    def build(cls, deployment: Deployment, secret: str) -> GoogleProvider:
+        """A client of `deployment`: the Gemini API with `secret`, or Vertex AI in express
+        mode with `secret`, or with the deployment's project and location and application
+        default credentials when there is no secret."""
+        options = types.HttpOptions(base_url=deployment.base_url or None)
+        if deployment.kind == "gemini":
+            client = genai.Client(api_key=secret, http_options=options)
+        elif secret:  # Vertex express mode: the key alone, no project
+            client = genai.Client(vertexai=True, api_key=secret, http_options=options)
         else:
-            client = genai.Client(vertexai=True, project=settings.google_cloud_project,
-                                  location=settings.google_cloud_location, http_options=options)
-        return cls("vertex", client)
+            client = genai.Client(vertexai=True, project=deployment.options.get("project"),
+                                  location=deployment.options.get("location", "global"),
+                                  http_options=options)
+        return cls(deployment.label, client)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -76,7 +71,7 @@ class GoogleProvider:
             else:
                 images, usage = await self._gemini(job)
         except genai_errors.APIError as exc:
-            raise hub_error(exc, job) from None
+            raise hub_error(exc, job, self.name) from None
         except httpx2.TimeoutException:
             raise DeadlineExceeded(f"{job.model.upstream} did not answer within the request's "
                                    "time budget.") from None
@@ -126,10 +121,6 @@ class GoogleProvider:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
-
-
-def _secret(value: Any) -> str:
-    return value.get_secret_value() if value is not None else ""
 
 
 def _http_options(job: ImageJob) -> types.HttpOptions:
@@ -190,7 +181,7 @@ def _gemini_usage(meta: types.GenerateContentResponseUsageMetadata | None) -> To
     )
 
 
-def hub_error(exc: genai_errors.APIError, job: ImageJob) -> HubError:
+def hub_error(exc: genai_errors.APIError, job: ImageJob, deployment: str) -> HubError:
     """What the caller should hear about a Google failure. Never the key, never our config."""
     model = job.model.upstream
     message = redact(exc.message or str(exc.status or exc.code))
@@ -198,8 +189,9 @@ def hub_error(exc: genai_errors.APIError, job: ImageJob) -> HubError:
     reasons = {d.get("reason") for d in body.get("error", {}).get("details", [])
                if isinstance(d, dict)}
     if exc.code in (401, 403) or "API_KEY_INVALID" in reasons:
-        return Unavailable("The image provider refused this gateway's credentials; an operator "
-                           "must check the Google API key.", reason="UPSTREAM_AUTH_FAILED")
+        return Unavailable(f"The image provider refused this gateway's credentials ({deployment}); "
+                           "an operator must check them.",
+                           reason="UPSTREAM_AUTH_FAILED")
     if exc.code == 429:
         return ResourceExhausted(f"The image provider is rate limiting this gateway: {message}",
                                  reason="UPSTREAM_RATE_LIMITED", retry_after=_retry_delay(body))

@@ -1,5 +1,6 @@
-"""OpenAI's image models through the `openai` SDK (AsyncOpenAI), or any OpenAI-compatible
-upstream (OPENAI_BASE_URL).
+"""OpenAI's image models through the `openai` SDK: OpenAI itself or any OpenAI-compatible
+base URL (AsyncOpenAI), and Azure OpenAI (AsyncAzureOpenAI: endpoint, API version, and a
+deployment name per model from the deployment's `model_map`).
 
 Generations go to `images.generate`; a job with source images goes to `images.edit`
 (multipart: one file as `image`, several as `image[]`). The SDK's own retries are off: the
@@ -16,9 +17,9 @@ from typing import Any
 
 import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from service.config import Settings
+from service.deployments import Deployment
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -39,22 +40,27 @@ REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "
 
 
 class OpenAIProvider:
-    name = "openai"
-
-    def __init__(self, client: AsyncOpenAI, http: httpx2.AsyncClient) -> None:
+    def __init__(self, name: str, client: AsyncOpenAI, http: httpx2.AsyncClient,
+                 model_map: dict[str, str] | None = None) -> None:
+        self.name = name  # the deployment's
         self._client = client
         self._http = http  # the SDK's connection pool, also used to fetch `url` answers
+        self._model_map = model_map or {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OpenAIProvider | None:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        if not key:
-            return None
+    def build(cls, deployment: Deployment, secret: str) -> OpenAIProvider:
+        """A client of `deployment` (kind `openai` or `azure`) holding `secret`."""
         http = openai.DefaultAsyncHttpx2Client(
             limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
-        client = AsyncOpenAI(api_key=key, base_url=settings.openai_base_url or DEFAULT_BASE_URL,
-                             max_retries=0, http_client=http)
-        return cls(client, http)
+        client: AsyncOpenAI
+        if deployment.kind == "azure":
+            client = AsyncAzureOpenAI(azure_endpoint=deployment.base_url or "",
+                                      api_version=deployment.api_version, api_key=secret,
+                                      max_retries=0, http_client=http)
+        else:
+            client = AsyncOpenAI(api_key=secret, base_url=deployment.base_url or DEFAULT_BASE_URL,
+                                 max_retries=0, http_client=http)
+        return cls(deployment.label, client, http, deployment.model_map)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -62,15 +68,17 @@ class OpenAIProvider:
         if job.request_id:
             options["extra_headers"] = {"x-request-id": job.request_id}
         try:
+            model = self._model_map.get(job.model.upstream, job.model.upstream)
             if job.streams_previews:
-                return await self._stream(job, options, started)
+                return await self._stream(job, model, options, started)
             if job.images:
-                response = await self._client.images.edit(**edit_args(job), **options)
+                response = await self._client.images.edit(**edit_args(job, model), **options)
             else:
-                response = await self._client.images.generate(**generate_args(job), **options)
+                response = await self._client.images.generate(**generate_args(job, model),
+                                                              **options)
             images = await self._images(response, job)
         except openai.APIError as exc:
-            raise hub_error(exc, job) from None
+            raise hub_error(exc, job, self.name) from None
         except httpx2.HTTPError as exc:  # fetching a `url` answer
             raise UpstreamFailed(f"Could not fetch the image OpenAI made: {exc}") from None
         except ValueError:  # the SDK met a body that is not the JSON it expects
@@ -79,13 +87,13 @@ class OpenAIProvider:
         return Generation(images=images, usage=token_usage(response.usage),
                           upstream_seconds=time.perf_counter() - started)
 
-    async def _stream(self, job: ImageJob, options: dict[str, Any],
+    async def _stream(self, job: ImageJob, model: str, options: dict[str, Any],
                       started: float) -> Generation:
         """One image streamed (`stream`, `partial_images`): each preview goes to
         job.on_partial as it arrives; the `.completed` event holds the image and usage.
         Errors are mapped by the caller, like those of a plain call."""
         assert job.on_partial is not None and job.n == 1
-        args = edit_args(job) if job.images else generate_args(job)
+        args = edit_args(job, model) if job.images else generate_args(job, model)
         call = self._client.images.edit if job.images else self._client.images.generate
         stream = await call(**args, stream=True, partial_images=job.partial_images,  # type: ignore[operator]
                             **options)
@@ -137,9 +145,9 @@ class OpenAIProvider:
         await self._client.close()
 
 
-def generate_args(job: ImageJob) -> dict[str, Any]:
+def generate_args(job: ImageJob, model: str) -> dict[str, Any]:
     """The `images.generate` arguments for `job`: only what the model takes."""
-    args = _common_args(job)
+    args = _common_args(job, model)
     if job.moderation:
         args["moderation"] = job.moderation
     if job.style:
@@ -147,16 +155,16 @@ def generate_args(job: ImageJob) -> dict[str, Any]:
     return args
 
 
-def edit_args(job: ImageJob) -> dict[str, Any]:
+def edit_args(job: ImageJob, model: str) -> dict[str, Any]:
     """The `images.edit` arguments: files as (name, bytes, type), the only form OpenAI takes."""
     files = [(f"image{i}.{image.mime_type.split('/')[-1]}", image.data, image.mime_type)
              for i, image in enumerate(job.images)]
-    return {**_common_args(job), "image": files[0] if len(files) == 1 else files}
+    return {**_common_args(job, model), "image": files[0] if len(files) == 1 else files}
 
 
-def _common_args(job: ImageJob) -> dict[str, Any]:
+def _common_args(job: ImageJob, model: str) -> dict[str, Any]:
     spec = job.model
-    args: dict[str, Any] = {"model": spec.upstream, "prompt": job.prompt, "n": job.n,
+    args: dict[str, Any] = {"model": model, "prompt": job.prompt, "n": job.n,
                             "size": str(job.size) if job.size else "auto",
                             "quality": job.quality}
     if len(spec.output_formats) > 1:
@@ -189,7 +197,7 @@ def _count(details: Any, name: str) -> int:
     return int(value or 0)
 
 
-def hub_error(exc: openai.APIError, job: ImageJob) -> HubError:
+def hub_error(exc: openai.APIError, job: ImageJob, deployment: str) -> HubError:
     """What the caller should hear about an OpenAI failure. Never the key, never our config."""
     model = job.model.upstream
     if isinstance(exc, openai.APITimeoutError):
@@ -207,8 +215,9 @@ def hub_error(exc: openai.APIError, job: ImageJob) -> HubError:
                                  reason="UPSTREAM_RATE_LIMITED",
                                  retry_after=retry_after(exc.response.headers))  # type: ignore[attr-defined]
     if status in (401, 403):
-        return Unavailable("The image provider refused this gateway's credentials; an operator "
-                           "must check OPENAI_API_KEY.", reason="UPSTREAM_AUTH_FAILED")
+        return Unavailable(f"The image provider refused this gateway's credentials ({deployment}); "
+                           "an operator must check them.",
+                           reason="UPSTREAM_AUTH_FAILED")
     if exc.code == "model_not_found" or status == 404:
         return UpstreamFailed(f"The upstream does not serve '{model}' ({message}). An operator "
                               "can let this server serve it through its successor.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import datetime
 from typing import Protocol
 
 from service.errors import NotFound
@@ -36,4 +37,9 @@ class ImageStore(Protocol):
 
     async def check(self) -> None:
         """Raise if the store cannot be written (readiness)."""
+        ...
+
+    async def sweep(self, older_than: datetime) -> int:
+        """Delete the images stored before `older_than`; answer how many went. Only names
+        this service makes are touched."""
         ...

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from datetime import datetime
 from pathlib import Path
 
 from service.errors import NotFound, Unavailable
-from service.store.base import content_type_of, new_name
+from service.store.base import NAME_PATTERN, content_type_of, new_name
 
 
 class FilesystemStore:
@@ -35,6 +36,26 @@ class FilesystemStore:
     async def check(self) -> None:
         await asyncio.to_thread(self._write, self._root / ".ready", b"ok")
 
+    async def sweep(self, older_than: datetime) -> int:
+        return await asyncio.to_thread(self._sweep, older_than.timestamp())
+
+    def _sweep(self, cutoff: float) -> int:
+        """Delete images (and temporary files a crash left) last written before `cutoff`."""
+        deleted = 0
+        for shard in _entries(self._root):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in _entries(Path(shard.path)):
+                ours = NAME_PATTERN.match(entry.name) or (
+                    entry.name.endswith(".tmp") and NAME_PATTERN.match(entry.name[1:-4]))
+                try:
+                    if ours and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        deleted += 1
+                except FileNotFoundError:  # another replica's sweep was first
+                    continue
+        return deleted
+
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
         """Write whole or not at all: a temporary file renamed into place."""
@@ -49,3 +70,11 @@ class FilesystemStore:
             reason = "STORE_FULL" if exc.errno == errno.ENOSPC else "STORE_UNAVAILABLE"
             raise Unavailable("the image store cannot take the image right now",
                               reason=reason, retry_after=30) from exc
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []

@@ -42,8 +42,10 @@ class FakeOpenAI(FakeServer):
     api_key = "sk-test-fake-openai-key-1234567890"
 
     def __init__(self, *, retired: set[str] = RETIRED, noise: bool = False,
-                 stream_event_delay: float = 0.15) -> None:
+                 api_key: str | None = None, stream_event_delay: float = 0.15) -> None:
         super().__init__()
+        if api_key is not None:
+            self.api_key = api_key
         self.retired = retired  # names this upstream no longer serves
         self.noise = noise  # answer with large noise images, as real models do
         self.stream_event_delay = stream_event_delay
@@ -52,8 +54,11 @@ class FakeOpenAI(FakeServer):
         return {"/v1/images/generations": "generations",
                 "/v1/images/edits": "edits"}.get(path.split("?")[0])
 
+    def authorized(self, request: Received) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.api_key}"
+
     def answer(self, route: str, request: Received) -> Reply:
-        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+        if not self.authorized(request):
             return error(401, "Incorrect API key provided: sk-***.", code="invalid_api_key")
         params = request.json if route == "generations" else {
             k: v[0] for k, v in request.fields.items()}
@@ -121,3 +126,19 @@ class FakeOpenAI(FakeServer):
                       "input_tokens_details": {"text_tokens": text_tokens,
                                                "image_tokens": image_in},
                       "output_tokens_details": {"text_tokens": 0, "image_tokens": out_tokens}}})
+
+
+class FakeAzureOpenAI(FakeOpenAI):
+    """Azure OpenAI's images API: `/openai/deployments/{deployment}/images/generations` (and
+    `/edits`) with `?api-version=`, the key in an `api-key` header."""
+
+    api_key = "azure-test-key-0123456789abcdef"
+
+    def route(self, method: str, path: str) -> str | None:
+        parts = path.split("?")[0].strip("/").split("/")
+        if len(parts) == 5 and parts[:2] == ["openai", "deployments"] and parts[3] == "images":
+            return {"generations": "generations", "edits": "edits"}.get(parts[4])
+        return None
+
+    def authorized(self, request: Received) -> bool:
+        return request.headers.get("api-key") == self.api_key and "api-version=" in request.path

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/image_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"\xf1\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x03(\t\x12\x0e\n\x01n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x17\n\x0fresponse_format\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\t\x12\r\n\x05style\x18\x08 \x01(\t\x12\x15\n\routput_format\x18\t \x01(\t\x12\x1f\n\x12output_compression\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nbackground\x18\x0b \x01(\t\x12\x12\n\nmoderation\x18\x0c \x01(\t\x12\x0c\n\x04user\x18\r \x01(\t\x12\x13\n\x06stream\x18\x0e \x01(\x08H\x02\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0f \x01(\x05H\x03\x88\x01\x01\x42\x04\n\x02_nB\x15\n\x13_output_compressionB\t\n\x07_streamB\x11\n\x0f_partial_images\"\x9a\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x13.aigne.hub.v1.Image\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.aigne.hub.v1.ImageUsage\x12\x15\n\routput_format\x18\x04 \x01(\t\x12\x12\n\nbackground\x18\x05 \x01(\t\"M\n\x05Image\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x62\x36\x34_json\x18\x02 \x01(\x0cH\x00\x12\x16\n\x0erevised_prompt\x18\x03 \x01(\tB\t\n\x07\x63ontent\"\xc4\x01\n\nImageUsage\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x38\n\x14input_tokens_details\x18\x04 \x01(\x0b\x32\x1a.aigne.hub.v1.TokenDetails\x12\x39\n\x15output_tokens_details\x18\x05 \x01(\x0b\x32\x1a.aigne.hub.v1.TokenDetails\"9\n\x0cTokenDetails\x12\x13\n\x0btext_tokens\x18\x01 \x01(\x05\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\x05\"9\n\x13GenerateHttpRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"G\n\x15StreamGenerateRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.aigne.hub.v1.GenerateRequest\"\xe4\x01\n\x16StreamGenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.aigne.hub.v1.StreamProgressH\x00\x12\x39\n\rpartial_image\x18\x02 \x01(\x0b\x32 .aigne.hub.v1.StreamPartialImageH\x00\x12*\n\x05image\x18\x03 \x01(\x0b\x32\x19.aigne.hub.v1.StreamImageH\x00\x12(\n\x04\x64one\x18\x04 \x01(\x0b\x32\x18.aigne.hub.v1.StreamDoneH\x00\x42\x07\n\x05\x65vent\"\xa9\x01\n\x0eStreamProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x13\n\x0bimages_done\x18\x03 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\t\x12\x15\n\routput_format\x18\x08 \x01(\t\x12\x12\n\nbackground\x18\t \x01(\t\"R\n\x12StreamPartialImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1b\n\x13partial_image_index\x18\x02 \x01(\x05\x12\x10\n\x08\x62\x36\x34_json\x18\x03 \x01(\x0c\"@\n\x0bStreamImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.aigne.hub.v1.Image\"\x81\x01\n\nStreamDone\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.aigne.hub.v1.ImageUsage\x12\x15\n\routput_format\x18\x03 \x01(\t\x12\x12\n\nbackground\x18\x04 \x01(\t\x12\x0e\n\x06images\x18\x05 \x01(\x05\"?\n\x19StreamGenerateHttpRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"C\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12!\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x13.aigne.hub.v1.Model\"\xd6\x04\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\r\x12\x10\n\x08owned_by\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\r\n\x05sizes\x18\x07 \x03(\t\x12)\n\tsize_rule\x18\x08 \x01(\x0b\x32\x16.aigne.hub.v1.SizeRule\x12\x15\n\raspect_ratios\x18\t \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\n \x01(\t\x12\x16\n\x0emax_n_per_call\x18\x0b \x01(\x05\x12\x11\n\tqualities\x18\x0c \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_quality\x18\r \x01(\t\x12\x0e\n\x06styles\x18\x0e \x03(\t\x12\x16\n\x0eoutput_formats\x18\x0f \x03(\t\x12\x13\n\x0b\x62\x61\x63kgrounds\x18\x10 \x03(\t\x12\x13\n\x0bmoderations\x18\x11 \x03(\t\x12\r\n\x05\x65\x64its\x18\x12 \x01(\x08\x12\x18\n\x10max_input_images\x18\x13 \x01(\x05\x12\x14\n\x0cprompt_limit\x18\x14 \x01(\x05\x12\x11\n\tlifecycle\x18\x15 \x01(\t\x12\x15\n\rdeprecated_on\x18\x16 \x01(\t\x12\x13\n\x0bshutdown_on\x18\x17 \x01(\t\x12\x11\n\tsuccessor\x18\x18 \x01(\t\x12\x11\n\tavailable\x18\x19 \x01(\x08\x12\x11\n\tserved_by\x18\x1a \x01(\t\x12\x1b\n\x13provider_configured\x18\x1b \x01(\x08\x12\x16\n\x0epartial_images\x18\x1c \x01(\x08\"~\n\x08SizeRule\x12\x13\n\x0bmultiple_of\x18\x01 \x01(\x05\x12\x10\n\x08min_edge\x18\x02 \x01(\x05\x12\x10\n\x08max_edge\x18\x03 \x01(\x05\x12\x11\n\tmax_ratio\x18\x04 \x01(\x01\x12\x12\n\nmin_pixels\x18\x05 \x01(\x05\x12\x12\n\nmax_pixels\x18\x06 \x01(\x05\x32\x9f\x05\n\x0cImageService\x12I\n\x08Generate\x12\x1d.aigne.hub.v1.GenerateRequest\x1a\x1e.aigne.hub.v1.GenerateResponse\x12n\n\x0cGenerateHttp\x12!.aigne.hub.v1.GenerateHttpRequest\x1a\x14.google.api.HttpBody\"%\x82\xd3\xe4\x93\x02\x1f\"\x17/api/images/generations:\x04\x62ody\x12]\n\x0eStreamGenerate\x12#.aigne.hub.v1.StreamGenerateRequest\x1a$.aigne.hub.v1.StreamGenerateResponse0\x01\x12\xab\x01\n\x12StreamGenerateHttp\x12\'.aigne.hub.v1.StreamGenerateHttpRequest\x1a\x14.google.api.HttpBody\"T\x82\xd3\xe4\x93\x02N\"\x1e/api/images/generations:stream:\x04\x62odyZ&\"\x1e/api/stream/images/generations:\x04\x62ody0\x01\x12\x61\n\x08GetImage\x12\x1d.aigne.hub.v1.GetImageRequest\x1a\x14.google.api.HttpBody\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/images/files/{name}\x12\x64\n\nListModels\x12\x1f.aigne.hub.v1.ListModelsRequest\x1a .aigne.hub.v1.ListModelsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/api/modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/image_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x03(\t\x12\x0e\n\x01n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x17\n\x0fresponse_format\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\t\x12\r\n\x05style\x18\x08 \x01(\t\x12\x15\n\routput_format\x18\t \x01(\t\x12\x1f\n\x12output_compression\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nbackground\x18\x0b \x01(\t\x12\x12\n\nmoderation\x18\x0c \x01(\t\x12\x0c\n\x04user\x18\r \x01(\t\x12\x13\n\x06stream\x18\x0e \x01(\x08H\x02\x88\x01\x01\x12\x1b\n\x0epartial_images\x18\x0f \x01(\x05H\x03\x88\x01\x01\x42\x04\n\x02_nB\x15\n\x13_output_compressionB\t\n\x07_streamB\x11\n\x0f_partial_images\"\x9a\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x13.aigne.hub.v1.Image\x12\'\n\x05usage\x18\x03 \x01(\x0b\x32\x18.aigne.hub.v1.ImageUsage\x12\x15\n\routput_format\x18\x04 \x01(\t\x12\x12\n\nbackground\x18\x05 \x01(\t\"M\n\x05Image\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x62\x36\x34_json\x18\x02 \x01(\x0cH\x00\x12\x16\n\x0erevised_prompt\x18\x03 \x01(\tB\t\n\x07\x63ontent\"\xc4\x01\n\nImageUsage\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x05\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x38\n\x14input_tokens_details\x18\x04 \x01(\x0b\x32\x1a.aigne.hub.v1.TokenDetails\x12\x39\n\x15output_tokens_details\x18\x05 \x01(\x0b\x32\x1a.aigne.hub.v1.TokenDetails\"9\n\x0cTokenDetails\x12\x13\n\x0btext_tokens\x18\x01 \x01(\x05\x12\x14\n\x0cimage_tokens\x18\x02 \x01(\x05\"9\n\x13GenerateHttpRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"G\n\x15StreamGenerateRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.aigne.hub.v1.GenerateRequest\"\xe4\x01\n\x16StreamGenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.aigne.hub.v1.StreamProgressH\x00\x12\x39\n\rpartial_image\x18\x02 \x01(\x0b\x32 .aigne.hub.v1.StreamPartialImageH\x00\x12*\n\x05image\x18\x03 \x01(\x0b\x32\x19.aigne.hub.v1.StreamImageH\x00\x12(\n\x04\x64one\x18\x04 \x01(\x0b\x32\x18.aigne.hub.v1.StreamDoneH\x00\x42\x07\n\x05\x65vent\"\xa9\x01\n\x0eStreamProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x13\n\x0bimages_done\x18\x03 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\t\x12\x15\n\routput_format\x18\x08 \x01(\t\x12\x12\n\nbackground\x18\t \x01(\t\"R\n\x12StreamPartialImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1b\n\x13partial_image_index\x18\x02 \x01(\x05\x12\x10\n\x08\x62\x36\x34_json\x18\x03 \x01(\x0c\"@\n\x0bStreamImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.aigne.hub.v1.Image\"\x81\x01\n\nStreamDone\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x03\x12\'\n\x05usage\x18\x02 \x01(\x0b\x32\x18.aigne.hub.v1.ImageUsage\x12\x15\n\routput_format\x18\x03 \x01(\t\x12\x12\n\nbackground\x18\x04 \x01(\t\x12\x0e\n\x06images\x18\x05 \x01(\x05\"?\n\x19StreamGenerateHttpRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"C\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"G\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12!\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x13.aigne.hub.v1.Model\"\x8a\x05\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\r\x12\x10\n\x08owned_by\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\r\n\x05sizes\x18\x07 \x03(\t\x12)\n\tsize_rule\x18\x08 \x01(\x0b\x32\x16.aigne.hub.v1.SizeRule\x12\x15\n\raspect_ratios\x18\t \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\n \x01(\t\x12\x16\n\x0emax_n_per_call\x18\x0b \x01(\x05\x12\x11\n\tqualities\x18\x0c \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_quality\x18\r \x01(\t\x12\x0e\n\x06styles\x18\x0e \x03(\t\x12\x16\n\x0eoutput_formats\x18\x0f \x03(\t\x12\x13\n\x0b\x62\x61\x63kgrounds\x18\x10 \x03(\t\x12\x13\n\x0bmoderations\x18\x11 \x03(\t\x12\r\n\x05\x65\x64its\x18\x12 \x01(\x08\x12\x18\n\x10max_input_images\x18\x13 \x01(\x05\x12\x14\n\x0cprompt_limit\x18\x14 \x01(\x05\x12\x11\n\tlifecycle\x18\x15 \x01(\t\x12\x15\n\rdeprecated_on\x18\x16 \x01(\t\x12\x13\n\x0bshutdown_on\x18\x17 \x01(\t\x12\x11\n\tsuccessor\x18\x18 \x01(\t\x12\x11\n\tavailable\x18\x19 \x01(\x08\x12\x11\n\tserved_by\x18\x1a \x01(\t\x12\x1b\n\x13provider_configured\x18\x1b \x01(\x08\x12\x32\n\x0b\x64\x65ployments\x18\x1c \x03(\x0b\x32\x1d.aigne.hub.v1.ModelDeployment\x12\x16\n\x0epartial_images\x18\x1d \x01(\x08\"\xa8\x01\n\x0fModelDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x18\n\x10last_test_status\x18\x04 \x01(\t\x12\x1c\n\x14last_test_latency_ms\x18\x05 \x01(\x01\x12\x32\n\x0elast_test_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x08SizeRule\x12\x13\n\x0bmultiple_of\x18\x01 \x01(\x05\x12\x10\n\x08min_edge\x18\x02 \x01(\x05\x12\x10\n\x08max_edge\x18\x03 \x01(\x05\x12\x11\n\tmax_ratio\x18\x04 \x01(\x01\x12\x12\n\nmin_pixels\x18\x05 \x01(\x05\x12\x12\n\nmax_pixels\x18\x06 \x01(\x05\x32\x9f\x05\n\x0cImageService\x12I\n\x08Generate\x12\x1d.aigne.hub.v1.GenerateRequest\x1a\x1e.aigne.hub.v1.GenerateResponse\x12n\n\x0cGenerateHttp\x12!.aigne.hub.v1.GenerateHttpRequest\x1a\x14.google.api.HttpBody\"%\x82\xd3\xe4\x93\x02\x1f\"\x17/api/images/generations:\x04\x62ody\x12]\n\x0eStreamGenerate\x12#.aigne.hub.v1.StreamGenerateRequest\x1a$.aigne.hub.v1.StreamGenerateResponse0\x01\x12\xab\x01\n\x12StreamGenerateHttp\x12\'.aigne.hub.v1.StreamGenerateHttpRequest\x1a\x14.google.api.HttpBody\"T\x82\xd3\xe4\x93\x02N\"\x1e/api/images/generations:stream:\x04\x62odyZ&\"\x1e/api/stream/images/generations:\x04\x62ody0\x01\x12\x61\n\x08GetImage\x12\x1d.aigne.hub.v1.GetImageRequest\x1a\x14.google.api.HttpBody\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/images/files/{name}\x12\x64\n\nListModels\x12\x1f.aigne.hub.v1.ListModelsRequest\x1a .aigne.hub.v1.ListModelsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/api/modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,42 +42,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGESERVICE'].methods_by_name['GetImage']._serialized_options = b'\202\323\344\223\002\032\022\030/api/images/files/{name}'
   _globals['_IMAGESERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_IMAGESERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\r\022\013/api/models'
-  _globals['_GENERATEREQUEST']._serialized_start=108
-  _globals['_GENERATEREQUEST']._serialized_end=477
-  _globals['_GENERATERESPONSE']._serialized_start=480
-  _globals['_GENERATERESPONSE']._serialized_end=634
-  _globals['_IMAGE']._serialized_start=636
-  _globals['_IMAGE']._serialized_end=713
-  _globals['_IMAGEUSAGE']._serialized_start=716
-  _globals['_IMAGEUSAGE']._serialized_end=912
-  _globals['_TOKENDETAILS']._serialized_start=914
-  _globals['_TOKENDETAILS']._serialized_end=971
-  _globals['_GENERATEHTTPREQUEST']._serialized_start=973
-  _globals['_GENERATEHTTPREQUEST']._serialized_end=1030
-  _globals['_STREAMGENERATEREQUEST']._serialized_start=1032
-  _globals['_STREAMGENERATEREQUEST']._serialized_end=1103
-  _globals['_STREAMGENERATERESPONSE']._serialized_start=1106
-  _globals['_STREAMGENERATERESPONSE']._serialized_end=1334
-  _globals['_STREAMPROGRESS']._serialized_start=1337
-  _globals['_STREAMPROGRESS']._serialized_end=1506
-  _globals['_STREAMPARTIALIMAGE']._serialized_start=1508
-  _globals['_STREAMPARTIALIMAGE']._serialized_end=1590
-  _globals['_STREAMIMAGE']._serialized_start=1592
-  _globals['_STREAMIMAGE']._serialized_end=1656
-  _globals['_STREAMDONE']._serialized_start=1659
-  _globals['_STREAMDONE']._serialized_end=1788
-  _globals['_STREAMGENERATEHTTPREQUEST']._serialized_start=1790
-  _globals['_STREAMGENERATEHTTPREQUEST']._serialized_end=1853
-  _globals['_GETIMAGEREQUEST']._serialized_start=1855
-  _globals['_GETIMAGEREQUEST']._serialized_end=1922
-  _globals['_LISTMODELSREQUEST']._serialized_start=1924
-  _globals['_LISTMODELSREQUEST']._serialized_end=1943
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1945
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2016
-  _globals['_MODEL']._serialized_start=2019
-  _globals['_MODEL']._serialized_end=2617
-  _globals['_SIZERULE']._serialized_start=2619
-  _globals['_SIZERULE']._serialized_end=2745
-  _globals['_IMAGESERVICE']._serialized_start=2748
-  _globals['_IMAGESERVICE']._serialized_end=3419
+  _globals['_GENERATEREQUEST']._serialized_start=141
+  _globals['_GENERATEREQUEST']._serialized_end=510
+  _globals['_GENERATERESPONSE']._serialized_start=513
+  _globals['_GENERATERESPONSE']._serialized_end=667
+  _globals['_IMAGE']._serialized_start=669
+  _globals['_IMAGE']._serialized_end=746
+  _globals['_IMAGEUSAGE']._serialized_start=749
+  _globals['_IMAGEUSAGE']._serialized_end=945
+  _globals['_TOKENDETAILS']._serialized_start=947
+  _globals['_TOKENDETAILS']._serialized_end=1004
+  _globals['_GENERATEHTTPREQUEST']._serialized_start=1006
+  _globals['_GENERATEHTTPREQUEST']._serialized_end=1063
+  _globals['_STREAMGENERATEREQUEST']._serialized_start=1065
+  _globals['_STREAMGENERATEREQUEST']._serialized_end=1136
+  _globals['_STREAMGENERATERESPONSE']._serialized_start=1139
+  _globals['_STREAMGENERATERESPONSE']._serialized_end=1367
+  _globals['_STREAMPROGRESS']._serialized_start=1370
+  _globals['_STREAMPROGRESS']._serialized_end=1539
+  _globals['_STREAMPARTIALIMAGE']._serialized_start=1541
+  _globals['_STREAMPARTIALIMAGE']._serialized_end=1623
+  _globals['_STREAMIMAGE']._serialized_start=1625
+  _globals['_STREAMIMAGE']._serialized_end=1689
+  _globals['_STREAMDONE']._serialized_start=1692
+  _globals['_STREAMDONE']._serialized_end=1821
+  _globals['_STREAMGENERATEHTTPREQUEST']._serialized_start=1823
+  _globals['_STREAMGENERATEHTTPREQUEST']._serialized_end=1886
+  _globals['_GETIMAGEREQUEST']._serialized_start=1888
+  _globals['_GETIMAGEREQUEST']._serialized_end=1955
+  _globals['_LISTMODELSREQUEST']._serialized_start=1957
+  _globals['_LISTMODELSREQUEST']._serialized_end=1976
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1978
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2049
+  _globals['_MODEL']._serialized_start=2052
+  _globals['_MODEL']._serialized_end=2702
+  _globals['_MODELDEPLOYMENT']._serialized_start=2705
+  _globals['_MODELDEPLOYMENT']._serialized_end=2873
+  _globals['_SIZERULE']._serialized_start=2875
+  _globals['_SIZERULE']._serialized_end=3001
+  _globals['_IMAGESERVICE']._serialized_start=3004
+  _globals['_IMAGESERVICE']._serialized_end=3675
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -669,6 +670,7 @@ class Model(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     SERVED_BY_FIELD_NUMBER: _builtins.int
     PROVIDER_CONFIGURED_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
@@ -748,6 +750,12 @@ class Model(_message.Message):
     def moderations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Accepted `moderation` values; empty when the model takes none."""
 
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """The deployments that serve this model (or its successor), with their health and their
+        last admin test. Empty when none is configured.
+        """
+
     def __init__(
         self,
         *,
@@ -778,15 +786,64 @@ class Model(_message.Message):
         available: _builtins.bool = ...,
         served_by: _builtins.str = ...,
         provider_configured: _builtins.bool = ...,
+        deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         partial_images: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class ModelDeployment(_message.Message):
+    """ModelDeployment is one deployment serving a model, as the listing shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_TEST_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_TEST_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    LAST_TEST_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The deployment's name, e.g. `openai-env` or `azure-eu`. Clients may pin it by naming
+    the model `NAME/MODEL`.
+    """
+    kind: _builtins.str
+    """Its kind: `openai` (OpenAI or a compatible base URL), `azure`, `gemini`, `vertex` or `local`."""
+    state: _builtins.str
+    """`healthy`, `cooling` (after repeated upstream failures, until its cooldown ends) or
+    `disabled`.
+    """
+    last_test_status: _builtins.str
+    """The outcome of the last admin test (`OK`, or an error reason); empty when never tested."""
+    last_test_latency_ms: _builtins.float
+    """How long the last admin test took, in milliseconds; 0 when never tested."""
+    @_builtins.property
+    def last_test_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last admin test ran. Optional."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        state: _builtins.str = ...,
+        last_test_status: _builtins.str = ...,
+        last_test_latency_ms: _builtins.float = ...,
+        last_test_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_test_time", b"last_test_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "last_test_latency_ms", b"last_test_latency_ms", "last_test_status", b"last_test_status", "last_test_time", b"last_test_time", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
 
 @_typing.final
 class SizeRule(_message.Message):

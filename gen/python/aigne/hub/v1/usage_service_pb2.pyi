@@ -268,6 +268,7 @@ class UsageRecord(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     COST_CREDITS_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (`x-request-id`; its first 128 characters). Always set."""
     key_id: _builtins.str
@@ -320,6 +321,13 @@ class UsageRecord(_message.Message):
     def tokens(self) -> Global___TokenCounts:
         """Tokens the provider reported, for token-billed models. Optional."""
 
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageAttempt]:
+        """The upstream calls made for the request, in order: which deployment and credential,
+        and how each went. One record is charged once, for the images actually returned,
+        however many attempts it took.
+        """
+
     def __init__(
         self,
         *,
@@ -344,14 +352,55 @@ class UsageRecord(_message.Message):
         cost_usd: _builtins.float = ...,
         cost_credits: _builtins.float = ...,
         user: _builtins.str = ...,
+        attempts: _abc.Iterable[Global___UsageAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "cost_credits", b"cost_credits", "cost_usd", b"cost_usd", "create_time", b"create_time", "door", b"door", "http_status", b"http_status", "images", b"images", "key_id", b"key_id", "model", b"model", "n", b"n", "provider", b"provider", "quality", b"quality", "request_id", b"request_id", "response_format", b"response_format", "served_model", b"served_model", "size", b"size", "status", b"status", "tokens", b"tokens", "total_latency_ms", b"total_latency_ms", "upstream_latency_ms", b"upstream_latency_ms", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "bytes", b"bytes", "cost_credits", b"cost_credits", "cost_usd", b"cost_usd", "create_time", b"create_time", "door", b"door", "http_status", b"http_status", "images", b"images", "key_id", b"key_id", "model", b"model", "n", b"n", "provider", b"provider", "quality", b"quality", "request_id", b"request_id", "response_format", b"response_format", "served_model", b"served_model", "size", b"size", "status", b"status", "tokens", b"tokens", "total_latency_ms", b"total_latency_ms", "upstream_latency_ms", b"upstream_latency_ms", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageRecord: _TypeAlias = UsageRecord  # noqa: Y015
+
+@_typing.final
+class UsageAttempt(_message.Message):
+    """UsageAttempt is one upstream call made for a request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    """The deployment called. Always set."""
+    credential_id: _builtins.str
+    """The credential used; empty for deployments without one (the local renderer)."""
+    outcome: _builtins.str
+    """`OK`, or the reason it failed (e.g. `UPSTREAM_ERROR`, `UPSTREAM_RATE_LIMITED`). Always set."""
+    latency_ms: _builtins.float
+    """How long the call took, in milliseconds. Always set."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the call ended. Always set."""
+
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        credential_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        latency_ms: _builtins.float = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_id", b"credential_id", "deployment_id", b"deployment_id", "latency_ms", b"latency_ms", "outcome", b"outcome", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageAttempt: _TypeAlias = UsageAttempt  # noqa: Y015
 
 @_typing.final
 class TokenCounts(_message.Message):

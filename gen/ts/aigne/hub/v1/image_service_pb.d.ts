@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { HttpBody, HttpBodySchema } from "../../../google/api/httpbody_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
  * Describes the file aigne/hub/v1/image_service.proto.
@@ -887,9 +888,17 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
   providerConfigured: boolean;
 
   /**
+   * The deployments that serve this model (or its successor), with their health and their
+   * last admin test. Empty when none is configured.
+   *
+   * @generated from field: repeated aigne.hub.v1.ModelDeployment deployments = 28;
+   */
+  deployments: ModelDeployment[];
+
+  /**
    * Whether streams of this model send partial images (previews) when asked for them.
    *
-   * @generated from field: bool partial_images = 28;
+   * @generated from field: bool partial_images = 29;
    */
   partialImages: boolean;
 };
@@ -899,6 +908,63 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export declare const ModelSchema: GenMessage<Model>;
+
+/**
+ * ModelDeployment is one deployment serving a model, as the listing shows it.
+ *
+ * @generated from message aigne.hub.v1.ModelDeployment
+ */
+export declare type ModelDeployment = Message<"aigne.hub.v1.ModelDeployment"> & {
+  /**
+   * The deployment's name, e.g. `openai-env` or `azure-eu`. Clients may pin it by naming
+   * the model `NAME/MODEL`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its kind: `openai` (OpenAI or a compatible base URL), `azure`, `gemini`, `vertex` or `local`.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * `healthy`, `cooling` (after repeated upstream failures, until its cooldown ends) or
+   * `disabled`.
+   *
+   * @generated from field: string state = 3;
+   */
+  state: string;
+
+  /**
+   * The outcome of the last admin test (`OK`, or an error reason); empty when never tested.
+   *
+   * @generated from field: string last_test_status = 4;
+   */
+  lastTestStatus: string;
+
+  /**
+   * How long the last admin test took, in milliseconds; 0 when never tested.
+   *
+   * @generated from field: double last_test_latency_ms = 5;
+   */
+  lastTestLatencyMs: number;
+
+  /**
+   * When the last admin test ran. Optional.
+   *
+   * @generated from field: google.protobuf.Timestamp last_test_time = 6;
+   */
+  lastTestTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.ModelDeployment.
+ * Use `create(ModelDeploymentSchema)` to create a new message.
+ */
+export declare const ModelDeploymentSchema: GenMessage<ModelDeployment>;
 
 /**
  * SizeRule bounds the free sizes a model accepts.

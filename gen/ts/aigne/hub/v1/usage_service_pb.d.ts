@@ -431,6 +431,15 @@ export declare type UsageRecord = Message<"aigne.hub.v1.UsageRecord"> & {
    * @generated from field: string user = 21;
    */
   user: string;
+
+  /**
+   * The upstream calls made for the request, in order: which deployment and credential,
+   * and how each went. One record is charged once, for the images actually returned,
+   * however many attempts it took.
+   *
+   * @generated from field: repeated aigne.hub.v1.UsageAttempt attempts = 22;
+   */
+  attempts: UsageAttempt[];
 };
 
 /**
@@ -438,6 +447,54 @@ export declare type UsageRecord = Message<"aigne.hub.v1.UsageRecord"> & {
  * Use `create(UsageRecordSchema)` to create a new message.
  */
 export declare const UsageRecordSchema: GenMessage<UsageRecord>;
+
+/**
+ * UsageAttempt is one upstream call made for a request.
+ *
+ * @generated from message aigne.hub.v1.UsageAttempt
+ */
+export declare type UsageAttempt = Message<"aigne.hub.v1.UsageAttempt"> & {
+  /**
+   * The deployment called. Always set.
+   *
+   * @generated from field: string deployment_id = 1;
+   */
+  deploymentId: string;
+
+  /**
+   * The credential used; empty for deployments without one (the local renderer).
+   *
+   * @generated from field: string credential_id = 2;
+   */
+  credentialId: string;
+
+  /**
+   * `OK`, or the reason it failed (e.g. `UPSTREAM_ERROR`, `UPSTREAM_RATE_LIMITED`). Always set.
+   *
+   * @generated from field: string outcome = 3;
+   */
+  outcome: string;
+
+  /**
+   * How long the call took, in milliseconds. Always set.
+   *
+   * @generated from field: double latency_ms = 4;
+   */
+  latencyMs: number;
+
+  /**
+   * When the call ended. Always set.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 5;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.UsageAttempt.
+ * Use `create(UsageAttemptSchema)` to create a new message.
+ */
+export declare const UsageAttemptSchema: GenMessage<UsageAttempt>;
 
 /**
  * TokenCounts are the tokens a provider reported for one request, by kind.
