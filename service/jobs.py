@@ -145,10 +145,18 @@ class Jobs:
         if row.status == SUCCEEDED and row.result is not None:
             kept = KeptAnswer.from_json(row.result)
             if with_images or kept.response_format == "url":
-                job.result.CopyFrom(await answers.told(kept, self._store, self._signer))
+                job.result.CopyFrom(await self._told(row, kept))
         if row.error is not None:
             job.error.CopyFrom(job_pb.JobError(**row.error))
         return job
+
+    async def _told(self, row: JobRow, kept: KeptAnswer) -> pb.GenerateResponse:
+        try:
+            return await answers.told(kept, self._store, self._signer)
+        except NotFound:
+            raise NotFound(f"The images of job '{row.id}' are no longer kept: stored images "
+                           "are deleted after the image retention period.", param="id",
+                           reason="JOB_IMAGES_EXPIRED") from None
 
     # Running them.
 

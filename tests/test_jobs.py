@@ -193,6 +193,17 @@ def test_a_failed_job_says_why_and_costs_nothing(jobs_hub: Hub, key: Key, fakes)
     assert jobs_hub.get_key(key)["images_today"] == 0
 
 
+def test_a_job_whose_images_are_gone_says_so(jobs_hub: Hub, key: Key, fakes) -> None:
+    images = jobs_hub.stack.var_dir / "images"
+    before = set(images.rglob("img_*"))
+    job = create(jobs_hub, key, model="local", size="64x64",
+                 response_format="b64_json").json()["job"]
+    assert ended(jobs_hub, key, job["id"])["status"] == "succeeded"
+    for path in set(images.rglob("img_*")) - before:  # as the retention sweep would
+        path.unlink()
+    assert_error(read(jobs_hub, key, job["id"]), 404, "id", "job_images_expired")
+
+
 def test_the_quota_is_reserved_when_a_job_is_accepted(jobs_hub: Hub, fakes) -> None:
     key = jobs_hub.create_key("two a day", daily_image_quota=2)
     assert create(jobs_hub, key, model="local", n=2).status_code == 200
