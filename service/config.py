@@ -190,10 +190,6 @@ class Settings(BaseSettings):
         if 0 < self.image_retention_seconds < self.url_ttl_seconds:
             raise ValueError("AIGNE_HUB_IMAGE_RETENTION_SECONDS is shorter than "
                              "AIGNE_HUB_URL_TTL_SECONDS: image URLs would stop working early")
-        if 0 < self.image_retention_seconds < self.idempotency_ttl_seconds:
-            raise ValueError("AIGNE_HUB_IMAGE_RETENTION_SECONDS is shorter than "
-                             "AIGNE_HUB_IDEMPOTENCY_TTL_SECONDS: a retry could find its "
-                             "answer's images deleted")
         if self.webhook_secret is not None and not self.webhook_secret.get_secret_value().strip():
             raise ValueError("AIGNE_HUB_WEBHOOK_SECRET is set but empty: set it to a long random "
                              "value, or unset it to have one generated into var/")
@@ -230,6 +226,14 @@ class Settings(BaseSettings):
     def image_url_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.image_url_allowlist.split(",")
                          if h.strip())
+
+    @property
+    def idempotency_keep_seconds(self) -> int:
+        """How long an Idempotency-Key's answer is replayed: its TTL, or the image retention
+        when that is shorter (a kept answer's images must still be there)."""
+        if self.image_retention_seconds:
+            return min(self.idempotency_ttl_seconds, self.image_retention_seconds)
+        return self.idempotency_ttl_seconds
 
     @property
     def webhook_url_hosts(self) -> frozenset[str]:

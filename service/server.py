@@ -133,7 +133,7 @@ async def create_server(settings: Settings) -> Hub:
     usage = UsageRecorder(sessions, settings.credits_per_usd)
     storage = await open_storage(settings)
     idempotency = Idempotency(sessions, engine.dialect.name,
-                              ttl_seconds=settings.idempotency_ttl_seconds)
+                              ttl_seconds=settings.idempotency_keep_seconds)
     servicer = ImageServicer(
         registry=registry, router=router, listing=ModelListing(registry, router),
         store=storage.store, signer=storage.urls,

@@ -65,8 +65,32 @@ class Stack:
     def server_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 60) -> Stack:
-        self.var_dir.mkdir(parents=True, exist_ok=True)
+    def start(self, timeout: float = 60, tries: int = 3) -> Stack:
+        """Start and wait until ready. free_port() cannot reserve a port, so another process
+        (a client's ephemeral port, say) may take one before Envoy or the server binds it:
+        then the stack starts again on fresh ports."""
+        for attempt in range(tries):
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                with self.log_path.open("rb") as log:
+                    log.seek(offset)
+                    tail = log.read().decode(errors="replace")
+                if attempt + 1 == tries or not any(
+                        sign in tail for sign in ("Address already in use", "Failed to bind")):
+                    raise
+                self._fresh_ports()
+        raise AssertionError("unreachable")
+
+    def _fresh_ports(self) -> None:
+        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.env.update({"AIGNE_HUB_GRPC_PORT": str(self.grpc_port),
+                         "AIGNE_HUB_HTTP_PORT": str(self.http_port),
+                         "AIGNE_HUB_ENVOY_ADMIN_PORT": str(self.admin_port)})
+
+    def _start(self, timeout: float) -> Stack:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "run"], cwd=ROOT, env=self.env,

@@ -63,15 +63,26 @@ def create(hub: Hub, key: Key, headers: dict[str, str] | None = None,
                       json={"model": "gpt-image-2", "prompt": "a lighthouse", **body})
 
 
-def read(hub: Hub, key: Key, job_id: str) -> httpx.Response:
-    return httpx.get(f"{hub.stack.base_url}{JOBS}/{job_id}", headers=key.headers, timeout=30)
+def read(hub: Hub, key: Key, job_id: str, client: httpx.Client | None = None) -> httpx.Response:
+    if client is None:
+        return httpx.get(f"{hub.stack.base_url}{JOBS}/{job_id}", headers=key.headers,
+                         timeout=30)
+    return client.get(f"{hub.stack.base_url}{JOBS}/{job_id}", headers=key.headers)
 
 
 def ended(hub: Hub, key: Key, job_id: str, timeout: float = 30) -> dict:
-    def check() -> dict | None:
-        job = read(hub, key, job_id).json()["job"]
-        return job if job["status"] in ("succeeded", "failed") else None
-    return wait_for(check, timeout=timeout)
+    return read_until(hub, key, job_id, lambda job: job["status"] in ("succeeded", "failed"),
+                      timeout)
+
+
+def read_until(hub: Hub, key: Key, job_id: str, done, timeout: float = 30) -> dict:  # type: ignore[no-untyped-def]
+    """The job once `done(job)`, polled over one connection (not one per poll: ports are
+    precious on a machine where every test starts servers on free ones)."""
+    with httpx.Client(timeout=30) as client:
+        def check() -> dict | None:
+            job = read(hub, key, job_id, client).json()["job"]
+            return job if done(job) else None
+        return wait_for(check, timeout=timeout, every=0.2)
 
 
 def verified(delivery, secret: str) -> dict:  # type: ignore[no-untyped-def]
@@ -107,8 +118,7 @@ def test_a_job_answers_at_once_then_ends_with_the_synchronous_answer(
     assert payload["data"]["job"]["id"] == job["id"]
     assert "result" not in payload["data"]["job"], "b64_json images are read with GetJob"
     assert delivery.headers["webhook-id"] == f"msg_{job['id']}"
-    wait_for(lambda: read(jobs_hub, key, job["id"]).json()["job"]["webhook_status"]
-             == "delivered")
+    read_until(jobs_hub, key, job["id"], lambda job: job["webhook_status"] == "delivered")
     assert len(fakes[0].requests_to("generations")) == 1
     assert [(r["status"], r["images"]) for r in jobs_hub.records(key)] == [("OK", 2)]
 
@@ -147,8 +157,7 @@ def test_a_webhook_is_retried_with_backoff_under_one_id(jobs_hub: Hub, key: Key,
     assert {d.headers["webhook-id"] for d in deliveries} == {f"msg_{job['id']}"}
     assert all(verified(d, secret)["data"]["job"]["status"] == "succeeded" for d in deliveries)
     assert verified(deliveries[0], secret)["data"]["job"]["result"]["data"][0]["url"]
-    wait_for(lambda: read(jobs_hub, key, job["id"]).json()["job"]["webhook_status"]
-             == "delivered")
+    read_until(jobs_hub, key, job["id"], lambda job: job["webhook_status"] == "delivered")
     assert len(receiver.deliveries("hooks/retry")) == 3
 
 
