@@ -12,10 +12,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Boolean, DateTime, LargeBinary, String, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from service.errors import HubError, Unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -93,3 +96,15 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def hub_error(exc: BaseException) -> HubError | None:
+    """What a caller hears when the database cannot do its part (it is unreachable, locked
+    too long, or refuses writes); None for anything else, which is a bug, not an outage."""
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return None
+    if "readonly" in str(exc).lower().replace("-", "").replace(" ", ""):
+        return Unavailable("The database refuses writes right now; an operator must check it.",
+                           reason="DATABASE_READ_ONLY", retry_after=30)
+    return Unavailable("The database is not reachable right now; try again shortly.",
+                       reason="DATABASE_UNAVAILABLE", retry_after=5)

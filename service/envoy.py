@@ -6,13 +6,17 @@ descriptor set the transcoder reads is the one `make gen` writes to gen/descript
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
+import math
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from string import Template
+
+import httpx
 
 from service.config import Settings
 
@@ -20,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 LUA_FILE = ROOT / "envoy" / "hub.lua"
 DESCRIPTOR = ROOT / "gen" / "descriptor" / "aigne_hub.pb"
-SERVICES = ("aigne.hub.v1.ImageService",)
+SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.ProbeService")
 ROUTE_MARGIN_SECONDS = 5
+HEALTH_CHECK_INTERVAL_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 
 # Envoy's own replies, by HTTP status: the OpenAI error `type`, `code` and message.
@@ -49,6 +54,7 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         listen_host=settings.host,
         listen_port=settings.http_port,
         route_timeout=route_timeout,
+        health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
         lua_file=json.dumps(str(LUA_FILE)),
         descriptor=json.dumps(str(DESCRIPTOR)),
         services=", ".join(SERVICES),
@@ -95,13 +101,36 @@ def envoy_binary() -> str:
     return str(candidate) if candidate.exists() else "envoy"
 
 
-def start(config: Path, *, concurrency: int, log_level: str = "warning"
-          ) -> subprocess.Popen[bytes]:
-    """Start Envoy on `config`. Hot restart is off, so several Envoys can share a machine."""
+def start(config: Path, *, concurrency: int, drain_seconds: float = 30,
+          log_level: str = "warning") -> subprocess.Popen[bytes]:
+    """Start Envoy on `config`. Hot restart is off, so several Envoys can share a machine.
+    A drain (see `drain`) tells every client at once, and lasts `drain_seconds`."""
     return subprocess.Popen(  # noqa: S603
         [envoy_binary(), "-c", str(config), "--disable-hot-restart",
-         "--concurrency", str(concurrency), "-l", log_level],
+         "--concurrency", str(concurrency), "-l", log_level,
+         "--drain-strategy", "immediate", "--drain-time-s", str(max(1, math.ceil(drain_seconds)))],
         preexec_fn=_die_with_parent)
+
+
+async def drain(admin_port: int) -> None:
+    """Start Envoy's graceful drain: HTTP/1.1 answers carry `Connection: close` and HTTP/2
+    clients get a GOAWAY, so they reconnect elsewhere; requests that still arrive are
+    passed on (the draining server refuses new generations itself, with a JSON 503)."""
+    async with httpx.AsyncClient(timeout=2) as admin:
+        await admin.post(f"http://127.0.0.1:{admin_port}/drain_listeners",
+                         params={"graceful": "", "inboundonly": ""})
+
+
+async def wait_idle(admin_port: int) -> None:
+    """Return when Envoy has no downstream request in progress (every answer has been
+    written to its client)."""
+    async with httpx.AsyncClient(timeout=2) as admin:
+        while True:
+            stats = await admin.get(f"http://127.0.0.1:{admin_port}/stats",
+                                    params={"filter": r"^http\.hub\.downstream_rq_active$"})
+            if stats.text.strip().endswith(": 0"):
+                return
+            await asyncio.sleep(0.05)
 
 
 def _die_with_parent() -> None:

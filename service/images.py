@@ -51,14 +51,19 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
         call = current_call()
         route = self._registry.route(request.model or self._default_model)
+        call.model, call.served = route.requested.name, route.served.name
+        call.prompt = request.prompt
         plan = validation.plan(request, route)
         provider = self._providers.for_model(route.served)
-        call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
+        call.response_format = plan.response_format
+        call.log.update(n=plan.job.n)
         job = replace(plan.job, images=await self._loader.load(plan.image_sources),
                       deadline=call.deadline, request_id=call.request_id)
         generation = await fan_out(provider, job, concurrency=self._concurrency,
                                    seconds_left=call.remaining(), retry=self._retry)
+        call.upstream_seconds = generation.upstream_seconds
         images = await conform(generation.images, plan)
+        call.images, call.image_bytes = len(images), sum(len(i.data) for i in images)
         self._lifecycle_headers(call, route)
         return pb.GenerateResponse(
             created=int(call.accepted_at), data=await self._answer(images, plan),
@@ -74,7 +79,8 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
         self._signer.verify(request.name, request.expires, request.signature)
         data, content_type = await self._store.get(request.name)
-        current_call().log.update(bytes=len(data))
+        call = current_call()
+        call.response_format, call.images, call.image_bytes = "file", 1, len(data)
         return httpbody_pb2.HttpBody(content_type=content_type, data=data)
 
     async def ListModels(self, request: pb.ListModelsRequest,

@@ -1,4 +1,5 @@
-"""Every call passes one interceptor: request id, deadline, API key, errors, the log line.
+"""Every call passes one interceptor: request id, deadline, admission, API key, errors,
+metrics and the log line.
 
 The servicer reads what the interceptor learned through `current_call()`, and raises
 HubError; this module turns the error into a google.rpc.Status (ErrorInfo, BadRequest,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,14 +26,19 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.errors import DOMAIN, HubError, Internal
+from service import db
+from service.admission import Admission
+from service.errors import DOMAIN, HubError, Internal, ShuttingDown
 from service.keys import ApiKey, KeyStore
+from service.metrics import Metrics
 
 log = structlog.get_logger("aigne.hub")
 
 MAX_MESSAGE_LENGTH = 1000
 REST_ERROR_HEADER = "x-hub-error"
 REST_STATUS_HEADER = "x-hub-http-status"
+# A request id a caller (or Envoy) gave is kept if it looks like one; else a new one is made.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
 @dataclass
@@ -46,9 +53,21 @@ class Call:
     key: ApiKey | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     log: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    # What the servicer learned, for the log line and the metrics.
+    model: str = ""  # the model asked for, once the registry knows it
+    served: str = ""  # the model that served it
+    response_format: str = ""
+    prompt: str | None = None  # logged only when AIGNE_HUB_LOG_PROMPTS is on
+    upstream_seconds: float | None = None
+    images: int = 0
+    image_bytes: int = 0
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
 
 _current: ContextVar[Call] = ContextVar("aigne_hub_call")
@@ -62,11 +81,20 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class HubInterceptor(grpc.aio.ServerInterceptor):
+    """`public_methods` need no key; `quiet_methods` (probes, health checks) are neither
+    logged at INFO nor counted in the request metrics."""
+
     def __init__(self, keys: KeyStore, *, public_methods: frozenset[str],
-                 request_timeout: float) -> None:
+                 request_timeout: float, admission: Admission | None = None,
+                 metrics: Metrics | None = None, quiet_methods: frozenset[str] = frozenset(),
+                 log_prompts: bool = False) -> None:
         self._keys = keys
         self._public = public_methods
         self._timeout = request_timeout
+        self._admission = admission or Admission(limit=1 << 30, methods=frozenset())
+        self._metrics = metrics or Metrics()
+        self._quiet = quiet_methods
+        self._log_prompts = log_prompts
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -80,11 +108,17 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        quiet = method in self._quiet
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
             token = _current.set(call)
             status = "OK"
+            admitted = False
+            if not quiet:
+                self._metrics.started(call)
             try:
+                admitted = self._admission.enter(method)
                 if method not in self._public:
                     call.key = await self._keys.authenticate(_metadata(context, "authorization"))
                 response = await behavior(request, context)
@@ -95,18 +129,24 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 status = "ABORTED_BY_HANDLER"
                 raise
             except asyncio.CancelledError:
-                status = "CANCELLED"
-                raise
-            except HubError as error:
-                status = error.reason
-                await _abort(context, call, error)
-            except Exception:
-                status = "INTERNAL"
-                log.exception("unexpected error", request_id=call.request_id, method=method)
-                await _abort(context, call, Internal(
-                    f"Something went wrong on our side (request {call.request_id})."))
+                if not (admitted and self._admission.cutting_off):
+                    status = "CANCELLED"
+                    raise
+                _uncancel()  # cut off at shutdown: say so, rather than a bare cancellation
+                status = "SHUTTING_DOWN"
+                await _abort(context, call, ShuttingDown(
+                    "The server shut down before this request finished; send it again.",
+                    retry_after=1))
+            except Exception as exc:
+                failure = exc if isinstance(exc, HubError) else _unexpected(exc, call)
+                status = failure.reason
+                await _abort(context, call, failure)
             finally:
-                _log_line(call, status)
+                if admitted:
+                    self._admission.leave()
+                if not quiet:
+                    self._metrics.finished(call, status)
+                _log_line(call, status, quiet=quiet, prompts=self._log_prompts)
                 _current.reset(token)
 
         return unary
@@ -115,12 +155,31 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         budget = self._timeout if remaining is None else min(remaining, self._timeout)
+        given = _metadata(context, "x-request-id")
         return Call(
-            request_id=_metadata(context, "x-request-id") or uuid.uuid4().hex,
+            request_id=given if given and REQUEST_ID.match(given) else uuid.uuid4().hex,
             method=method.rsplit("/", 1)[-1],
             door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
             deadline=loop.time() + budget,
         )
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _unexpected(exc: Exception, call: Call) -> HubError:
+    """An exception that is not a HubError: a database outage the caller should hear about,
+    or a bug, which the caller hears of only as INTERNAL (the details go to the log)."""
+    known = db.hub_error(exc)
+    if known is not None:
+        log.warning("database error", request_id=call.request_id, method=call.method,
+                    reason=known.reason, error=repr(exc)[:300])
+        return known
+    log.exception("unexpected error", request_id=call.request_id, method=call.method)
+    return Internal(f"Something went wrong on our side (request {call.request_id}).")
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -173,14 +232,21 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_LENGTH else message[:MAX_MESSAGE_LENGTH] + "…"
 
 
-def _log_line(call: Call, status: str) -> None:
-    log.info(
-        "request",
-        request_id=call.request_id,
-        method=call.method,
-        door=call.door,
-        key_id=call.key.id if call.key else None,
-        status=status,
-        duration_ms=round((time.time() - call.accepted_at) * 1000, 1),
-        **call.log,
-    )
+def _log_line(call: Call, status: str, *, quiet: bool, prompts: bool) -> None:
+    """One line per call: who, what, how it ended and how long it took. Never a key or image
+    bytes; the prompt only when the operator asked for it."""
+    fields: dict[str, Any] = {
+        "request_id": call.request_id, "method": call.method, "door": call.door,
+        "key_id": call.key.id if call.key else None, "status": status,
+        "duration_ms": round(call.elapsed() * 1000, 1),
+    }
+    for name in ("model", "served", "response_format"):
+        if getattr(call, name):
+            fields[name] = getattr(call, name)
+    if call.upstream_seconds is not None:
+        fields["upstream_ms"] = round(call.upstream_seconds * 1000, 1)
+    if call.images:
+        fields.update(images=call.images, image_bytes=call.image_bytes)
+    if prompts and call.prompt is not None:
+        fields["prompt"] = call.prompt
+    (log.debug if quiet else log.info)("request", **fields, **call.log)

@@ -38,12 +38,14 @@ PROVIDERS: dict[str, ProviderEntry] = {
 class Providers:
     """The configured providers of this server, looked up by model."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 instrument: Callable[[Provider], Provider] | None = None) -> None:
+        """`instrument` wraps each configured provider once (metrics)."""
         self._configured: dict[str, Provider] = {}
         for name, entry in PROVIDERS.items():
             provider = entry.from_settings(settings)
             if provider is not None:
-                self._configured[name] = provider
+                self._configured[name] = instrument(provider) if instrument else provider
 
     def is_configured(self, provider: str) -> bool:
         return provider in self._configured
