@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             return asyncio.run(keys_command(settings, args))
-        except HubError as error:
+        except Exception as exc:  # a HubError, or a database that cannot do its part
+            error = exc if isinstance(exc, HubError) else db.hub_error(exc)
+            if error is None:
+                raise
             print(f"error: {error.message}", file=sys.stderr)
             return 1
     return 0

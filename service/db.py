@@ -63,7 +63,8 @@ class ApiKeyRow(Base):
 
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
+        # A path, or a URI (`file:PATH?mode=ro&uri=true`) whose path is before the query.
+        path = url.split(":///", 1)[-1].split("?", 1)[0].removeprefix("file:")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
