@@ -23,12 +23,13 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import db
 from service.admission import Admission
-from service.errors import DOMAIN, HubError, Internal, ShuttingDown
+from service.errors import DOMAIN, HubError, Internal, InvalidArgument, ShuttingDown
 from service.keys import ApiKey, KeyStore
 from service.metrics import Metrics
 
@@ -103,7 +104,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -121,6 +122,10 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 admitted = self._admission.enter(method)
                 if method not in self._public:
                     call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+                if isinstance(request, Undecodable):
+                    raise InvalidArgument(f"The request is not a valid {request.type_name} "
+                                          "message (its protobuf encoding is broken).",
+                                          reason="INVALID_MESSAGE")
                 response = await behavior(request, context)
                 await context.send_initial_metadata(
                     (*call.response_headers, ("x-request-id", call.request_id)))
@@ -162,6 +167,27 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
             door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
             deadline=loop.time() + budget,
         )
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are not a protobuf message of its type (gRPC would otherwise
+    answer UNKNOWN, naming a Python exception)."""
+
+    type_name: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return Undecodable(getattr(deserialize, "__qualname__", "request").split(".")[0])
+
+    return parse
 
 
 def _uncancel() -> None:
