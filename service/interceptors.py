@@ -30,6 +30,7 @@ from grpc_status import rpc_status
 from service import db
 from service.admission import Admission
 from service.errors import DOMAIN, HubError, Internal, InvalidArgument, ShuttingDown
+from service.key_cache import KeyCache
 from service.keys import ApiKey, KeyStore
 from service.metrics import Metrics
 
@@ -85,7 +86,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
     """`public_methods` need no key; `quiet_methods` (probes, health checks) are neither
     logged at INFO nor counted in the request metrics."""
 
-    def __init__(self, keys: KeyStore, *, public_methods: frozenset[str],
+    def __init__(self, keys: KeyStore | KeyCache, *, public_methods: frozenset[str],
                  request_timeout: float, admission: Admission | None = None,
                  metrics: Metrics | None = None, quiet_methods: frozenset[str] = frozenset(),
                  log_prompts: bool = False) -> None:

@@ -34,6 +34,7 @@ from service.health import ProbeServicer
 from service.images import ImageServicer
 from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
+from service.key_cache import KeyCache
 from service.keys import KeyStore
 from service.metrics import Metrics
 from service.models import ModelRegistry, load_registry
@@ -128,7 +129,8 @@ async def create_server(settings: Settings) -> Hub:
         retry=RetryPolicy(retries=settings.upstream_retries,
                           base_seconds=settings.upstream_retry_base_seconds))
     server = grpc.aio.server(
-        interceptors=[HubInterceptor(keys, public_methods=PUBLIC_METHODS,
+        interceptors=[HubInterceptor(KeyCache(keys, settings.db_url),
+                                     public_methods=PUBLIC_METHODS,
                                      request_timeout=settings.request_timeout_seconds,
                                      admission=admission, metrics=metrics,
                                      quiet_methods=QUIET_METHODS,

@@ -18,6 +18,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import httpx2
 from google import genai
 from google.genai import errors as genai_errors
@@ -40,6 +41,9 @@ from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUs
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# One attempt: the service retries, in one place. Without explicit retry options the SDK,
+# when it runs on aiohttp, retries a broken connection itself after a 1-10 s sleep.
+NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
 
 
 class GoogleProvider:
@@ -52,7 +56,8 @@ class GoogleProvider:
         key = _secret(settings.gemini_api_key)
         if not key:
             return None
-        options = types.HttpOptions(base_url=settings.google_gemini_base_url or None)
+        options = types.HttpOptions(base_url=settings.google_gemini_base_url or None,
+                                    retry_options=NO_SDK_RETRIES)
         return cls("google", genai.Client(api_key=key, http_options=options))
 
     @classmethod
@@ -60,7 +65,8 @@ class GoogleProvider:
         key = _secret(settings.vertex_api_key)
         if not key and not settings.google_cloud_project:
             return None
-        options = types.HttpOptions(base_url=settings.google_vertex_base_url or None)
+        options = types.HttpOptions(base_url=settings.google_vertex_base_url or None,
+                                    retry_options=NO_SDK_RETRIES)
         if key:  # express mode: the key alone, no project
             client = genai.Client(vertexai=True, api_key=key, http_options=options)
         else:
@@ -77,10 +83,10 @@ class GoogleProvider:
                 images, usage = await self._gemini(job)
         except genai_errors.APIError as exc:
             raise hub_error(exc, job) from None
-        except httpx2.TimeoutException:
+        except (httpx2.TimeoutException, TimeoutError):
             raise DeadlineExceeded(f"{job.model.upstream} did not answer within the request's "
                                    "time budget.") from None
-        except httpx2.HTTPError:
+        except (httpx2.HTTPError, aiohttp.ClientError):  # the SDK uses aiohttp when it is there
             raise UpstreamFailed("The image provider could not be reached.",
                                  reason="UPSTREAM_UNREACHABLE") from None
         except ValueError:  # garbage instead of the API's JSON
@@ -137,6 +143,7 @@ def _http_options(job: ImageJob) -> types.HttpOptions:
     and its request id."""
     seconds = job.seconds_left()
     return types.HttpOptions(
+        retry_options=NO_SDK_RETRIES,
         timeout=int(seconds * 1000) if seconds is not None else None,
         headers={"x-request-id": job.request_id} if job.request_id else None)
 
