@@ -18,7 +18,7 @@ from google.api import httpbody_pb2
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from service import json_codec, validation
+from service import answers, json_codec, validation
 from service.errors import NotFound
 from service.generation import RetryPolicy, conform, fan_out
 from service.inputs import ImageLoader
@@ -30,8 +30,6 @@ from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
-
-JSON = "application/json"
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
@@ -48,7 +46,19 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._retry = retry
         self._warned: set[tuple[str, str]] = set()
 
-    async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest,  # type: ignore[override]
+                       context: object) -> answers.Wire:
+        return answers.grpc_answer(*await self._generate(request))
+
+    async def GenerateHttp(self, request: pb.GenerateHttpRequest,  # type: ignore[override]
+                           context: object) -> answers.Wire:
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        return answers.rest_answer(*await self._generate(generate_request))
+
+    async def _generate(self, request: pb.GenerateRequest
+                        ) -> tuple[pb.GenerateResponse, list[bytes | None]]:
+        """The answer without its image bytes, and those bytes (None for `url` images): the
+        doors write them into their answers once (service.answers)."""
         call = current_call()
         route = self._registry.route(request.model or self._default_model)
         call.model, call.served = route.requested.name, route.served.name
@@ -65,16 +75,11 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         images = await conform(generation.images, plan)
         call.images, call.image_bytes = len(images), sum(len(i.data) for i in images)
         self._lifecycle_headers(call, route)
+        data, payloads = await self._answer(images, plan)
         return pb.GenerateResponse(
-            created=int(call.accepted_at), data=await self._answer(images, plan),
+            created=int(call.accepted_at), data=data,
             usage=_usage(generation), output_format=plan.output_format,
-            background=plan.job.background if plan.job.background != "auto" else None)
-
-    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
-        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
-        response = await self.Generate(generate_request, context)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+            background=plan.job.background if plan.job.background != "auto" else None), payloads
 
     async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
         self._signer.verify(request.name, request.expires, request.signature)
@@ -115,12 +120,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             provider_configured=self._providers.is_configured(served.provider))
 
     async def _answer(self, images: list[GeneratedImage],
-                      plan: validation.GenerationPlan) -> list[pb.Image]:
+                      plan: validation.GenerationPlan
+                      ) -> tuple[list[pb.Image], list[bytes | None]]:
         if plan.response_format == "b64_json":
-            return [pb.Image(b64_json=i.data, revised_prompt=i.revised_prompt) for i in images]
+            return ([pb.Image(revised_prompt=i.revised_prompt) for i in images],
+                    [i.data for i in images])
         names = await asyncio.gather(*(self._store.put(i.data, i.mime_type) for i in images))
-        return [pb.Image(url=self._signer.url(name), revised_prompt=image.revised_prompt)
-                for name, image in zip(names, images, strict=True)]
+        return ([pb.Image(url=self._signer.url(name), revised_prompt=image.revised_prompt)
+                 for name, image in zip(names, images, strict=True)], [None] * len(images))
 
     def _lifecycle_headers(self, call: Call, route: Route) -> None:
         """Name the model that served; announce deprecation and sunset (RFC 9745, RFC 8594)."""

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service import db
+from service import answers, db
 from service.admission import Admission
 from service.errors import DOMAIN, HubError, Internal, InvalidArgument, ShuttingDown
 from service.key_cache import KeyCache
@@ -106,7 +106,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(method, handler.unary_unary),
             request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=answers.serializer(handler.response_serializer),
         )
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
