@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from string import Template
+from typing import IO
 
 import httpx
 
@@ -102,14 +103,15 @@ def envoy_binary() -> str:
 
 
 def start(config: Path, *, concurrency: int, drain_seconds: float = 30,
-          log_level: str = "warning") -> subprocess.Popen[bytes]:
+          log_level: str = "warning", output: IO[bytes] | None = None
+          ) -> subprocess.Popen[bytes]:
     """Start Envoy on `config`. Hot restart is off, so several Envoys can share a machine.
     A drain (see `drain`) tells every client at once, and lasts `drain_seconds`."""
     return subprocess.Popen(  # noqa: S603
         [envoy_binary(), "-c", str(config), "--disable-hot-restart",
          "--concurrency", str(concurrency), "-l", log_level,
          "--drain-strategy", "immediate", "--drain-time-s", str(max(1, math.ceil(drain_seconds)))],
-        preexec_fn=_die_with_parent)
+        stdout=output, stderr=output, preexec_fn=_die_with_parent)
 
 
 async def drain(admin_port: int) -> None:

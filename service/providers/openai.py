@@ -16,7 +16,7 @@ Nothing retries here: the service retries retryable failures once, in one place
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +42,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
 REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
                   "output_compression", "background", "moderation", "user"}
+B64_KEY, SPACE, BACKSLASH, COLON, QUOTE = b'"b64_json"', b" \t\r\n", 0x5C, 0x3A, 0x22
 INLINE_CHECK_BYTES = 64 << 10  # smaller images are checked on the loop (a thread hop costs more)
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -82,10 +83,10 @@ class OpenAIProvider:
                 headers.update(JSON_HEADERS)
             async with self._http().post(self._base + path, data=body, headers=headers,
                                          timeout=timeout) as response:
-                status, raw, answer_headers = response.status, await response.read(), \
-                    response.headers
+                status, answer_headers = response.status, response.headers
+                raw = await _body(response)
             payload = _json(raw, status)
-            del raw
+            del raw  # what is left of it (the base64 of the images) goes as they are decoded
             if status >= 400:
                 raise hub_error(status, payload, answer_headers, job)
             images = await self._images(payload, job)
@@ -226,13 +227,34 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _json(raw: bytes, status: int) -> dict[str, Any]:
+async def _body(response: aiohttp.ClientResponse) -> bytes | bytearray:
+    """The answer's body, read into one buffer of the announced length (reading it whole
+    would hold its chunks and their join at once: twice tens of megabytes)."""
+    length = response.content_length
+    if not length or response.headers.get("content-encoding", "identity") != "identity":
+        return await response.read()
+    body = bytearray(length)
+    filled = 0
+    with memoryview(body) as view:
+        async for chunk in response.content.iter_any():
+            if filled + len(chunk) > length:
+                raise aiohttp.ClientPayloadError("the answer is longer than it said")
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+    if filled != length:
+        raise aiohttp.ClientPayloadError("the answer is shorter than it said")
+    return body
+
+
+def _json(raw: bytes | bytearray, status: int) -> dict[str, Any]:
     """The answer's JSON object. An error answer that is not JSON (a proxy's HTML page) is
     still an error of its status; a success that is not JSON is a bad answer."""
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = None
+    payload: Any = _json_around_images(raw) if status < 400 else None
+    if payload is None:
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            payload = None
     if isinstance(payload, dict):
         return payload
     if status >= 400:
@@ -241,9 +263,53 @@ def _json(raw: bytes, status: int) -> dict[str, Any]:
                          "API.", reason="UPSTREAM_BAD_RESPONSE")
 
 
+def _json_around_images(raw: bytes | bytearray) -> dict[str, Any] | None:
+    """The answer's JSON parsed around its images: each `"b64_json": "..."` value is left
+    in `raw` and given as a view of it, so that tens of megabytes of base64 are neither
+    copied into strings nor checked as UTF-8. None when the answer is not of that plain
+    shape (an escape near a b64_json, a count that does not add up): it is parsed whole."""
+    view, pieces, spans, pos = memoryview(raw), [], [], 0
+    try:
+        while (key := raw.find(B64_KEY, pos)) >= 0:
+            if key and raw[key - 1] == BACKSLASH:
+                return None
+            i = _skip_space(raw, key + len(B64_KEY))
+            if raw[i] != COLON:
+                return None
+            i = _skip_space(raw, i + 1)
+            if raw[i] != QUOTE:
+                return None
+            end = raw.find(b'"', i + 1)
+            if end < 0 or raw.find(b"\\", i + 1, end) >= 0:
+                return None
+            pieces.append(view[pos:i + 1])
+            spans.append(view[i + 1:end])
+            pos = end
+        if not spans:
+            return None
+        pieces.append(view[pos:])
+        payload = orjson.loads(b"".join(pieces))
+    except (IndexError, orjson.JSONDecodeError):
+        return None
+    items = payload.get("data") if isinstance(payload, dict) else None
+    holders = [item for item in items or () if isinstance(item, dict)
+               and item.get("b64_json") == ""] if isinstance(items, list) else []
+    if len(holders) != len(spans):
+        return None
+    for item, span in zip(holders, spans, strict=True):
+        item["b64_json"] = span
+    return payload
+
+
+def _skip_space(raw: bytes | bytearray, i: int) -> int:
+    while raw[i] in SPACE:
+        i += 1
+    return i
+
+
 def _decode(encoded: object) -> bytes:
     try:
-        return base64.b64decode(encoded)  # type: ignore[arg-type]
+        return binascii.a2b_base64(encoded)  # type: ignore[arg-type]
     except (ValueError, TypeError):
         raise UpstreamFailed("The image provider answered an image that is not base64.",
                              reason="UPSTREAM_BAD_RESPONSE") from None
