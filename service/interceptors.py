@@ -97,17 +97,22 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics or Metrics()
         self._quiet = quiet_methods
         self._log_prompts = log_prompts
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # wrapped once per method
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = self._handlers[method] = grpc.unary_unary_rpc_method_handler(
             self._wrap(method, handler.unary_unary),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=answers.serializer(handler.response_serializer),
         )
+        return wrapped
 
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         quiet = method in self._quiet

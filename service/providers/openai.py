@@ -110,7 +110,10 @@ class OpenAIProvider:
             encoded = item.pop("b64_json", None)
             files.append(_decode(encoded) if encoded else await self._fetch(item.get("url")))
             del encoded
-        mime_types = await asyncio.gather(*(_check(f) for f in files))
+        if all(len(f) < INLINE_CHECK_BYTES for f in files):
+            mime_types = [verified_mime_type(f) for f in files]
+        else:
+            mime_types = await asyncio.gather(*(_check(f) for f in files))
         if None in mime_types:
             raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or "
                                  "not PNG, JPEG or WebP.")
