@@ -94,6 +94,16 @@ def envoy_version() -> str:
 def started(tmp: Path) -> Iterator[list[Contender]]:
     """The fake provider, our stack, the floor and LiteLLM, stopped for sure at the end."""
     with contextlib.ExitStack() as stack:
+        # The floor's Envoy first: envoy.start forks with a preexec function, which is only
+        # safe while this process has no threads yet (gRPC clients below start some).
+        floor_port, floor_http, floor_admin = free_port(), free_port(), free_port()
+        settings = Settings(http_port=floor_http, envoy_admin_port=floor_admin,
+                            var_dir=tmp / "floor")
+        floor_envoy = envoy.start(envoy.write_config(settings, tmp / "floor" / "envoy.yaml",
+                                                     [("127.0.0.1", floor_port)]),
+                                  concurrency=settings.envoy_concurrency,
+                                  output=(tmp / "floor-envoy.log").open("wb"))
+        stack.callback(stop, floor_envoy)
         fake_port = free_port()
         fake = popen(stack, [sys.executable, "-m", "bench.fake_provider", str(fake_port)],
                      tmp / "fake.log")
@@ -105,17 +115,9 @@ def started(tmp: Path) -> Iterator[list[Contender]]:
         assert ours.process is not None
         server, ours_envoy = ours.process.pid, processes.children(ours.process.pid)[0]
         answers = record_answers(ours, tmp / "answers")
-        floor_port, floor_http, floor_admin = free_port(), free_port(), free_port()
         floor = popen(stack, [sys.executable, "-m", "bench.floor", str(floor_port),
                               str(answers)], tmp / "floor.log")
         wait_for_line(tmp / "floor.log", "ready", floor)
-        settings = Settings(http_port=floor_http, envoy_admin_port=floor_admin,
-                            var_dir=tmp / "floor")
-        floor_envoy = envoy.start(envoy.write_config(settings, tmp / "floor" / "envoy.yaml",
-                                                     [("127.0.0.1", floor_port)]),
-                                  concurrency=settings.envoy_concurrency,
-                                  output=(tmp / "floor-envoy.log").open("wb"))
-        stack.callback(stop, floor_envoy)
         wait_ready(f"http://127.0.0.1:{floor_admin}/ready")
         lite_port = free_port()
         lite = litellm_proxy.start(tmp, lite_port, provider)

@@ -87,18 +87,16 @@ class Stack:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "run"], cwd=ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
+            stdout=log, stderr=subprocess.STDOUT)
+        if self.file_size_limit is not None:  # not preexec_fn: this process has gRPC threads
+            resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE,
+                             (self.file_size_limit, self.file_size_limit))
         try:
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _limits(self) -> None:
-        if self.file_size_limit is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE,
-                               (self.file_size_limit, self.file_size_limit))
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the server's Prometheus samples named `name` with these labels."""
