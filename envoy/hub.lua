@@ -2,7 +2,7 @@
 --
 -- On the way in, mark each request with the door it came through (`x-hub-door`), so the
 -- server knows whether to describe an error for a REST client too. A client cannot forge it:
--- the header is always overwritten here.
+-- the header is always overwritten here. REST requests lose any `grpc-*` header.
 --
 -- On the way out, for REST answers: drop the gRPC-only headers, and where the server sent
 -- an error as metadata (`x-hub-error`: the OpenAI-shaped JSON body, `x-hub-http-status`),
@@ -18,8 +18,19 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     headers:replace("x-hub-door", "grpc")
-  else
-    headers:replace("x-hub-door", "rest")
+    return
+  end
+  headers:replace("x-hub-door", "rest")
+  -- gRPC's own headers mean nothing from a REST client, and a malformed one (say an empty
+  -- `grpc-timeout`) would make the gRPC server refuse the call before our code sees it.
+  local reserved = {}
+  for name, _ in pairs(headers) do
+    if name:sub(1, 5) == "grpc-" then
+      table.insert(reserved, name)
+    end
+  end
+  for _, name in ipairs(reserved) do
+    headers:remove(name)
   end
 end
 

@@ -25,16 +25,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from service import cli, deployments_cli, envoy, logs, replicas
+import httpx
+import structlog
+
+from service import cli, db, deployments_cli, envoy, logs, replicas
 from service.config import Settings
 from service.errors import HubError
 from service.keys import KeyStore
-from service.server import create_server, serve
+from service.server import Hub, create_server, serve
+
+log = structlog.get_logger("aigne.hub")
+ENVOY_FLUSH_SECONDS = 0.5  # at least this long for Envoy to write answers just sent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                    "credentials": deployments_cli.credentials_command}[args.command]
         try:
             return asyncio.run(command(settings, args))
-        except HubError as error:
+        except Exception as exc:  # a HubError, or a database that cannot do its part
+            error = exc if isinstance(exc, HubError) else db.hub_error(exc)
+            if error is None:
+                raise
             print(f"error: {error.message}", file=sys.stderr)
             return 1
     return 0
@@ -78,7 +89,8 @@ async def run(settings: Settings) -> None:
     settings = settings.with_generated_secrets()
     # Envoy first, while this process has no threads yet (its child dies with us).
     proxy = envoy.start(envoy.write_config(settings, settings.var_dir / "envoy.yaml"),
-                        concurrency=settings.envoy_concurrency)
+                        concurrency=settings.envoy_concurrency,
+                        drain_seconds=settings.shutdown_grace_seconds)
     hub = None
     try:
         hub = await create_server(settings)
@@ -92,11 +104,34 @@ async def run(settings: Settings) -> None:
               f"  Ctrl-C stops both.\n", flush=True)
         await _until_stopped(proxy)
     finally:
-        if hub is not None:  # in-flight calls finish first, through the still-running Envoy
-            await hub.stop()
-        if proxy.poll() is None:
-            proxy.terminate()
-        await asyncio.to_thread(proxy.wait)
+        await _shut_down(hub, proxy, settings)
+
+
+async def _shut_down(hub: Hub | None, proxy: subprocess.Popen[bytes],
+                     settings: Settings) -> None:
+    """Drain both, then stop both. The server refuses new generations (503
+    `shutting_down`) and Envoy tells clients to go; the generations in flight finish within
+    the grace period, through the still-running Envoy, which then finishes writing their
+    answers to the clients; only then does Envoy stop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_grace_seconds
+    if hub is not None:
+        log.info("draining", grace_seconds=settings.shutdown_grace_seconds,
+                 in_flight=hub.admission.in_flight)
+        await hub.drain()
+    if proxy.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            await envoy.drain(settings.envoy_admin_port)
+    if hub is not None:
+        await hub.stop(max(0.0, deadline - loop.time()))
+    if proxy.poll() is None:
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            # At least a moment, for answers the server just sent to reach their clients.
+            async with asyncio.timeout(max(ENVOY_FLUSH_SECONDS, deadline - loop.time())):
+                await envoy.wait_idle(settings.envoy_admin_port)
+        proxy.terminate()
+    await asyncio.to_thread(proxy.wait)
+    log.info("stopped")
 
 
 async def _until_stopped(proxy: object) -> None:

@@ -199,6 +199,12 @@ class Settings(BaseSettings):
             raise ValueError("AIGNE_HUB_ENVOY_UPSTREAMS must be host:port[,host:port...]; "
                              f"got {self.envoy_upstreams!r}") from None
         return self
+    # Operations: Prometheus metrics on their own port (on `host`; 0 turns them off), the
+    # bound on generations running at once (beyond it: 503 `overloaded`, Retry-After), and
+    # how long a shutdown waits for requests in flight.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    max_in_flight_generations: int = Field(default=64, ge=1)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     @property
     def images_dir(self) -> Path:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -37,6 +38,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from service.errors import HubError, Unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_ID = 0x41_49_47_4E_45_48_55_42  # "AIGNEHUB": the advisory lock of migrations
@@ -257,7 +260,8 @@ def create_engine(url: str) -> AsyncEngine:
     """The engine for `url`. Statement parameters (key digests among them) are kept out of
     error messages and logs."""
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
+        # A path, or a URI (`file:PATH?mode=ro&uri=true`) whose path is before the query.
+        path = url.split(":///", 1)[-1].split("?", 1)[0].removeprefix("file:")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
@@ -303,3 +307,15 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def hub_error(exc: BaseException) -> HubError | None:
+    """What a caller hears when the database cannot do its part (it is unreachable, locked
+    too long, or refuses writes); None for anything else, which is a bug, not an outage."""
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return None
+    if "readonly" in str(exc).lower().replace("-", "").replace(" ", ""):
+        return Unavailable("The database refuses writes right now; an operator must check it.",
+                           reason="DATABASE_READ_ONLY", retry_after=30)
+    return Unavailable("The database is not reachable right now; try again shortly.",
+                       reason="DATABASE_UNAVAILABLE", retry_after=5)

@@ -6,13 +6,18 @@ descriptor set the transcoder reads is the one `make gen` writes to gen/descript
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
+import math
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from string import Template
+from typing import IO
+
+import httpx
 
 from service.config import Settings
 from service.upstreams import discovery
@@ -23,7 +28,7 @@ LUA_FILE = Path("envoy") / "hub.lua"  # these two under ROOT, or AIGNE_HUB_ENVOY
 DESCRIPTOR = Path("gen") / "descriptor" / "aigne_hub.pb"
 SERVICES = ("aigne.hub.v1.ImageService", "aigne.hub.v1.AdminService", "aigne.hub.v1.UsageService",
             "aigne.hub.v1.DeploymentService", "aigne.hub.v1.ConsoleService",
-            "aigne.hub.v1.JobService")
+            "aigne.hub.v1.JobService", "aigne.hub.v1.ProbeService")
 ROUTE_MARGIN_SECONDS = 5
 PR_SET_PDEATHSIG = 1
 
@@ -94,14 +99,39 @@ def envoy_binary() -> str:
     return str(candidate) if candidate.exists() else "envoy"
 
 
-def start(config: Path, *, concurrency: int, log_level: str = "warning"
+def start(config: Path, *, concurrency: int, drain_seconds: float = 30,
+          log_level: str = "warning", output: IO[bytes] | None = None
           ) -> subprocess.Popen[bytes]:
-    """Start Envoy on `config`. Hot restart is off, so several Envoys can share a machine."""
+    """Start Envoy on `config`. Hot restart is off, so several Envoys can share a machine.
+    A drain (see `drain`) tells every client at once, and lasts `drain_seconds`."""
     return subprocess.Popen(  # noqa: S603
         [envoy_binary(), "-c", str(config), "--disable-hot-restart",
-         "--concurrency", str(concurrency), "-l", log_level],
+         "--concurrency", str(concurrency), "-l", log_level,
+         "--drain-strategy", "immediate", "--drain-time-s", str(max(1, math.ceil(drain_seconds)))],
+        stdout=output, stderr=output,
         process_group=0,  # Ctrl-C reaches only us: Envoy stops after the servers drain
         preexec_fn=die_with_parent)
+
+
+async def drain(admin_port: int) -> None:
+    """Start Envoy's graceful drain: HTTP/1.1 answers carry `Connection: close` and HTTP/2
+    clients get a GOAWAY, so they reconnect elsewhere; requests that still arrive are
+    passed on (the draining server refuses new generations itself, with a JSON 503)."""
+    async with httpx.AsyncClient(timeout=2) as admin:
+        await admin.post(f"http://127.0.0.1:{admin_port}/drain_listeners",
+                         params={"graceful": "", "inboundonly": ""})
+
+
+async def wait_idle(admin_port: int) -> None:
+    """Return when Envoy has no downstream request in progress (every answer has been
+    written to its client)."""
+    async with httpx.AsyncClient(timeout=2) as admin:
+        while True:
+            stats = await admin.get(f"http://127.0.0.1:{admin_port}/stats",
+                                    params={"filter": r"^http\.hub\.downstream_rq_active$"})
+            if stats.text.strip().endswith(": 0"):
+                return
+            await asyncio.sleep(0.05)
 
 
 def die_with_parent() -> None:

@@ -116,6 +116,18 @@ class Unavailable(HubError):
     error_type = "server_error"
 
 
+class Overloaded(Unavailable):
+    """This process runs as many generations as it may at once (back-pressure)."""
+
+    reason = "OVERLOADED"
+
+
+class ShuttingDown(Unavailable):
+    """This process is draining for shutdown and takes no new generations."""
+
+    reason = "SHUTTING_DOWN"
+
+
 class UpstreamFailed(HubError):
     """The provider answered with an error of its own (5xx, garbage, broken connection).
     Retryable unless said otherwise."""

@@ -44,9 +44,12 @@ async def fan_out(generate: Callable[[ImageJob], Awaitable[Generation]], job: Im
             return await generate(part)
 
     async def all_parts() -> list[Generation]:
+        parts = job.split()
+        if len(parts) == 1:  # one call: no task group to make
+            return [await one(parts[0])]
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(one(part)) for part in job.split()]
+                tasks = [group.create_task(one(part)) for part in parts]
         except ExceptionGroup as failures:  # the first failure stands for the request
             raise failures.exceptions[0] from None
         return [task.result() for task in tasks]
@@ -76,6 +79,8 @@ async def conform(images: list[GeneratedImage], plan: GenerationPlan) -> list[Ge
             return image
         return await asyncio.to_thread(_reencode, image, resize_to, plan)
 
+    if resize_to is None and all(image.mime_type == wanted_mime for image in images):
+        return images  # the common case, without a task per image
     return list(await asyncio.gather(*(one(image) for image in images)))
 
 

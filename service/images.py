@@ -22,7 +22,7 @@ from google.api import httpbody_pb2
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from service import answers, json_codec, streaming, validation
+from service import answers, json_codec, streaming, validation, wire
 from service.answers import KeptAnswer
 from service.generation import conform, fan_out
 from service.idempotency import REPLAYED_HEADER, Claim, Idempotency, generation_fingerprint
@@ -67,11 +67,13 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
         return await self.generate(current_call(), request, refuse_streams=STREAMING_CALL)
 
-    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
+    async def GenerateHttp(self, request: pb.GenerateHttpRequest,  # type: ignore[override]
+                           context: object) -> wire.Wire:
+        """The REST door: the same answer as JSON, its image bytes base64-encoded once,
+        straight into the HttpBody's wire bytes (service.wire)."""
         generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
         response = await self.Generate(generate_request, context)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+        return wire.rest_answer(*wire.detach_images(response))
 
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: object) -> AsyncIterator[pb.StreamGenerateResponse]:
@@ -130,7 +132,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             validation.refuse_stream_fields(request, refuse_streams)
         pin, model = self._pinned(meter.model)
         call.caller.check_model(model)
-        route = self._registry.route(model)
+        meter.route = route = self._registry.route(model)
         plan = validation.plan(request, route)
         await self._router.targets(route.served, pin)  # 503/404 now if nothing can serve it
         call.log.update(model=route.requested.name, served=route.served.name, n=plan.job.n)
@@ -220,7 +222,8 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
         self._signer.verify(request.name, request.expires, request.signature)
         data, content_type = await self._store.get(request.name)
-        current_call().log.update(bytes=len(data))
+        meter = current_call().meter  # not a usage record: for the metrics and the log line
+        meter.response_format, meter.images, meter.bytes = "file", 1, len(data)
         return httpbody_pb2.HttpBody(content_type=content_type, data=data)
 
     async def ListModels(self, request: pb.ListModelsRequest,

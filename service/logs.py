@@ -10,8 +10,8 @@ import structlog
 
 def configure(level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    for quiet in ("alembic", "botocore", "boto3"):
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    for noisy in ("alembic", "botocore", "boto3", "httpx", "httpx2"):  # plain-text chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

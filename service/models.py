@@ -10,6 +10,7 @@ model of that name and to the entries based on it.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from service.errors import NotFound
 from service.pricing import Price
 
 DEFAULTS_FILE = Path(__file__).with_name("models.toml")
+_EDGE = re.compile(r"^[0-9]{1,6}$")  # an edge in pixels, as `size` writes it
+# Models that take any WxH map it to their nearest aspect ratio and size class; the largest
+# class any of them makes is 4K. A bigger ask would only be an upscale (or a memory bomb).
+ASPECT_RATIO_MAX_EDGE = 4096
 
 
 class Lifecycle(StrEnum):
@@ -40,7 +45,7 @@ class Size:
     @classmethod
     def parse(cls, text: str) -> Size | None:
         w, sep, h = text.partition("x")
-        if not sep or not (w.isdigit() and h.isdigit()):
+        if not sep or not all(_EDGE.match(edge) for edge in (w, h)):
             return None
         return cls(int(w), int(h))
 
@@ -194,7 +199,11 @@ class ModelSpec(BaseModel):
         if self.size_rule is not None:
             return self.size_rule.problem(size)
         if self.aspect_ratios:
-            return None if size.width > 0 and size.height > 0 else "edges must be positive"
+            if size.width <= 0 or size.height <= 0:
+                return "edges must be positive"
+            if max(size.width, size.height) > ASPECT_RATIO_MAX_EDGE:
+                return f"the long edge must be at most {ASPECT_RATIO_MAX_EDGE} pixels"
+            return None
         return "supported sizes: " + ", ".join(self.sizes)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -81,9 +81,11 @@ class Attempt:
 
 class Router:
     def __init__(self, store: DeploymentStore | None, builtin: list[Deployment],
-                 policy: RoutingPolicy) -> None:
+                 policy: RoutingPolicy,
+                 instrument: Callable[[Provider, Deployment], Provider] | None = None) -> None:
         self._store = store
         self._policy = policy
+        self._instrument = instrument  # e.g. metrics around every upstream call
         self._builtin = {d.id: d for d in builtin}  # local and the environment's: in memory
         self._stored: dict[str, Deployment] = {}
         self._loaded_at = -1e9
@@ -267,6 +269,8 @@ class Router:
         if cached is not None:
             asyncio.get_running_loop().create_task(cached[1].aclose())
         provider = BUILDERS[deployment.kind](deployment, secret)
+        if self._instrument is not None:
+            provider = self._instrument(provider, deployment)
         self._providers[key] = (fingerprint, provider)
         return provider
 

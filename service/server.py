@@ -8,7 +8,9 @@ waits out the grace period for calls in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -28,23 +30,29 @@ from aigne.hub.v1 import (
     image_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    probe_service_pb2,
+    probe_service_pb2_grpc,
     usage_service_pb2,
     usage_service_pb2_grpc,
 )
 from service import db
 from service.admin import AdminServicer
+from service.admission import Admission
 from service.config import Settings
 from service.console import ConsoleServicer
 from service.deployment_admin import DeploymentServicer
 from service.deployments import DeploymentStore, environment_deployments
+from service.health import ProbeServicer
 from service.idempotency import Idempotency
 from service.images import LOCAL_MODEL, ImageServicer, default_model
 from service.inputs import FetchLimits, ImageLoader
 from service.interceptors import HubInterceptor
 from service.job_service import JobServicer
 from service.jobs import Jobs
+from service.key_cache import KeyCache
 from service.keys import KeyStore
 from service.listing import ModelListing
+from service.metrics import Metrics
 from service.models import ModelRegistry, load_registry
 from service.quotas import Quotas
 from service.reports import UsageServicer
@@ -64,13 +72,21 @@ DEPLOYMENT_SERVICE = deployment_service_pb2.DESCRIPTOR.services_by_name[
     "DeploymentService"].full_name
 CONSOLE_SERVICE = console_service_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name
 JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+PROBE_SERVICE = probe_service_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Probes and health checks: public, and neither logged at INFO nor counted in the metrics.
+QUIET_METHODS = frozenset({
+    f"/{PROBE_SERVICE}/Live",
+    f"/{PROBE_SERVICE}/Ready",
+    f"/{HEALTH_SERVICE}/Check",
+})
 PUBLIC_METHODS = frozenset({
     f"/{SERVICE_NAME}/GetImage",
     # The web console's files and the OpenAPI document: the page holds no secret; the API
     # calls it makes carry the key the person enters.
     f"/{CONSOLE_SERVICE}/GetConsoleAsset",
     f"/{CONSOLE_SERVICE}/GetOpenApiDocument",
-    "/grpc.health.v1.Health/Check",
+    *QUIET_METHODS,
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
 METERED_METHODS = frozenset({
@@ -78,7 +94,12 @@ METERED_METHODS = frozenset({
       for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp")),
     f"/{JOB_SERVICE}/CreateJob", f"/{JOB_SERVICE}/CreateJobHttp",  # failures; jobs record
 })
-GRACE_SECONDS = 30.0
+# Calls that generate images in this process: bounded in number (back-pressure), refused
+# while draining, waited for at shutdown. Jobs run in the background under their own bound.
+GENERATION_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{m}"
+    for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp"))
+CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
 
 @dataclass
@@ -100,12 +121,35 @@ class Hub:
     interceptor: HubInterceptor
     jobs: Jobs
     webhooks: Webhooks
+    admission: Admission
+    grace: float
+    stop_metrics: Callable[[], None]
 
-    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+    async def drain(self) -> None:
+        """Take no new generations, and say so to health checks and readiness probes."""
+        self.admission.close()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, let the generations in flight finish within `grace` seconds (default: the
+        setting), then stop; calls still running after that get a 503 `shutting_down`."""
+        grace = self.grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self.drain()
+        try:
+            async with asyncio.timeout(grace):
+                await self.admission.wait_idle()
+        except TimeoutError:
+            log.warning("grace period over: cutting off generations in flight",
+                        in_flight=self.admission.in_flight, grace_seconds=grace)
+            self.admission.cut_off()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CUT_OFF_SECONDS):  # they answer 503
+                    await self.admission.wait_idle()
+        await self.server.stop(max(0.0, deadline - loop.time()))
         await self.jobs.stop()  # running jobs get their grace, then go back to the queue
-        await self.images.drain(grace or 0)
+        await self.images.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
         await self.usage.drain()
         await self.webhooks.aclose()
@@ -113,6 +157,7 @@ class Hub:
         await self.loader.aclose()
         await self.storage.aclose()
         await self.engine.dispose()
+        self.stop_metrics()
 
 
 async def create_server(settings: Settings) -> Hub:
@@ -124,8 +169,12 @@ async def create_server(settings: Settings) -> Hub:
     keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
     await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
+    metrics = Metrics()
+    admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
+    metrics.watch_admission(admission)
     deployments = DeploymentStore(sessions, SecretBox(settings.credentials_key.get_secret_value()))
-    router = Router(deployments, environment_deployments(settings), routing_policy(settings))
+    router = Router(deployments, environment_deployments(settings), routing_policy(settings),
+                    instrument=metrics.instrument)
     default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
@@ -142,9 +191,12 @@ async def create_server(settings: Settings) -> Hub:
         stream_heartbeat=settings.stream_heartbeat_seconds)
     webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage,
                                      storage=storage, idempotency=idempotency)
-    interceptor = HubInterceptor(keys, usage, public_methods=PUBLIC_METHODS,
-                                 admin_prefixes=ADMIN_PREFIXES, metered_methods=METERED_METHODS,
-                                 request_timeout=settings.request_timeout_seconds)
+    interceptor = HubInterceptor(KeyCache(keys, settings.db_url), usage,
+                                 public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
+                                 metered_methods=METERED_METHODS,
+                                 request_timeout=settings.request_timeout_seconds,
+                                 admission=admission, metrics=metrics, quiet_methods=QUIET_METHODS,
+                                 log_prompts=settings.log_prompts)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
@@ -161,20 +213,24 @@ async def create_server(settings: Settings) -> Hub:
         DeploymentServicer(deployments, router, registry), server)
     console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
         ConsoleServicer(public_base=settings.public_base), server)
+    probe_service_pb2_grpc.add_ProbeServiceServicer_to_server(
+        ProbeServicer(engine=engine, store=storage.store, admission=admission), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
-         JOB_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+         JOB_SERVICE, PROBE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
     for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
-                 CONSOLE_SERVICE, JOB_SERVICE):
+                 CONSOLE_SERVICE, JOB_SERVICE, PROBE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
+    stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
+                    if settings.metrics_port else lambda: None)
     return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
-               default_model, storage, servicer, interceptor, jobs, webhooks)
+               default_model, storage, servicer, interceptor, jobs, webhooks, admission,
+               settings.shutdown_grace_seconds, stop_metrics)
 
 
 def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ignore[no-untyped-def]
@@ -240,6 +296,6 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining", grace_seconds=GRACE_SECONDS)
-    await hub.stop(GRACE_SECONDS)
+    log.info("draining", grace_seconds=hub.grace, in_flight=hub.admission.in_flight)
+    await hub.stop()
     log.info("stopped")

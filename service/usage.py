@@ -31,6 +31,7 @@ from service.quotas import Reservation
 
 if TYPE_CHECKING:
     from aigne.hub.v1 import image_service_pb2 as pb
+    from service.models import Route
     from service.providers.base import GeneratedImage, Generation
     from service.routing import Attempt
     from service.validation import GenerationPlan
@@ -51,6 +52,8 @@ class Meter:
     quality: str | None = None
     response_format: str | None = None
     user: str | None = None
+    prompt: str | None = None  # for the log line, when the operator asks for prompts
+    route: Route | None = None  # the registry's models, once the name is known
     plan: GenerationPlan | None = None
     reservation: Reservation | None = None
     generation: Generation | None = None
@@ -69,6 +72,7 @@ class Meter:
         self.quality = request.quality or None
         self.response_format = request.response_format or None
         self.user = request.user or None
+        self.prompt = request.prompt
 
     def planned(self, plan: GenerationPlan) -> None:
         """The checked request, with the defaults of the model it named."""

@@ -4,17 +4,21 @@ processes (`python -m service serve`) on the same database, as replicas would be
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_KEY = "ahk-test-" + "k" * 40
@@ -30,17 +34,26 @@ def free_port() -> int:
 class Stack:
     """One server and one Envoy, started by the same command users run."""
 
-    def __init__(self, var_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, var_dir: Path, env: dict[str, str] | None = None, *,
+                 file_size_limit: int | None = None) -> None:
+        """`file_size_limit` caps the size of any file the stack writes (RLIMIT_FSIZE): a
+        way to fill the image store that needs no root and no special file system."""
         self.var_dir = var_dir
+        self.file_size_limit = file_size_limit
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.admin_port = free_port()
+        self.metrics_port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIGNE_HUB_")},
             "AIGNE_HUB_VAR_DIR": str(var_dir),
             "AIGNE_HUB_GRPC_PORT": str(self.grpc_port),
             "AIGNE_HUB_HTTP_PORT": str(self.http_port),
             "AIGNE_HUB_ENVOY_ADMIN_PORT": str(self.admin_port),
+            "AIGNE_HUB_METRICS_PORT": str(self.metrics_port),
+            # The tests of quotas and idempotency send bursts of 200; the back-pressure tests
+            # set their own bound.
+            "AIGNE_HUB_MAX_IN_FLIGHT_GENERATIONS": "1000",
             "AIGNE_HUB_API_KEYS": TEST_KEY,
             "AIGNE_HUB_SIGNING_SECRET": SIGNING_SECRET,
             "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "",
@@ -56,6 +69,14 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def envoy_target(self) -> str:
@@ -95,12 +116,34 @@ class Stack:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "run"], cwd=ROOT, env=self.env,
             stdout=log, stderr=subprocess.STDOUT)
+        if self.file_size_limit is not None:  # not preexec_fn: this process has gRPC threads
+            resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE,
+                             (self.file_size_limit, self.file_size_limit))
         try:
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the server's Prometheus samples named `name` with these labels."""
+        text = httpx.get(self.metrics_url, timeout=5).text
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == name
+                   and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+    def log_lines(self) -> list[dict]:
+        """The stack's JSON log lines (the server's and Envoy's access log)."""
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+        return lines
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -154,7 +197,8 @@ class Replica:
 
     def __init__(self, stack: Stack) -> None:
         self.grpc_port = free_port()
-        self.env = {**stack.env, "AIGNE_HUB_GRPC_PORT": str(self.grpc_port)}
+        self.env = {**stack.env, "AIGNE_HUB_GRPC_PORT": str(self.grpc_port),
+                    "AIGNE_HUB_METRICS_PORT": str(free_port())}
         self.log_path = stack.var_dir / f"replica-{self.grpc_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -206,3 +250,11 @@ def terminate(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)

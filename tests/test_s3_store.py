@@ -176,7 +176,7 @@ def test_url_made_by_one_server_is_served_by_another(
     bucket, the database and the secrets: it serves the URL the first one made."""
     port = free_port()
     env = {**signed_stack.env, "AIGNE_HUB_VAR_DIR": str(tmp_path / "other-machine"),
-           "AIGNE_HUB_GRPC_PORT": str(port),
+           "AIGNE_HUB_GRPC_PORT": str(port), "AIGNE_HUB_METRICS_PORT": "0",
            "AIGNE_HUB_DATABASE_URL": f"sqlite+aiosqlite:///{signed_stack.var_dir / 'hub.db'}"}
     with (tmp_path / "replica.log").open("wb") as log:
         replica = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT,

@@ -42,6 +42,11 @@ SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAF
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
+# One attempt: the service retries, in one place (the SDK's default is one attempt too, but
+# on aiohttp, when that is installed, it retries a broken connection itself).
+NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
+
+
 class GoogleProvider:
     def __init__(self, name: str, client: genai.Client) -> None:
         self.name = name
@@ -52,7 +57,8 @@ class GoogleProvider:
         """A client of `deployment`: the Gemini API with `secret`, or Vertex AI in express
         mode with `secret`, or with the deployment's project and location and application
         default credentials when there is no secret."""
-        options = types.HttpOptions(base_url=deployment.base_url or None)
+        options = types.HttpOptions(base_url=deployment.base_url or None,
+                                    retry_options=NO_SDK_RETRIES)
         if deployment.kind == "gemini":
             client = genai.Client(api_key=secret, http_options=options)
         elif secret:  # Vertex express mode: the key alone, no project

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from datetime import datetime
@@ -10,6 +11,9 @@ from pathlib import Path
 
 from service.errors import NotFound, Unavailable
 from service.store.base import NAME_PATTERN, content_type_of, new_name
+
+# Out of space, out of quota, or past the largest file this process may write.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class FilesystemStore:
@@ -31,6 +35,9 @@ class FilesystemStore:
             data = await asyncio.to_thread(self._path(name).read_bytes)
         except FileNotFoundError:
             raise NotFound("no such image", param="name", reason="IMAGE_NOT_FOUND") from None
+        except OSError as exc:
+            raise Unavailable("The image store cannot be read right now; try again later.",
+                              reason="STORE_UNAVAILABLE", retry_after=30) from exc
         return data, content_type
 
     async def check(self) -> None:
@@ -58,18 +65,23 @@ class FilesystemStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        """Write whole or not at all: a temporary file renamed into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write whole or not at all: a temporary file renamed into place. A failure leaves
+        nothing behind and says whether the store is full or out of reach."""
         tmp = path.with_name(f".{path.name}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with tmp.open("wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            reason = "STORE_FULL" if exc.errno == errno.ENOSPC else "STORE_UNAVAILABLE"
-            raise Unavailable("the image store cannot take the image right now",
-                              reason=reason, retry_after=30) from exc
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if exc.errno in FULL:
+                raise Unavailable("The image store is full; try again later, or ask for "
+                                  "response_format b64_json.", reason="STORE_FULL",
+                                  retry_after=30) from exc
+            raise Unavailable("The image store cannot be written right now; try again later.",
+                              reason="STORE_UNAVAILABLE", retry_after=30) from exc
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:

@@ -50,6 +50,13 @@ class FakeOpenAI(FakeServer):
         self.noise = noise  # answer with large noise images, as real models do
         self.stream_event_delay = stream_event_delay
 
+    def success(self, *, size: str = "1024x1024", n: int = 1, noise: bool = False,
+                delay: float = 0.0) -> Reply:
+        """A successful answer, as the API gives it, to script (e.g. a slow one)."""
+        reply = self._images({"size": size, "n": n}, 0, noise=noise)
+        reply.delay = delay
+        return reply
+
     def route(self, method: str, path: str) -> str | None:
         return {"/v1/images/generations": "generations",
                 "/v1/images/edits": "edits"}.get(path.split("?")[0])
@@ -108,12 +115,14 @@ class FakeOpenAI(FakeServer):
                 return error(400, f"Invalid size '{size}'.", param="size", code="invalid_value")
         return None
 
-    def _images(self, params: dict[str, Any], input_images: int) -> Reply:
+    def _images(self, params: dict[str, Any], input_images: int,
+                noise: bool | None = None) -> Reply:
         size = params.get("size", "auto")
         w, h = (1024, 1024) if size == "auto" else (int(x) for x in size.split("x"))
         n, quality = int(params.get("n", 1)), params.get("quality", "auto")
         fmt = {"jpeg": "JPEG", "webp": "WEBP"}.get(params.get("output_format", "png"), "PNG")
-        data = [{"b64_json": base64.b64encode(picture(w, h, i, fmt, self.noise)).decode()}
+        noise = self.noise if noise is None else noise
+        data = [{"b64_json": base64.b64encode(picture(w, h, i, fmt, noise)).decode()}
                 for i in range(n)]
         out_tokens = image_tokens(w, h, quality) * n
         text_tokens, image_in = len(str(params.get("prompt", ""))) // 4 + 1, 1120 * input_images

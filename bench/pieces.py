@@ -1,0 +1,138 @@
+"""The CPU cost of each piece of our request path, measured alone in this process: where a
+request's time goes, and what the choices in README "Performance" saved."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from bench.fake_provider import tiny_png
+from service import db, json_codec, validation
+from service.deployments import Deployment
+from service.imaging import verified_mime_type
+from service.interceptors import Call
+from service.key_cache import KeyCache
+from service.keys import KeyStore
+from service.metrics import Metrics
+from service.models import load_registry
+from service.providers.openai import OpenAIProvider
+
+BODY = (b'{"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024", '
+        b'"response_format": "b64_json"}')
+
+
+async def cpu_micros(action: Callable[[], Awaitable[object]], count: int = 2000) -> float:
+    for _ in range(count // 10):
+        await action()
+    started = time.process_time()
+    for _ in range(count):
+        await action()
+    return (time.process_time() - started) / count * 1e6
+
+
+def measure(provider_url: str, provider_key: str) -> list[tuple[str, float]]:
+    return asyncio.run(_measure(provider_url, provider_key))
+
+
+async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, float]]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
+        engine = db.create_engine(url)
+        await db.migrate(engine)
+        keys = KeyStore(db.sessions(engine), b"bench-secret")
+        _, token = await keys.create("bench")
+        cache = KeyCache(keys, url)
+        results.append(("API key lookup in the database (SQLAlchemy async, aiosqlite)",
+                         await cpu_micros(lambda: keys.authenticate(f"Bearer {token}"))))
+        results.append(("API key lookup, cached (KeyCache: PRAGMA data_version + dict)",
+                         await cpu_micros(lambda: cache.authenticate(f"Bearer {token}"))))
+        await engine.dispose()
+
+    provider = OpenAIProvider.build(
+        Deployment(id="bench", name="bench", kind="openai", base_url=f"{provider_url}/v1"),
+        provider_key)
+    registry = load_registry(None)
+    request = json_codec.decode(BODY, pb.GenerateRequest)
+    job = validation.plan(request, registry.route(request.model)).job
+    results.append(("upstream call, openai SDK, raw answer + orjson (OpenAIProvider)",
+                    await cpu_micros(lambda: provider.generate(job))))
+    await provider.aclose()
+    results.append(("upstream call, openai SDK with its response models (images.generate)",
+                    await _sdk_micros(provider_url, provider_key)))
+
+    async def decode() -> None:
+        decoded = json_codec.decode(BODY, pb.GenerateRequest)
+        validation.plan(decoded, registry.route(decoded.model))
+
+    results.append(("REST body decode, model routing and validation",
+                    await cpu_micros(decode)))
+    png = tiny_png()
+    results.append(("image check of the 16x16 PNG (verified_mime_type)",
+                    await cpu_micros(_sync(lambda: verified_mime_type(png)))))
+    answer = pb.GenerateResponse(created=1, data=[pb.Image(b64_json=png)], output_format="png")
+    results.append(("REST answer encode (json_codec.encode)",
+                    await cpu_micros(_sync(lambda: json_codec.encode(answer)))))
+    results.append(("the JSON log line (structlog)", await _log_line_micros()))
+    metrics = Metrics()
+    call = Call(request_id="r", method="GenerateHttp", door="rest", deadline=0.0)
+    call.meter.response_format, call.meter.images, call.meter.bytes = "b64_json", 1, len(png)
+
+    def observe() -> None:
+        metrics.started(call)
+        metrics.finished(call, "OK")
+
+    results.append(("metrics (in flight, counters, histogram)", await cpu_micros(_sync(observe))))
+    return results
+
+
+def _sync(action: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        action()
+
+    return run
+
+
+async def _sdk_micros(provider_url: str, provider_key: str) -> float:
+    try:
+        import openai
+    except ImportError:
+        return float("nan")
+    client = openai.AsyncOpenAI(api_key=provider_key, base_url=f"{provider_url}/v1",
+                                max_retries=0)
+    try:
+        return await cpu_micros(lambda: client.images.generate(
+            model="gpt-image-2", prompt="a lighthouse at dawn", n=1, size="1024x1024",
+            quality="auto"), 1000)
+    finally:
+        await client.close()
+
+
+async def _log_line_micros() -> float:
+    sink = io.StringIO()
+    log = structlog.wrap_logger(structlog.PrintLogger(file=sink), processors=[
+        structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.JSONRenderer()])
+
+    def line() -> None:
+        log.info("request", request_id="abc", method="GenerateHttp", door="rest",
+                 key_id="key_0123456789abcdef", status="OK", duration_ms=1.2, model="gpt-image-2",
+                 served="gpt-image-2", response_format="b64_json", upstream_ms=0.4, images=1,
+                 image_bytes=527, n=1)
+        sink.seek(0)
+        sink.truncate()
+
+    return await cpu_micros(_sync(line))
+
+
+if __name__ == "__main__":
+    for name, micros in measure(sys.argv[1], sys.argv[2]):
+        print(f"{name:66} {micros:8.1f}")
