@@ -90,6 +90,16 @@ class ApiKeyRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
+class KeyGenerationRow(Base):
+    """One row counting changes to api_keys (made, revoked, limits set): a process that keeps
+    keys in memory (service/key_cache.py) compares it instead of reading every key again."""
+
+    __tablename__ = "key_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class QuotaCounterRow(Base):
     """What one key used in one window: images per `day` or `month`, requests per
     `minute`. Reservations add to `used` with one conditional statement (see quotas.py)."""

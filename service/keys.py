@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from service.db import ApiKeyRow, utcnow
+from service.db import ApiKeyRow, KeyGenerationRow, utcnow
 from service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 TOKEN_PREFIX = "ahk-"  # noqa: S105 - a marker, not a secret
@@ -119,6 +119,7 @@ class KeyStore:
             if row is not None:
                 if row.admin != admin:
                     row.admin = admin
+                    await _changed(session)
                 return ApiKey.of(row)
         try:
             return await self._insert(token, name, admin=admin, source=source,
@@ -133,6 +134,7 @@ class KeyStore:
                         admin=admin, source=source, created_at=utcnow(), **_columns(limits))
         async with self._sessions() as session, session.begin():
             session.add(row)
+            await _changed(session)
         return ApiKey.of(row)
 
     async def list(self, page_size: int = MAX_PAGE_SIZE, page_token: str = ""
@@ -166,6 +168,7 @@ class KeyStore:
             row = await _find(session, id_or_prefix)
             await session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id)
                                   .values(**_columns(limits)))
+            await _changed(session)
             await session.refresh(row)
             return ApiKey.of(row)
 
@@ -176,6 +179,7 @@ class KeyStore:
             if row.revoked_at is None:
                 await session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id)
                                       .values(revoked_at=utcnow()))
+                await _changed(session)
                 await session.refresh(row)
             return ApiKey.of(row)
 
@@ -193,6 +197,13 @@ class KeyStore:
         if key.limits.expires_at is not None and key.limits.expires_at <= utcnow():
             raise PermissionDenied("This API key has expired.", reason="KEY_EXPIRED")
         return key
+
+
+async def _changed(session) -> None:  # type: ignore[no-untyped-def]
+    """Count a change to the keys, in the changing transaction: caches of keys (KeyCache)
+    compare this number, not the whole table."""
+    await session.execute(update(KeyGenerationRow).where(KeyGenerationRow.id == 1)
+                          .values(n=KeyGenerationRow.n + 1))
 
 
 async def _find(session, id_or_prefix: str) -> ApiKeyRow:  # type: ignore[no-untyped-def]

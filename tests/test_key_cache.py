@@ -3,7 +3,9 @@ another process is seen on the very next call."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from service import db
 from service.errors import PermissionDenied
 from service.key_cache import KeyCache
-from service.keys import KeyStore
+from service.keys import KeyLimits, KeyStore
 
 
 class CountingKeys(KeyStore):
@@ -25,6 +27,7 @@ class CountingKeys(KeyStore):
 async def test_cache_hits_until_another_process_revokes(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/hub.db"
     engine = db.create_engine(url)
+    other_engine = db.create_engine(url)  # `keys revoke` from another process
     try:
         await db.migrate(engine)
         keys = CountingKeys(db.sessions(engine), b"secret")
@@ -34,14 +37,36 @@ async def test_cache_hits_until_another_process_revokes(tmp_path: Path) -> None:
             assert (await cache.authenticate(f"Bearer {token}")).id == key.id
         assert keys.lookups == 1, "answered from memory while nothing changed"
 
-        other = sqlite3.connect(tmp_path / "hub.db")  # `keys revoke` from another process
-        other.execute("UPDATE api_keys SET revoked_at = '2026-01-01 00:00:00' WHERE id = ?",
-                      (key.id,))
-        other.commit()
-        other.close()
+        writer = sqlite3.connect(tmp_path / "hub.db")  # other tables change all the time
+        writer.execute("INSERT INTO quota_counters VALUES ('x', 'day', '2026-01-01', 1)")
+        writer.commit()
+        writer.close()
+        await cache.authenticate(f"Bearer {token}")
+        assert keys.lookups == 1, "usage and quota writes leave the memory of keys alone"
+
+        await KeyStore(db.sessions(other_engine), b"secret").revoke(key.id)
         with pytest.raises(PermissionDenied):
             await cache.authenticate(f"Bearer {token}")
         assert keys.lookups == 2
+    finally:
+        await engine.dispose()
+        await other_engine.dispose()
+
+
+async def test_a_remembered_key_that_expires_is_refused_at_once(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/hub.db"
+    engine = db.create_engine(url)
+    try:
+        await db.migrate(engine)
+        keys = CountingKeys(db.sessions(engine), b"secret")
+        soon = datetime.now(UTC) + timedelta(seconds=1)
+        _, token = await keys.create("k", limits=KeyLimits(expires_at=soon))
+        cache = KeyCache(keys, url)
+        await cache.authenticate(f"Bearer {token}")
+        await asyncio.sleep(1.1)
+        with pytest.raises(PermissionDenied) as refused:
+            await cache.authenticate(f"Bearer {token}")
+        assert refused.value.reason == "KEY_EXPIRED"
     finally:
         await engine.dispose()
 
