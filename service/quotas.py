@@ -20,15 +20,12 @@ Afterwards `Reservation.settle(images_returned)` gives back what was not returne
 failure gives back all n), so a request is charged for the images it actually returned.
 The minute window counts requests, whatever their outcome. Day and month windows are kept
 for every key, limited or not, so a quota set in the middle of a day counts that day's
-images already made. A key with no limit at all reserves nothing: its images are counted
-when the request settles, in the transaction that writes its usage record (one write per
-request instead of two).
+images already made.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,28 +70,20 @@ class _Claim:
 
 @dataclass
 class Reservation:
-    """What one request reserved: its images in the day and month windows it started in.
-    `count_later` (a key without limits): nothing was reserved; the images returned are
-    added to the windows when the request settles."""
+    """What one request reserved: its images in the day and month windows it started in."""
 
     key_id: str
     images: int
     windows: tuple[tuple[str, datetime], ...]
     settled: bool = field(default=False)
-    count_later: Callable[[AsyncSession, str, str, datetime, int], Awaitable[None]] | None = None
 
     async def settle(self, session: AsyncSession, images_returned: int) -> None:
-        """Give back the images that were not returned (or count those that were, for a key
-        without limits), in the caller's transaction. Only the first call counts."""
+        """Give back the images that were not returned, in the caller's transaction. Only
+        the first call counts."""
         if self.settled:
             return
         self.settled = True
-        returned = min(max(images_returned, 0), self.images)
-        if self.count_later is not None:
-            for period, start in self.windows if returned else ():
-                await self.count_later(session, self.key_id, period, start, returned)
-            return
-        unused = self.images - returned
+        unused = self.images - min(max(images_returned, 0), self.images)
         if unused == 0:
             return
         for period, start in self.windows:
@@ -116,11 +105,6 @@ class Quotas:
         """Reserve a request of `images` images for `key`, or raise 429 naming the full
         window."""
         limits = key.limits
-        now = utcnow()
-        windows = tuple((p, window_start(p, now)) for p in (DAY, MONTH))
-        if limits.daily_image_quota is None and limits.monthly_image_quota is None \
-                and limits.requests_per_minute is None:
-            return Reservation(key.id, images, windows, count_later=self._count)
         claims = [_Claim(DAY, images, limits.daily_image_quota, "DAILY_QUOTA_EXCEEDED",
                          "daily image quota"),
                   _Claim(MONTH, images, limits.monthly_image_quota, "MONTHLY_QUOTA_EXCEEDED",
@@ -128,6 +112,7 @@ class Quotas:
         if limits.requests_per_minute is not None:
             claims.insert(0, _Claim(MINUTE, 1, limits.requests_per_minute,
                                     "RATE_LIMIT_EXCEEDED", "requests-per-minute limit"))
+        now = utcnow()
         async with self._sessions() as session, session.begin():
             for claim in claims:
                 start = window_start(claim.period, now)
@@ -137,12 +122,7 @@ class Quotas:
                         QuotaCounterRow.period_start < start))
                 if not await self._claim(session, key.id, claim, start):
                     raise _exhausted(claim, now, start)
-        return Reservation(key.id, images, windows)
-
-    async def _count(self, session: AsyncSession, key_id: str, period: str, start: datetime,
-                     images: int) -> None:
-        """Add `images` to a window, without a limit (a key that has none)."""
-        await self._claim(session, key_id, _Claim(period, images, None, "", ""), start)
+        return Reservation(key.id, images, tuple((p, window_start(p, now)) for p in (DAY, MONTH)))
 
     async def _claim(self, session: AsyncSession, key_id: str, claim: _Claim,
                      start: datetime) -> bool:
