@@ -48,11 +48,18 @@ class S3Server:
                 "AIGNE_HUB_S3_SECRET_ACCESS_KEY": SECRET_KEY, **settings}
 
     def keys(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
-        """Every object under `prefix`, by key."""
+        """Every object under `prefix`, by key. An object listed but deleted before it is
+        read (a retention sweep running meanwhile) is left out, as a later listing would."""
         client = self.client()
         listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        return {item["Key"]: client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                for item in listing}
+        objects = {}
+        for item in listing:
+            try:
+                answer = client.get_object(Bucket=bucket, Key=item["Key"])
+            except client.exceptions.NoSuchKey:
+                continue
+            objects[item["Key"]] = answer["Body"].read()
+        return objects
 
     def stop(self) -> None:
         self._server.stop()
