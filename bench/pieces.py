@@ -53,7 +53,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         cache = KeyCache(keys, url)
         results.append(("API key lookup in the database (SQLAlchemy async, aiosqlite)",
                          await cpu_micros(lambda: keys.authenticate(f"Bearer {token}"))))
-        results.append(("API key lookup, cached (KeyCache: PRAGMA data_version + dict)",
+        results.append(("API key lookup, cached (KeyCache: key_generation row + dict)",
                          await cpu_micros(lambda: cache.authenticate(f"Bearer {token}"))))
         await engine.dispose()
 
