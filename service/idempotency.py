@@ -31,7 +31,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aigne.hub.v1 import image_service_pb2 as pb
-from service.db import IdempotencyKeyRow, utcnow
+from service.db import IdempotencyKeyRow, to_the_end, utcnow
 from service.errors import Conflict, InvalidArgument
 from service.quotas import INSERTS
 
@@ -83,7 +83,7 @@ class Claim:
         """Keep `answer` for the retries."""
         if self.held:
             assert self.owner is not None
-            await self.owner._complete(self, answer)
+            await to_the_end(self.owner._complete(self, answer))
 
     async def release(self) -> None:
         """Give the key up (the request failed): a retry runs afresh."""
@@ -120,8 +120,9 @@ class Idempotency:
         deadline = loop.time() + seconds_left
         poll = FIRST_POLL_SECONDS
         while True:
-            answer = await self._try(key_id, idempotency_key, operation, print_, request_id,
-                                     lease_seconds=seconds_left + LEASE_MARGIN_SECONDS)
+            answer = await to_the_end(self._try(
+                key_id, idempotency_key, operation, print_, request_id,
+                lease_seconds=seconds_left + LEASE_MARGIN_SECONDS))
             if answer is not _RUNNING:
                 return Claim(key_id, idempotency_key, request_id,
                              answer if isinstance(answer, dict) else None, self)

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from service.db import to_the_end
 from service.deployments import NEEDS_SECRET, Credential, Deployment, DeploymentStore, cooldown
 from service.errors import (
     HubError,
@@ -225,7 +226,7 @@ class Router:
         self._patch_credential(deployment, replace(credential, enabled=False,
                                                    disabled_reason=reason, disabled_at=now))
         if deployment.source == "api" and self._store is not None:
-            await self._store.disable_credential(credential.id, reason)
+            await to_the_end(self._store.disable_credential(credential.id, reason))
 
     async def _rest(self, deployment: Deployment, credential: Credential, seconds: float) -> None:
         until = cooldown(seconds)
@@ -233,7 +234,7 @@ class Router:
                  until=until.isoformat())
         self._patch_credential(deployment, replace(credential, cooldown_until=until))
         if deployment.source == "api" and self._store is not None:
-            await self._store.rest_credential(credential.id, until)
+            await to_the_end(self._store.rest_credential(credential.id, until))
 
     async def _set_health(self, deployment: Deployment, *, failures: int,
                           until: datetime | None, error: str | None) -> None:
@@ -241,8 +242,8 @@ class Router:
         self._put(replace(current, consecutive_failures=failures, cooldown_until=until,
                           last_error=error or current.last_error))
         if deployment.source == "api" and self._store is not None:
-            await self._store.record_outcome(deployment.id, failures=failures,
-                                             cooldown_until=until, error=error)
+            await to_the_end(self._store.record_outcome(deployment.id, failures=failures,
+                                                        cooldown_until=until, error=error))
 
     def _patch_credential(self, deployment: Deployment, credential: Credential) -> None:
         current = self._current(deployment)

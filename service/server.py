@@ -178,8 +178,9 @@ async def create_server(settings: Settings) -> Hub:
     default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
-    quotas = Quotas(sessions, engine.dialect.name)
-    usage = UsageRecorder(sessions, settings.credits_per_usd)
+    turns = db.WriteTurns(engine.dialect.name)  # reservations and records share the turns
+    quotas = Quotas(sessions, engine.dialect.name, turns)
+    usage = UsageRecorder(sessions, settings.credits_per_usd, turns)
     storage = await open_storage(settings)
     idempotency = Idempotency(sessions, engine.dialect.name,
                               ttl_seconds=settings.idempotency_keep_seconds)
