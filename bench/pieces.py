@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import structlog
@@ -24,6 +25,8 @@ from service.keys import KeyStore
 from service.metrics import Metrics
 from service.models import load_registry
 from service.providers.openai import OpenAIProvider
+from service.quotas import Quotas
+from service.usage import CallFacts, Meter, UsageRecorder
 
 BODY = (b'{"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024", '
         b'"response_format": "b64_json"}')
@@ -55,6 +58,21 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
                          await cpu_micros(lambda: keys.authenticate(f"Bearer {token}"))))
         results.append(("API key lookup, cached (KeyCache: key_generation row + dict)",
                          await cpu_micros(lambda: cache.authenticate(f"Bearer {token}"))))
+        key = await keys.authenticate(f"Bearer {token}")
+        turns = db.WriteTurns(engine.dialect.name)
+        quotas = Quotas(db.sessions(engine), engine.dialect.name, turns)
+        usage = UsageRecorder(db.sessions(engine), Decimal(1000), turns)
+        results.append(("quota reservation (SQLite, day and month counters)",
+                         await cpu_micros(lambda: quotas.reserve(key, 1))))
+
+        async def record() -> None:
+            meter = Meter(model="gpt-image-2", reservation=await quotas.reserve(key, 1))
+            meter.images = 1
+            await usage.finish(meter, CallFacts(key.id, "r", "rest", time.time(), "OK", 200))
+
+        reserve_and_record = await cpu_micros(record)
+        results.append(("usage record and settling (SQLite)",
+                         reserve_and_record - results[-1][1]))
         await engine.dispose()
 
     provider = OpenAIProvider.build(
