@@ -81,9 +81,7 @@ class OpenAIProvider:
                 raw = await images.edit(**edit_args(job, model), **options)
             else:
                 raw = await images.generate(**generate_args(job, model), **options)
-            body = orjson.loads(raw.http_response.content)
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
+            body = _json(raw.http_response.content)
             made = await self._images(body, job)
         except openai.APIError as exc:
             raise hub_error(exc, job, self.name) from None
@@ -134,8 +132,11 @@ class OpenAIProvider:
         items = body.get("data") or []
         if len(items) != job.n:
             raise UpstreamFailed(f"{job.model.upstream} answered {len(items)} image(s) of {job.n}.")
-        files = [binascii.a2b_base64(item["b64_json"]) if item.get("b64_json")
-                 else await self._fetch(item.get("url")) for item in items]
+        files = []
+        for item in items:  # each image's base64 is let go as soon as it is decoded
+            encoded = item.pop("b64_json", None)
+            files.append(_decode(encoded) if encoded else await self._fetch(item.get("url")))
+            del encoded
         checks = [asyncio.to_thread(verified_mime_type, f) if len(f) > INLINE_CHECK_BYTES
                   else _now(verified_mime_type(f)) for f in files]
         mime_types = await asyncio.gather(*checks)
@@ -265,3 +266,70 @@ def retry_after(headers: Any) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+# The answer's JSON, parsed around its images (see _json_around_images).
+B64_KEY, SPACE, BACKSLASH, COLON, QUOTE = b'"b64_json"', b" \t\r\n", 0x5C, 0x3A, 0x22
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    """The answer's JSON object (ValueError when it is not one)."""
+    payload = _json_around_images(raw)
+    if payload is None:
+        payload = orjson.loads(raw)
+    if not isinstance(payload, dict):
+        raise ValueError("not an object")
+    return payload
+
+
+def _json_around_images(raw: bytes) -> dict[str, Any] | None:
+    """The answer's JSON parsed around its images: each `"b64_json": "..."` value is left
+    in `raw` and given as a view of it, so that tens of megabytes of base64 are neither
+    copied into strings nor checked as UTF-8 (a 10-image answer is ~33 MB). None when the
+    answer is not of that plain shape (an escape near a b64_json, a count that does not
+    add up): it is then parsed whole."""
+    view, pieces, spans, pos = memoryview(raw), [], [], 0
+    try:
+        while (key := raw.find(B64_KEY, pos)) >= 0:
+            if key and raw[key - 1] == BACKSLASH:
+                return None
+            i = _skip_space(raw, key + len(B64_KEY))
+            if raw[i] != COLON:
+                return None
+            i = _skip_space(raw, i + 1)
+            if raw[i] != QUOTE:
+                return None
+            end = raw.find(b'"', i + 1)
+            if end < 0 or raw.find(b"\\", i + 1, end) >= 0:
+                return None
+            pieces.append(view[pos:i + 1])
+            spans.append(view[i + 1:end])
+            pos = end
+        if not spans:
+            return None
+        pieces.append(view[pos:])
+        payload = orjson.loads(b"".join(pieces))
+    except (IndexError, orjson.JSONDecodeError):
+        return None
+    items = payload.get("data") if isinstance(payload, dict) else None
+    holders = [item for item in items or () if isinstance(item, dict)
+               and item.get("b64_json") == ""] if isinstance(items, list) else []
+    if len(holders) != len(spans):
+        return None
+    for item, span in zip(holders, spans, strict=True):
+        item["b64_json"] = span
+    return payload
+
+
+def _skip_space(raw: bytes, i: int) -> int:
+    while raw[i] in SPACE:
+        i += 1
+    return i
+
+
+def _decode(encoded: object) -> bytes:
+    try:
+        return binascii.a2b_base64(encoded)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise UpstreamFailed("The image provider answered an image that is not base64.",
+                             reason="UPSTREAM_BAD_RESPONSE") from None
