@@ -304,13 +304,16 @@ async def to_the_end(work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(work)
     cancelled = False
     try:
-        while True:
+        while not task.done():
             try:
-                return await asyncio.shield(task)
+                await asyncio.shield(task)
             except asyncio.CancelledError:
-                if task.done():
+                # Also when `work` has just ended: its result must not be lost (a
+                # reservation nobody would give back).
+                if task.cancelled():
                     raise
                 cancelled = True
+        return task.result()
     finally:
         current = asyncio.current_task()
         if cancelled and current is not None:

@@ -199,9 +199,21 @@ async def test_clients_that_go_away_at_any_moment_leave_the_database_usable(hub:
         after = await asyncio.gather(*(grpc_generate(stub, key, deadline=10)
                                        for _ in range(10)))
     assert [o.status for o in after] == [200] * 10
-    await asyncio.sleep(1)  # records of work that went on without its client
-    images = sum(r.get("images", 0) for r in hub.records(key))
-    assert hub.get_key(key)["images_today"] == images >= 10
+
+    def counted() -> tuple[int, int]:
+        """Images in the day's counter, and in the records. A request whose client went
+        away writes its record (and gives back what it did not use) as it ends, in the
+        background: on a loaded machine that can take a while after the burst."""
+        images = sum(r.get("images", 0) for r in hub.records(key))
+        return hub.get_key(key).get("images_today", 0), images
+
+    deadline = time.monotonic() + 30
+    while True:
+        in_counter, in_records = counted()
+        if in_counter == in_records or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert in_counter == in_records >= 10
 
 
 def test_request_larger_than_the_quota_is_429_at_once(hub: Hub) -> None:
