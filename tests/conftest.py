@@ -67,13 +67,19 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
         yield raw
 
 
+def stub_of(stack: Stack, door: str) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
+    """The generated stub to `stack`, through Envoy's port ("envoy") or on the server's own
+    port ("server"); the body of the stub fixtures."""
+    target = stack.envoy_target if door == "envoy" else stack.server_target
+    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+        yield image_service_pb2_grpc.ImageServiceStub(channel)
+
+
 @pytest.fixture(scope="session", params=["envoy", "server"])
 def stub(request: pytest.FixtureRequest,
          stack: Stack) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
     """The generated stub, through Envoy's port and on the server's own port."""
-    target = stack.envoy_target if request.param == "envoy" else stack.server_target
-    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
-        yield image_service_pb2_grpc.ImageServiceStub(channel)
+    yield from stub_of(stack, request.param)
 
 
 class ImageHost(FakeServer):
@@ -144,6 +150,13 @@ def provider_rest(provider_stack: Stack, fakes) -> Iterator[httpx.Client]:
     """Raw HTTP to the provider stack, with fresh fakes."""
     with http_client(provider_stack) as client:
         yield client
+
+
+@pytest.fixture(params=["envoy", "server"])
+def provider_stub(request: pytest.FixtureRequest, provider_stack: Stack,
+                  fakes) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
+    """The generated stub to the provider stack, both ways, with fresh fakes."""
+    yield from stub_of(provider_stack, request.param)
 
 
 def restore_credentials(stack: Stack) -> None:

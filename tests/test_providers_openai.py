@@ -13,10 +13,8 @@ import httpx
 import pytest
 
 from aigne.hub.v1 import image_service_pb2 as pb
-from aigne.hub.v1 import image_service_pb2_grpc
 from tests.conftest import (
     GRPC_AUTH,
-    GRPC_OPTIONS,
     ImageHost,
     http_client,
     open_image,
@@ -37,15 +35,6 @@ GENERATIONS = "/api/images/generations"
 @pytest.fixture
 def rest(provider_rest: httpx.Client) -> httpx.Client:
     return provider_rest
-
-
-@pytest.fixture(params=["envoy", "server"])
-def provider_stub(request: pytest.FixtureRequest, provider_stack: Stack,
-                  fakes) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
-    target = (provider_stack.envoy_target if request.param == "envoy"
-              else provider_stack.server_target)
-    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
-        yield image_service_pb2_grpc.ImageServiceStub(channel)
 
 
 def test_gpt_image_2_through_the_openai_sdk(provider_stack: Stack, fakes) -> None:

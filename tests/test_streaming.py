@@ -19,7 +19,6 @@ from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
 from tests.conftest import (
     GRPC_AUTH,
-    GRPC_OPTIONS,
     ImageHost,
     http_client,
     open_image,
@@ -37,15 +36,6 @@ from tests.test_bad_input import assert_error
 STREAM = "/api/images/generations:stream"
 
 
-@pytest.fixture(params=["envoy", "server"])
-def stream_stub(request: pytest.FixtureRequest, provider_stack: Stack,
-                fakes) -> Iterator[image_service_pb2_grpc.ImageServiceStub]:
-    target = (provider_stack.envoy_target if request.param == "envoy"
-              else provider_stack.server_target)
-    with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
-        yield image_service_pb2_grpc.ImageServiceStub(channel)
-
-
 def sse(client: httpx.Client, body: dict, path: str = STREAM,
         headers: dict[str, str] | None = None) -> tuple[httpx.Response, list[Event]]:
     started = time.monotonic()
@@ -56,11 +46,11 @@ def sse(client: httpx.Client, body: dict, path: str = STREAM,
         return answer, read_events(answer.iter_lines(), started)
 
 
-def test_grpc_stream_sends_progress_partials_images_then_usage(stream_stub, fakes) -> None:
+def test_grpc_stream_sends_progress_partials_images_then_usage(provider_stub, fakes) -> None:
     request = pb.GenerateRequest(model="gpt-image-2", prompt="a fox", n=2, partial_images=2,
                                  response_format="b64_json", size="1024x1536")
-    call = stream_stub.StreamGenerate(pb.StreamGenerateRequest(request=request),
-                                      metadata=GRPC_AUTH, timeout=60)
+    call = provider_stub.StreamGenerate(pb.StreamGenerateRequest(request=request),
+                                        metadata=GRPC_AUTH, timeout=60)
     events = list(call)
 
     kinds = [e.WhichOneof("event") for e in events]
@@ -160,8 +150,8 @@ def test_an_edit_streams_image_edit_events(provider_stack: Stack, fakes) -> None
 
 
 def test_models_without_previews_stream_their_images(provider_stack: Stack, fakes,
-                                                     stream_stub) -> None:
-    events = list(stream_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
+                                                     provider_stub) -> None:
+    events = list(provider_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
         model="local", prompt="a fox", n=3, size="64x64", partial_images=2)),
         metadata=GRPC_AUTH, timeout=60))
     kinds = [e.WhichOneof("event") for e in events]
@@ -170,7 +160,7 @@ def test_models_without_previews_stream_their_images(provider_stack: Stack, fake
 
 
 def test_errors_before_the_first_event_are_http_and_grpc_errors(provider_stack: Stack, fakes,
-                                                                stream_stub) -> None:
+                                                                provider_stub) -> None:
     with http_client(provider_stack) as client:
         answer, _ = sse(client, {"model": "gpt-image-2", "prompt": "x", "n": 11})
         assert_error(answer, 400, "n", "integer_above_max_value")
@@ -179,14 +169,14 @@ def test_errors_before_the_first_event_are_http_and_grpc_errors(provider_stack: 
         nobody = client.post(STREAM, json={"prompt": "x"}, headers={"authorization": ""})
         assert_error(nobody, 401, None)
     with pytest.raises(grpc.RpcError) as caught:
-        list(stream_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
+        list(provider_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
             model="gpt-image-2", prompt="x", n=11)), metadata=GRPC_AUTH, timeout=30))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fakes[0].received == []
 
 
 def test_an_error_after_the_first_event_is_an_error_event(provider_stack: Stack, fakes,
-                                                          stream_stub) -> None:
+                                                          provider_stub) -> None:
     broken = Reply(500, json={"error": {"message": "The server had an error", "type":
                                         "server_error", "param": None, "code": None}})
     fakes[0].script("generations", broken, broken, broken, broken, broken, broken)
@@ -197,7 +187,7 @@ def test_an_error_after_the_first_event_is_an_error_event(provider_stack: Stack,
     assert events[-1].data["error"]["code"] == "upstream_error"
     assert events[-1].data["error"]["http_status"] == 502
 
-    call = stream_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
+    call = provider_stub.StreamGenerate(pb.StreamGenerateRequest(request=pb.GenerateRequest(
         model="gpt-image-2", prompt="x")), metadata=GRPC_AUTH, timeout=30)
     received = []
     with pytest.raises(grpc.RpcError) as caught:

@@ -37,6 +37,8 @@ from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUs
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
+# What _json_around_images looks for in an answer's JSON.
+B64_KEY, SPACE, BACKSLASH, COLON, QUOTE = b'"b64_json"', b" \t\r\n", 0x5C, 0x3A, 0x22
 CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
 REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
                   "output_compression", "background", "moderation", "user"}
@@ -266,10 +268,6 @@ def retry_after(headers: Any) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-# The answer's JSON, parsed around its images (see _json_around_images).
-B64_KEY, SPACE, BACKSLASH, COLON, QUOTE = b'"b64_json"', b" \t\r\n", 0x5C, 0x3A, 0x22
 
 
 def _json(raw: bytes) -> dict[str, Any]:
