@@ -16,17 +16,19 @@ import structlog
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from bench.fake_provider import tiny_png
-from service import db, json_codec, validation
-from service.deployments import Deployment
-from service.imaging import verified_mime_type
-from service.interceptors import Call
-from service.key_cache import KeyCache
-from service.keys import KeyStore
-from service.metrics import Metrics
-from service.models import load_registry
+from service import db
+from service.accounting.key_cache import KeyCache
+from service.accounting.keys import KeyStore
+from service.accounting.quotas import Quotas
+from service.accounting.usage import CallFacts, Meter, UsageRecorder
+from service.catalog.models import load_registry
+from service.generation import validation
+from service.ops.metrics import Metrics
+from service.providers.imaging import verified_mime_type
 from service.providers.openai import OpenAIProvider
-from service.quotas import Quotas
-from service.usage import CallFacts, Meter, UsageRecorder
+from service.routing.deployments import Deployment
+from service.rpc import json_codec
+from service.rpc.interceptor import Call
 
 BODY = (b'{"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024", '
         b'"response_format": "b64_json"}')
@@ -51,7 +53,8 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
         engine = db.create_engine(url)
         await db.migrate(engine)
-        keys = KeyStore(db.sessions(engine), b"bench-secret")
+        database = db.Database(engine)
+        keys = KeyStore(database, b"bench-secret")
         _, token = await keys.create("bench")
         cache = KeyCache(keys, url)
         results.append(("API key lookup in the database (SQLAlchemy async, aiosqlite)",
@@ -59,9 +62,8 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         results.append(("API key lookup, cached (KeyCache: key_generation row + dict)",
                          await cpu_micros(lambda: cache.authenticate(f"Bearer {token}"))))
         key = await keys.authenticate(f"Bearer {token}")
-        turns = db.WriteTurns(engine.dialect.name)
-        quotas = Quotas(db.sessions(engine), engine.dialect.name, turns)
-        usage = UsageRecorder(db.sessions(engine), Decimal(1000), turns)
+        quotas = Quotas(database)
+        usage = UsageRecorder(database, Decimal(1000))
         results.append(("quota reservation (SQLite, day and month counters)",
                          await cpu_micros(lambda: quotas.reserve(key, 1))))
 

@@ -17,7 +17,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigne.hub.v1 import (
     admin_service_pb2,
@@ -36,32 +35,32 @@ from aigne.hub.v1 import (
     usage_service_pb2_grpc,
 )
 from service import db
-from service.admin import AdminServicer
-from service.admission import Admission
+from service.accounting.idempotency import Idempotency
+from service.accounting.key_cache import KeyCache
+from service.accounting.keys import KeyStore
+from service.accounting.quotas import Quotas
+from service.accounting.usage import UsageRecorder, UsageReports
+from service.api.admin import AdminServicer
+from service.api.console import ConsoleServicer
+from service.api.deployments import DeploymentServicer
+from service.api.images import LOCAL_MODEL, ImageServicer, default_model
+from service.api.jobs import JobServicer
+from service.api.listing import ModelListing
+from service.api.probes import ProbeServicer
+from service.api.usage import UsageServicer
+from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
-from service.console import ConsoleServicer
-from service.deployment_admin import DeploymentServicer
-from service.deployments import DeploymentStore, environment_deployments
-from service.health import ProbeServicer
-from service.idempotency import Idempotency
-from service.images import LOCAL_MODEL, ImageServicer, default_model
-from service.inputs import FetchLimits, ImageLoader
-from service.interceptors import HubInterceptor
-from service.job_service import JobServicer
-from service.jobs import Jobs
-from service.key_cache import KeyCache
-from service.keys import KeyStore
-from service.listing import ModelListing
-from service.metrics import Metrics
-from service.models import ModelRegistry, load_registry
-from service.quotas import Quotas
-from service.reports import UsageServicer
-from service.routing import Router, RoutingPolicy
-from service.secretbox import SecretBox
+from service.generation.inputs import FetchLimits, ImageLoader
+from service.jobs.runner import Jobs
+from service.jobs.webhooks import Webhooks
+from service.ops.admission import Admission
+from service.ops.metrics import Metrics
+from service.routing.deployments import DeploymentStore, environment_deployments
+from service.routing.router import Router, RoutingPolicy
+from service.routing.secretbox import SecretBox
+from service.rpc.interceptor import HubInterceptor
 from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
-from service.usage import UsageRecorder, UsageReports
-from service.webhooks import Webhooks
 
 log = structlog.get_logger("aigne.hub")
 
@@ -109,7 +108,7 @@ class Hub:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    engine: AsyncEngine
+    database: db.Database
     keys: KeyStore
     usage: UsageRecorder
     router: Router
@@ -156,41 +155,38 @@ class Hub:
         await self.router.aclose()
         await self.loader.aclose()
         await self.storage.aclose()
-        await self.engine.dispose()
+        await self.database.dispose()
         self.stop_metrics()
 
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
     assert settings.signing_secret and settings.key_hash_secret and settings.credentials_key
-    engine = db.create_engine(settings.db_url)
-    await db.migrate(engine)
-    sessions = db.sessions(engine)
-    keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
+    database = db.Database.open(settings.db_url)
+    await db.migrate(database.engine)
+    keys = KeyStore(database, settings.key_hash_secret.get_secret_value().encode())
     await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
     metrics = Metrics()
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
-    deployments = DeploymentStore(sessions, SecretBox(settings.credentials_key.get_secret_value()))
+    deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
                     instrument=metrics.instrument)
     default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
-    turns = db.WriteTurns(engine.dialect.name)  # reservations and records share the turns
-    quotas = Quotas(sessions, engine.dialect.name, turns)
-    usage = UsageRecorder(sessions, settings.credits_per_usd, turns)
+    quotas = Quotas(database)
+    usage = UsageRecorder(database, settings.credits_per_usd)
     storage = await open_storage(settings)
-    idempotency = Idempotency(sessions, engine.dialect.name,
-                              ttl_seconds=settings.idempotency_keep_seconds)
+    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds)
     servicer = ImageServicer(
         registry=registry, router=router, listing=ModelListing(registry, router),
         store=storage.store, signer=storage.urls,
         loader=loader, quotas=quotas, default_model=settings.default_model,
         fan_out_concurrency=settings.fan_out_concurrency, idempotency=idempotency,
         stream_heartbeat=settings.stream_heartbeat_seconds)
-    webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage,
+    webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage, idempotency=idempotency)
     interceptor = HubInterceptor(KeyCache(keys, settings.db_url), usage,
                                  public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
@@ -209,13 +205,13 @@ async def create_server(settings: Settings) -> Hub:
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(UsageReports(sessions)), server)
+        UsageServicer(UsageReports(database)), server)
     deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
         DeploymentServicer(deployments, router, registry), server)
     console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
         ConsoleServicer(public_base=settings.public_base), server)
     probe_service_pb2_grpc.add_ProbeServiceServicer_to_server(
-        ProbeServicer(engine=engine, store=storage.store, admission=admission), server)
+        ProbeServicer(database=database, store=storage.store, admission=admission), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -229,12 +225,12 @@ async def create_server(settings: Settings) -> Hub:
     await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
     stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
-    return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
+    return Hub(server, port, health_servicer, database, keys, usage, router, loader,
                default_model, storage, servicer, interceptor, jobs, webhooks, admission,
                settings.shutdown_grace_seconds, stop_metrics)
 
 
-def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ignore[no-untyped-def]
+def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore,
                     usage: UsageRecorder, storage: ImageStorage,
                     idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
     """JobService's parts: the webhook sender and the job runner."""
@@ -242,7 +238,7 @@ def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ig
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
     signer: UrlSigner = storage.urls
-    jobs = Jobs(sessions, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
+    jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
                 signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,

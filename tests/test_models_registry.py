@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aigne.hub.v1 import image_service_pb2 as pb
+from service.catalog.models import Lifecycle, Size, load_registry
 from service.errors import InvalidArgument, NotFound
-from service.models import Lifecycle, Size, load_registry
-from service.validation import plan
+from service.generation.validation import plan
 
 REGISTRY = load_registry()
 GPT_IMAGE_2 = REGISTRY.get("gpt-image-2")

@@ -23,7 +23,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from service.deployments import Deployment
+from service.catalog.deployments import Deployment
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -34,8 +34,8 @@ from service.errors import (
     UpstreamFailed,
     redact,
 )
-from service.imaging import verified_mime_type
 from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+from service.providers.imaging import verified_mime_type
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}

@@ -4,7 +4,7 @@ deployment name per model from the deployment's `model_map`).
 
 Generations go to `images.generate`; a job with source images goes to `images.edit`
 (multipart: one file as `image`, several as `image[]`). The SDK's own retries are off: the
-service retries retryable failures once, in one place (service.generation). Every SDK error
+service retries retryable failures once, in one place (service.generation.fan_out). Every SDK error
 is mapped to a HubError in `hub_error`, and nothing outside this module sees the SDK.
 """
 
@@ -21,7 +21,7 @@ import openai
 import orjson
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from service.deployments import Deployment
+from service.catalog.deployments import Deployment
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -32,8 +32,8 @@ from service.errors import (
     UpstreamFailed,
     redact,
 )
-from service.imaging import verified_mime_type
 from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+from service.providers.imaging import verified_mime_type
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
