@@ -22,7 +22,7 @@ from aigne.hub.v1 import console_service_pb2_grpc as pb_grpc
 from service.errors import NotFound
 from service.rpc.interceptor import current_call
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_DIR = ROOT / "console"
 OPENAPI_FILE = ROOT / "gen" / "openapi" / "aigne_hub.openapi.json"
 INDEX = "index.html"

@@ -15,16 +15,31 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from service.providers.base import TokenUsage
 
 NANOS = Decimal(10) ** 9
 MILLION = Decimal(10) ** 6
 ANY = "*"
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens a token-billed model reports for one call."""
+
+    input_text: int = 0
+    input_image: int = 0
+    output_text: int = 0
+    output_image: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.input_text + other.input_text,
+            self.input_image + other.input_image,
+            self.output_text + other.output_text,
+            self.output_image + other.output_image,
+        )
+
 
 
 class TokenRates(BaseModel):

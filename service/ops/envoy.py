@@ -22,7 +22,7 @@ import httpx
 from service.config import Settings
 from service.ops.upstreams import discovery
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
 LUA_FILE = Path("envoy") / "hub.lua"  # these two under ROOT, or AIGNE_HUB_ENVOY_ASSETS_ROOT
 DESCRIPTOR = Path("gen") / "descriptor" / "aigne_hub.pb"

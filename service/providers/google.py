@@ -24,6 +24,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from service.catalog.deployments import Deployment
+from service.catalog.pricing import TokenUsage
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -34,7 +35,7 @@ from service.errors import (
     UpstreamFailed,
     redact,
 )
-from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+from service.providers.base import GeneratedImage, Generation, ImageJob
 from service.providers.imaging import verified_mime_type
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",

@@ -22,6 +22,7 @@ import orjson
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from service.catalog.deployments import Deployment
+from service.catalog.pricing import TokenUsage
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -32,7 +33,7 @@ from service.errors import (
     UpstreamFailed,
     redact,
 )
-from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+from service.providers.base import GeneratedImage, Generation, ImageJob
 from service.providers.imaging import verified_mime_type
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
