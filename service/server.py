@@ -43,7 +43,7 @@ from service.accounting.usage import UsageRecorder, UsageReports
 from service.api.admin import AdminServicer
 from service.api.console import ConsoleServicer
 from service.api.deployments import DeploymentServicer
-from service.api.images import LOCAL_MODEL, ImageServicer, default_model
+from service.api.images import ImageServicer
 from service.api.jobs import JobServicer
 from service.api.listing import ModelListing
 from service.api.probes import ProbeServicer
@@ -51,6 +51,7 @@ from service.api.usage import UsageServicer
 from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.generation.inputs import FetchLimits, ImageLoader
+from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
@@ -116,7 +117,7 @@ class Hub:
     default_model: str
     storage: ImageStorage
     # Work that outlives calls: idempotent generations, jobs, webhooks.
-    images: ImageServicer
+    pipeline: Pipeline
     interceptor: HubInterceptor
     jobs: Jobs
     webhooks: Webhooks
@@ -148,7 +149,7 @@ class Hub:
                     await self.admission.wait_idle()
         await self.server.stop(max(0.0, deadline - loop.time()))
         await self.jobs.stop()  # running jobs get their grace, then go back to the queue
-        await self.images.drain(max(0.0, deadline - loop.time()))
+        await self.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
         await self.usage.drain()
         await self.webhooks.aclose()
@@ -180,15 +181,16 @@ async def create_server(settings: Settings) -> Hub:
     usage = UsageRecorder(database, settings.credits_per_usd)
     storage = await open_storage(settings)
     idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds)
-    servicer = ImageServicer(
-        registry=registry, router=router, listing=ModelListing(registry, router),
-        store=storage.store, signer=storage.urls,
-        loader=loader, quotas=quotas, default_model=settings.default_model,
-        fan_out_concurrency=settings.fan_out_concurrency, idempotency=idempotency,
-        stream_heartbeat=settings.stream_heartbeat_seconds)
+    pipeline = Pipeline(registry=registry, router=router, store=storage.store,
+                        signer=storage.urls, loader=loader, idempotency=idempotency,
+                        default_model=settings.default_model,
+                        fan_out_concurrency=settings.fan_out_concurrency)
+    servicer = ImageServicer(pipeline=pipeline, listing=ModelListing(registry, router),
+                             store=storage.store, signer=storage.urls,
+                             stream_heartbeat=settings.stream_heartbeat_seconds)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage, idempotency=idempotency)
-    interceptor = HubInterceptor(KeyCache(keys, settings.db_url), usage,
+    interceptor = HubInterceptor(KeyCache(keys, settings.db_url), usage, quotas=quotas,
                                  public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
                                  metered_methods=METERED_METHODS,
                                  request_timeout=settings.request_timeout_seconds,
@@ -200,8 +202,7 @@ async def create_server(settings: Settings) -> Hub:
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
-        images=servicer, jobs=jobs, idempotency=idempotency, quotas=quotas,
-        webhooks=webhooks), server)
+        pipeline=pipeline, jobs=jobs, idempotency=idempotency, webhooks=webhooks), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(keys=keys, quotas=quotas, models=registry), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
@@ -222,11 +223,11 @@ async def create_server(settings: Settings) -> Hub:
     for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
                  CONSOLE_SERVICE, JOB_SERVICE, PROBE_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
+    await jobs.start(pipeline)  # jobs waiting in the database, from before a restart too
     stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
     return Hub(server, port, health_servicer, database, keys, usage, router, loader,
-               default_model, storage, servicer, interceptor, jobs, webhooks, admission,
+               default_model, storage, pipeline, interceptor, jobs, webhooks, admission,
                settings.shutdown_grace_seconds, stop_metrics)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,7 +29,6 @@ import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigne.hub.v1 import image_service_pb2 as pb
 from service.accounting.quotas import INSERTS
 from service.db import Database, IdempotencyKeyRow, utcnow
 from service.errors import Conflict, InvalidArgument
@@ -42,25 +40,6 @@ LEASE_MARGIN_SECONDS = 5.0
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 1.0
 REPLAYED_HEADER = ("idempotent-replayed", "true")
-
-
-def fingerprint(operation: str, *parts: bytes) -> str:
-    """What makes two requests the same: the operation and its canonical request bytes."""
-    digest = hashlib.sha256(operation.encode())
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
-
-
-def generation_fingerprint(request: pb.GenerateRequest) -> str:
-    """A generation's fingerprint. `stream` and `partial_images` say how the answer is told,
-    not what is asked: a stream may retry a plain request, and the other way round."""
-    same = pb.GenerateRequest()
-    same.CopyFrom(request)
-    same.ClearField("stream")
-    same.ClearField("partial_images")
-    return fingerprint("generate", same.SerializeToString(deterministic=True))
 
 
 @dataclass

@@ -1,10 +1,9 @@
 """Usage: one record per image request that passed authentication, success or failure.
 
-The servicer fills the call's `Meter` as the request goes (what was asked, the checked
-plan, the quota reservation, what the provider answered, what was returned); the
-interceptor hands it to `UsageRecorder.finish` when the call ends, whatever the outcome.
-That one place settles the reservation (gives back images not returned) and writes the
-record, in one transaction, and runs to the end even when the client went away.
+A request's `Charge` (service/accounting/charge.py) learns what was asked and used as the
+request goes; when the call ends, `UsageRecorder.finish` settles its reservation (gives
+back images not returned) and writes its record, in one transaction, to the end even when
+the client went away.
 
 `UsageReports` reads the records back: totals per UTC day and model, and pages of records.
 """
@@ -14,27 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, case, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.accounting.quotas import Reservation
+from service.accounting.charge import Charge
 from service.catalog import pricing
 from service.db import Database, UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from aigne.hub.v1 import image_service_pb2 as pb
-    from service.catalog.models import Route
-    from service.generation.validation import GenerationPlan
-    from service.providers.base import GeneratedImage, Generation
-    from service.routing.router import Attempt
 
 log = structlog.get_logger("aigne.hub")
 
@@ -46,74 +37,16 @@ ADD_ATTEMPT = insert(cast(Table, UsageAttemptRow.__table__))
 DEFAULT_PAGE_SIZE = 100
 
 
-@dataclass
-class Meter:
-    """What one image request asked for and used, filled in as it goes."""
-
-    model: str = ""
-    n: int = 1
-    size: str | None = None
-    quality: str | None = None
-    response_format: str | None = None
-    user: str | None = None
-    prompt: str | None = None  # for the log line, when the operator asks for prompts
-    route: Route | None = None  # the registry's models, once the name is known
-    plan: GenerationPlan | None = None
-    reservation: Reservation | None = None
-    generation: Generation | None = None
-    attempts: list[Attempt] = field(default_factory=list)  # upstream calls, by the router
-    images: int = 0  # handed to the client: what the request is charged for
-    bytes: int = 0
-    # False: nothing to record for this call (a replay of an answer already recorded, or
-    # a job, which records its usage when it ends).
-    record: bool = True
-
-    def requested(self, request: pb.GenerateRequest, model: str) -> None:
-        """The request as it came (it may still fail validation)."""
-        self.model = model
-        self.n = request.n if request.HasField("n") else 1
-        self.size = request.size or None
-        self.quality = request.quality or None
-        self.response_format = request.response_format or None
-        self.user = request.user or None
-        self.prompt = request.prompt
-
-    def planned(self, plan: GenerationPlan) -> None:
-        """The checked request, with the defaults of the model it named."""
-        self.plan = plan
-        self.n = plan.job.n
-        self.size = str(plan.size) if plan.size else "auto"
-        self.quality = self.quality or plan.route.requested.default_quality
-        self.response_format = plan.response_format
-
-    def returned(self, images: Iterable[GeneratedImage]) -> None:
-        images = list(images)
-        self.images = len(images)
-        self.bytes = sum(len(image.data) for image in images)
-
-
-@dataclass(frozen=True)
-class CallFacts:
-    """What the interceptor knows about the call a Meter belongs to."""
-
-    key_id: str
-    request_id: str
-    door: str
-    accepted_at: float  # UNIX time
-    status: str  # OK, or the error reason
-    http_status: int
-
-
 class UsageRecorder:
     def __init__(self, database: Database, credits_per_usd: Decimal) -> None:
         self._db = database
         self._credits_per_usd = credits_per_usd
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def finish(self, meter: Meter, facts: CallFacts) -> None:
+    async def finish(self, charge: Charge, status: str, http_status: int) -> None:
         """Settle the reservation and write the record. Shielded: a cancelled call (the
         client went away) still gives its quota back and leaves its record."""
-        task = asyncio.create_task(self._write(meter, facts, time.time()))
+        task = asyncio.create_task(self._write(charge, status, http_status, time.time()))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         await asyncio.shield(task)
@@ -122,52 +55,54 @@ class UsageRecorder:
         """Wait for records still being written (at shutdown)."""
         await asyncio.gather(*self._pending, return_exceptions=True)
 
-    async def _write(self, meter: Meter, facts: CallFacts, ended_at: float) -> None:
+    async def _write(self, charge: Charge, status: str, http_status: int,
+                     ended_at: float) -> None:
         try:
-            await self._db.write(lambda session: self.record(session, meter, facts, ended_at))
+            await self._db.write(
+                lambda session: self.record(session, charge, status, http_status, ended_at))
         except Exception:
-            log.exception("usage record not written", request_id=facts.request_id,
-                          key_id=facts.key_id)
+            log.exception("usage record not written", request_id=charge.request_id,
+                          key_id=charge.key_id)
 
-    async def record(self, session: AsyncSession, meter: Meter, facts: CallFacts,
-                     ended_at: float | None = None) -> None:
+    async def record(self, session: AsyncSession, charge: Charge, status: str,
+                     http_status: int, ended_at: float | None = None) -> None:
         """Settle the reservation and add the record, in the caller's transaction. A request
-        is charged for the images it handed out (`meter.images`): all of them when it
+        is charged for the images it handed out (`charge.images`): all of them when it
         succeeded, those a stream sent before it failed, none otherwise."""
-        images = meter.images
-        if meter.reservation is not None:
-            await meter.reservation.settle(session, images)
-        values = self._values(meter, facts, images, ended_at or time.time())
+        images = charge.images
+        if charge.reservation is not None:
+            await charge.reservation.settle(session, images)
+        values = self._values(charge, status, http_status, ended_at or time.time())
         record_id = (await session.execute(ADD_RECORD, values)).scalar_one()
-        if meter.attempts:
+        if charge.attempts:
             await session.execute(ADD_ATTEMPT, [{
                 "record_id": record_id, "created_at": a.at, "deployment_id": a.deployment_id,
                 "credential_id": a.credential_id, "outcome": _clip(a.outcome, 64) or "",
-                "upstream_ms": round(a.seconds * 1000, 1)} for a in meter.attempts])
+                "upstream_ms": round(a.seconds * 1000, 1)} for a in charge.attempts])
 
-    def _values(self, meter: Meter, facts: CallFacts, images: int,
+    def _values(self, charge: Charge, status: str, http_status: int,
                 ended_at: float) -> dict[str, Any]:
-        plan, generation = meter.plan, meter.generation
+        images, generation, billed = charge.images, charge.generation, charge.billed
         tokens = generation.usage if generation is not None else None
         cost = pricing.Cost()
-        if plan is not None and images:
-            job = plan.job  # in the serving model's terms: its price, size and quality
-            cost = pricing.cost(plan.route.served.price, quality=job.quality,
-                                size=str(job.size) if job.size else None, images=images,
-                                tokens=tokens, credits_per_usd=self._credits_per_usd)
-        created = datetime.fromtimestamp(facts.accepted_at, UTC)
-        served = plan.route.served if plan is not None else None
+        if billed is not None and images:  # in the serving model's terms
+            cost = pricing.cost(billed.served.price, quality=billed.quality, size=billed.size,
+                                images=images, tokens=tokens,
+                                credits_per_usd=self._credits_per_usd)
+        created = datetime.fromtimestamp(charge.accepted_at, UTC)
+        served = billed.served if billed is not None else None
         return dict(
-            request_id=_clip(facts.request_id, 128), key_id=facts.key_id, created_at=created,
-            day=created.date(), door=facts.door, model=_clip(meter.model, 200),
+            request_id=_clip(charge.request_id, 128), key_id=charge.key_id,
+            created_at=created, day=created.date(), door=charge.door,
+            model=_clip(charge.model, 200),
             served_model=_clip(served.name, 200) if served else None,
             provider=_clip(served.provider, 40) if served else None,
-            n=meter.n, size=_clip(meter.size, 32), quality=_clip(meter.quality, 32),
-            response_format=_clip(meter.response_format, 16), user=_clip(meter.user, 256),
-            status=_clip(facts.status, 64), http_status=facts.http_status, images=images,
-            bytes=meter.bytes if images else 0,
+            n=charge.n, size=_clip(charge.size, 32), quality=_clip(charge.quality, 32),
+            response_format=_clip(charge.response_format, 16), user=_clip(charge.user, 256),
+            status=_clip(status, 64), http_status=http_status, images=images,
+            bytes=charge.bytes if images else 0,
             upstream_ms=round(generation.upstream_seconds * 1000, 1) if generation else 0.0,
-            total_ms=round((ended_at - facts.accepted_at) * 1000, 1),
+            total_ms=round((ended_at - charge.accepted_at) * 1000, 1),
             input_text_tokens=tokens.input_text if tokens else None,
             input_image_tokens=tokens.input_image if tokens else None,
             output_text_tokens=tokens.output_text if tokens else None,

@@ -13,26 +13,25 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
 from aigne.hub.v1 import job_service_pb2_grpc as job_grpc
-from service.accounting.idempotency import REPLAYED_HEADER, Idempotency, fingerprint
-from service.accounting.quotas import Quotas
-from service.api.images import ImageServicer
+from service.accounting.idempotency import REPLAYED_HEADER, Idempotency
+from service.contract import json_codec
+from service.contract.images import fingerprint, image_request
 from service.errors import InvalidArgument
+from service.generation.pipeline import Pipeline
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
-from service.rpc import json_codec
-from service.rpc.interceptor import Call, current_call
+from service.rpc.call import Call, current_call
 
 JSON = "application/json"
 STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream), not jobs"
 
 
 class JobServicer(job_grpc.JobServiceServicer):
-    def __init__(self, *, images: ImageServicer, jobs: Jobs, idempotency: Idempotency,
-                 quotas: Quotas, webhooks: Webhooks) -> None:
-        self._images = images
+    def __init__(self, *, pipeline: Pipeline, jobs: Jobs, idempotency: Idempotency,
+                 webhooks: Webhooks) -> None:
+        self._pipeline = pipeline
         self._jobs = jobs
         self._idempotency = idempotency
-        self._quotas = quotas
         self._webhooks = webhooks
 
     async def CreateJob(self, request: job_pb.CreateJobRequest,
@@ -61,7 +60,8 @@ class JobServicer(job_grpc.JobServiceServicer):
 
     async def _create(self, call: Call, request: pb.GenerateRequest,
                       webhook_url: str) -> job_pb.CreateJobResponse:
-        plan, _ = await self._images.plan(call, request, refuse_streams=STREAMING_CALL)
+        plan, _ = await self._pipeline.plan(call, image_request(request),
+                                            refuse_streams=STREAMING_CALL)
         if webhook_url:
             await self._webhooks.check(webhook_url)
         claim = await self._idempotency.claim(
@@ -69,14 +69,14 @@ class JobServicer(job_grpc.JobServiceServicer):
             fingerprint("job", request.SerializeToString(deterministic=True),
                         webhook_url.encode()), call.request_id, call.remaining())
         if claim.answer is not None:  # a retry: the job the first attempt made
-            call.meter.record = False
+            call.charge.record = False
             call.response_headers.append(REPLAYED_HEADER)
             row = await self._jobs.get(str(claim.answer["job_id"]), call.caller)
         else:
             try:
-                call.meter.reservation = await self._quotas.reserve(call.caller, plan.job.n)
-                row = await self._jobs.create(call, request, webhook_url, call.meter.reservation)
-                call.meter.record = False  # the job records its usage when it ends
+                reservation = await call.charge.reserve(plan.job.n)
+                row = await self._jobs.create(call, request, webhook_url, reservation)
+                call.charge.record = False  # the job records its usage when it ends
                 await claim.complete({"job_id": row.id})
             except BaseException:
                 await claim.release()

@@ -1,4 +1,4 @@
-"""Answers kept for later: a GenerateResponse whose images are names in the image store.
+"""Answers kept for later: an Answer whose images are names in the image store.
 
 An idempotent request's answer is replayed to its retries, and a job's answer is read
 after the job ended; neither keeps image bytes in the database. Every image of such an
@@ -13,9 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
-from aigne.hub.v1 import image_service_pb2 as pb
+from service.catalog.pricing import TokenUsage
+from service.generation.request import Answer, AnswerImage
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
@@ -28,14 +27,14 @@ class KeptImage:
 
 @dataclass(frozen=True)
 class KeptAnswer:
-    """A GenerateResponse without image bytes."""
+    """An Answer without image bytes."""
 
     created: int
     response_format: str
     output_format: str
     images: tuple[KeptImage, ...]
     background: str = ""
-    usage: dict[str, Any] | None = None  # ImageUsage in its JSON form
+    usage: dict[str, Any] | None = None  # ImageUsage in its JSON form (see _usage_json)
 
     def to_json(self) -> dict[str, Any]:
         return {"created": self.created, "response_format": self.response_format,
@@ -53,33 +52,63 @@ class KeptAnswer:
                                 for i in value["images"]))
 
     @classmethod
-    def of(cls, response: pb.GenerateResponse, names: list[str],
-           response_format: str) -> KeptAnswer:
-        """Keep `response`, whose images are stored under `names`, in order."""
-        usage = (json_format.MessageToDict(response.usage, preserving_proto_field_name=True)
-                 if response.HasField("usage") else None)
-        return cls(created=response.created, response_format=response_format,
-                   output_format=response.output_format, background=response.background,
-                   usage=usage,
-                   images=tuple(KeptImage(name, image.revised_prompt)
-                                for name, image in zip(names, response.data, strict=True)))
-
-    def usage_message(self) -> pb.ImageUsage | None:
-        return json_format.ParseDict(self.usage, pb.ImageUsage()) if self.usage else None
+    def of(cls, answer: Answer, names: list[str], response_format: str) -> KeptAnswer:
+        """Keep `answer`, whose images are stored under `names`, in order."""
+        return cls(created=answer.created, response_format=response_format,
+                   output_format=answer.output_format, background=answer.background or "",
+                   usage=_usage_json(answer.usage),
+                   images=tuple(KeptImage(name, image.revised_prompt or "")
+                                for name, image in zip(names, answer.data, strict=True)))
 
 
-async def told(answer: KeptAnswer, store: ImageStore, signer: UrlSigner) -> pb.GenerateResponse:
-    """The GenerateResponse `answer` stands for: urls signed afresh, or bytes read back."""
-    return pb.GenerateResponse(
-        created=answer.created, data=await images(answer, store, signer),
-        usage=answer.usage_message(), output_format=answer.output_format,
-        background=answer.background or None)
+async def told(answer: KeptAnswer, store: ImageStore, signer: UrlSigner) -> Answer:
+    """The Answer `answer` stands for: urls signed afresh, or bytes read back."""
+    return Answer(created=answer.created, data=tuple(await images(answer, store, signer)),
+                  output_format=answer.output_format, background=answer.background or None,
+                  usage=_usage(answer.usage))
 
 
-async def images(answer: KeptAnswer, store: ImageStore, signer: UrlSigner) -> list[pb.Image]:
+async def images(answer: KeptAnswer, store: ImageStore, signer: UrlSigner
+                 ) -> list[AnswerImage]:
     if answer.response_format != "b64_json":
-        return [pb.Image(url=signer.url(i.name), revised_prompt=i.revised_prompt or None)
+        return [AnswerImage(url=signer.url(i.name), revised_prompt=i.revised_prompt or None)
                 for i in answer.images]
     files = await asyncio.gather(*(store.get(i.name) for i in answer.images))
-    return [pb.Image(b64_json=data, revised_prompt=i.revised_prompt or None)
+    return [AnswerImage(b64_json=data, revised_prompt=i.revised_prompt or None)
             for (data, _), i in zip(files, answer.images, strict=True)]
+
+
+def _usage_json(usage: TokenUsage | None) -> dict[str, Any] | None:
+    """Token usage as the JSON of the contract's ImageUsage (proto field names, zero
+    values left out), the form kept answers have always had."""
+    if usage is None:
+        return None
+    inputs = usage.input_text + usage.input_image
+    outputs = usage.output_text + usage.output_image
+    shape: dict[str, Any] = {
+        "total_tokens": inputs + outputs, "input_tokens": inputs, "output_tokens": outputs,
+        "input_tokens_details": {"text_tokens": usage.input_text,
+                                 "image_tokens": usage.input_image},
+        "output_tokens_details": {"text_tokens": usage.output_text,
+                                  "image_tokens": usage.output_image}}
+    return _without_zeros(shape)
+
+
+def _without_zeros(value: dict[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for name, item in value.items():
+        if isinstance(item, dict):
+            item = _without_zeros(item)
+        if item:
+            kept[name] = item
+    return kept
+
+
+def _usage(kept: dict[str, Any] | None) -> TokenUsage | None:
+    if not kept:
+        return None
+    inputs, outputs = kept.get("input_tokens_details", {}), kept.get("output_tokens_details", {})
+    return TokenUsage(input_text=int(inputs.get("text_tokens", 0)),
+                      input_image=int(inputs.get("image_tokens", 0)),
+                      output_text=int(outputs.get("text_tokens", 0)),
+                      output_image=int(outputs.get("image_tokens", 0)))

@@ -1,4 +1,4 @@
-"""A GenerateRequest and its model route in, a checked GenerationPlan out, or InvalidArgument
+"""An ImageRequest and its model route in, a checked GenerationPlan out, or InvalidArgument
 naming the field.
 
 A request is checked by the rules of the model it names, even when a successor serves it
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigne.hub.v1 import image_service_pb2 as pb
 from service.catalog.models import ModelSpec, Route, Size
 from service.errors import InvalidArgument
+from service.generation.request import ImageRequest
 from service.providers.base import ImageJob
 
 MAX_N = 10
@@ -37,7 +37,7 @@ class GenerationPlan:
     image_sources: tuple[str, ...]
 
 
-def plan(request: pb.GenerateRequest, route: Route) -> GenerationPlan:
+def plan(request: ImageRequest, route: Route) -> GenerationPlan:
     """Check every field of `request` against the requested model; raise InvalidArgument."""
     spec = route.requested
     prompt = _prompt(request.prompt, spec)
@@ -79,8 +79,8 @@ def _prompt(prompt: str, spec: ModelSpec) -> str:
     return text
 
 
-def _n(request: pb.GenerateRequest) -> int:
-    if not request.HasField("n"):
+def _n(request: ImageRequest) -> int:
+    if request.n is None:
         return 1
     if not 1 <= request.n <= MAX_N:
         raise InvalidArgument(f"n must be between 1 and {MAX_N}; got {request.n}", param="n",
@@ -89,8 +89,8 @@ def _n(request: pb.GenerateRequest) -> int:
     return request.n
 
 
-def _partial_images(request: pb.GenerateRequest) -> int:
-    if not request.HasField("partial_images"):
+def _partial_images(request: ImageRequest) -> int:
+    if request.partial_images is None:
         return 0
     if not 0 <= request.partial_images <= MAX_PARTIAL_IMAGES:
         raise InvalidArgument(f"partial_images must be between 0 and {MAX_PARTIAL_IMAGES}; "
@@ -100,7 +100,7 @@ def _partial_images(request: pb.GenerateRequest) -> int:
     return request.partial_images
 
 
-def refuse_stream_fields(request: pb.GenerateRequest, streaming_call: str) -> None:
+def refuse_stream_fields(request: ImageRequest, streaming_call: str) -> None:
     """For calls that do not stream: `stream: true` and previews belong to `streaming_call`."""
     if request.stream:
         raise InvalidArgument(f"stream: true is served by {streaming_call}; this call answers "
@@ -151,8 +151,8 @@ def _output_format(value: str, spec: ModelSpec) -> str:
                    spec) or "png"
 
 
-def _compression(request: pb.GenerateRequest, output_format: str) -> int | None:
-    if not request.HasField("output_compression"):
+def _compression(request: ImageRequest, output_format: str) -> int | None:
+    if request.output_compression is None:
         return None
     if not 0 <= request.output_compression <= 100:
         raise InvalidArgument("output_compression must be between 0 and 100",
@@ -173,7 +173,7 @@ def _background(value: str, output_format: str, spec: ModelSpec) -> str | None:
     return background
 
 
-def _image_sources(request: pb.GenerateRequest, spec: ModelSpec) -> tuple[str, ...]:
+def _image_sources(request: ImageRequest, spec: ModelSpec) -> tuple[str, ...]:
     sources = tuple(request.image)
     if not sources:
         return ()

@@ -40,20 +40,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
+from service.accounting.charge import Charge
 from service.accounting.idempotency import Idempotency
 from service.accounting.keys import ApiKey, KeyStore
 from service.accounting.quotas import Reservation
-from service.accounting.usage import CallFacts, UsageRecorder
+from service.accounting.usage import UsageRecorder
+from service.contract import json_codec
+from service.contract.images import generate_response, image_request
 from service.db import Database, JobRow, utcnow
 from service.errors import HubError, Internal, NotFound
 from service.generation import answers
 from service.generation.answers import KeptAnswer
-from service.generation.streaming import NO_EVENTS, GenerationEvents
+from service.generation.context import RequestContext
+from service.generation.events import NO_EVENTS, GenerationEvents
+from service.generation.request import Answer, ImageRequest
 from service.generation.validation import GenerationPlan
 from service.jobs.webhooks import Webhooks
 from service.providers.base import GeneratedImage
-from service.rpc import json_codec
-from service.rpc.interceptor import Call
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
@@ -70,14 +73,15 @@ class ClaimLost(Exception):
 
 
 class Executor(Protocol):
-    """What runs a job's generation: the ImageServicer's path, without quota or key."""
+    """What runs a job's generation: the pipeline's plan and make, without quota or key
+    checks of their own (the job reserved its quota when it was accepted)."""
 
-    async def plan(self, call: Call, request: pb.GenerateRequest
-                   ) -> tuple[GenerationPlan, str | None]: ...
+    async def plan(self, context: RequestContext, request: ImageRequest,
+                   refuse_streams: str | None = None) -> tuple[GenerationPlan, str | None]: ...
 
-    async def make(self, call: Call, plan: GenerationPlan, pin: str | None,
+    async def make(self, context: RequestContext, plan: GenerationPlan, pin: str | None,
                    events: GenerationEvents, *, keep: bool
-                   ) -> tuple[pb.GenerateResponse, list[str], list[GeneratedImage]]: ...
+                   ) -> tuple[Answer, list[str], list[GeneratedImage]]: ...
 
 
 class Jobs:
@@ -109,10 +113,10 @@ class Jobs:
 
     # Accepting and reading jobs.
 
-    async def create(self, call: Call, request: pb.GenerateRequest, webhook_url: str,
+    async def create(self, call: RequestContext, request: pb.GenerateRequest, webhook_url: str,
                      reservation: Reservation) -> JobRow:
         """Keep a checked, reserved job, and start it here if a slot is free."""
-        meter = call.meter
+        meter = call.charge
         row = JobRow(id="job_" + secrets.token_urlsafe(18), key_id=call.caller.id,
                      request_id=call.request_id, door=call.door, status=QUEUED,
                      model=meter.model, n=meter.n,
@@ -156,7 +160,7 @@ class Jobs:
 
     async def _told(self, row: JobRow, kept: KeptAnswer) -> pb.GenerateResponse:
         try:
-            return await answers.told(kept, self._store, self._signer)
+            return generate_response(await answers.told(kept, self._store, self._signer))
         except NotFound:
             raise NotFound(f"The images of job '{row.id}' are no longer kept: stored images "
                            "are deleted after the image retention period.", param="id",
@@ -295,17 +299,17 @@ class Jobs:
             error = Internal(f"The job was interrupted {row.attempts} times (the server "
                              "stopped while it ran); it is not run again.",
                              reason="JOB_INTERRUPTED")
-            return await self._end(row, self._call(row, None), error=error)
+            return await self._end(row, self._context(row, None), error=error)
 
         async def mark_running(session: AsyncSession) -> None:
             await session.execute(update(JobRow).where(JobRow.id == row.id).values(
                 status=RUNNING, attempts=row.attempts + 1))
 
         await self._db.write(mark_running)
-        call = self._call(row, await self._keys.get(row.key_id))
+        call = self._context(row, await self._keys.get(row.key_id))
         log.info("job started", job_id=row.id, attempt=row.attempts + 1)
         try:
-            request = pb.GenerateRequest.FromString(row.request)
+            request = image_request(pb.GenerateRequest.FromString(row.request))
             plan, pin = await self._executor.plan(call, request)
             response, names, images = await self._executor.make(call, plan, pin, NO_EVENTS,
                                                                 keep=True)
@@ -315,21 +319,20 @@ class Jobs:
             log.exception("job failed", job_id=row.id)
             return await self._end(row, call, error=Internal(
                 f"Something went wrong on our side (job {row.id})."))
-        call.meter.returned(images)
+        call.charge.returned(images)
         kept = KeptAnswer.of(response, names, plan.response_format)
         return await self._end(row, call, result=kept.to_json())
 
-    def _call(self, row: JobRow, key: ApiKey | None) -> Call:
-        """The job's run as a call: its key, request id and door, a fresh time budget."""
+    def _context(self, row: JobRow, key: ApiKey | None) -> RequestContext:
+        """The job's run: its key, request id and door, its reservation, a fresh time
+        budget; it records its usage when the job ends (`_end`)."""
         loop = asyncio.get_running_loop()
-        call = Call(request_id=row.request_id, method="Job", door=row.door,
-                    deadline=loop.time() + self._run_seconds,
-                    accepted_at=row.created_at.timestamp(), key=key)
-        call.meter.reservation = _reservation_of(row)
-        call.meter.model, call.meter.n = row.model, row.n
-        return call
+        charge = Charge(request_id=row.request_id, door=row.door,
+                        accepted_at=row.created_at.timestamp(), key=key, ledger=self._usage,
+                        model=row.model, n=row.n, reservation=_reservation_of(row))
+        return RequestContext(charge=charge, deadline=loop.time() + self._run_seconds)
 
-    async def _end(self, row: JobRow, call: Call, *, result: dict[str, Any] | None = None,
+    async def _end(self, row: JobRow, call: RequestContext, *, result: dict[str, Any] | None = None,
                    error: HubError | None = None) -> JobRow:
         """The job's outcome and its usage record, in one transaction."""
         status = FAILED if error is not None else SUCCEEDED
@@ -343,14 +346,13 @@ class Jobs:
                 JobRow.id == row.id, JobRow.owner == self.instance).values(**values))
             if ended.rowcount != 1:  # type: ignore[attr-defined]
                 raise ClaimLost(row.id)
-            await self._usage.record(session, call.meter, CallFacts(
-                row.key_id, row.request_id, row.door, row.created_at.timestamp(),
-                error.reason if error else "OK", error.http_status if error else 200))
+            await call.charge.settle_in(session, error.reason if error else "OK",
+                                        error.http_status if error else 200)
             return (await session.scalars(select(JobRow).where(JobRow.id == row.id))).one()
 
         row = await self._db.write(end_it)
         log.info("job ended", job_id=row.id, status=status, key_id=row.key_id,
-                 images=call.meter.images, reason=error.reason if error else None)
+                 images=call.charge.images, reason=error.reason if error else None)
         return row
 
     async def _deliver(self, row: JobRow) -> None:

@@ -23,7 +23,7 @@ from service.providers.base import Generation, ImageJob, Provider
 if TYPE_CHECKING:
     from service.catalog.deployments import Deployment
     from service.ops.admission import Admission
-    from service.rpc.interceptor import Call
+    from service.rpc.call import Call
 
 # From a millisecond (our own overhead) to the five-minute request budget.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -76,7 +76,7 @@ class Metrics:
         self.in_flight.labels(call.method).dec()
         self.requests.labels(call.method, call.door, call.model, status).inc()
         self.duration.labels(call.method, call.door, call.model).observe(call.elapsed())
-        meter = call.meter
+        meter = call.charge
         if meter.bytes:
             model = call.served or call.model
             response_format = meter.response_format or ""

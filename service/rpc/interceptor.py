@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -32,9 +30,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import db
+from service.accounting.charge import Charge
 from service.accounting.key_cache import KeyCache
-from service.accounting.keys import ApiKey, KeyStore
-from service.accounting.usage import CallFacts, Meter, UsageRecorder
+from service.accounting.keys import KeyStore
+from service.accounting.quotas import Quotas
+from service.accounting.usage import UsageRecorder
 from service.errors import (
     DOMAIN,
     HubError,
@@ -42,76 +42,17 @@ from service.errors import (
     InvalidArgument,
     PermissionDenied,
     ShuttingDown,
-    Unauthenticated,
 )
 from service.ops.admission import Admission
 from service.ops.metrics import Metrics
 from service.rpc import wire
+from service.rpc.call import REQUEST_ID, Call, _current
 
 log = structlog.get_logger("aigne.hub")
 
 MAX_MESSAGE_LENGTH = 1000
 REST_ERROR_HEADER = "x-hub-error"
 REST_STATUS_HEADER = "x-hub-http-status"
-# A request id a caller (or Envoy) gave is kept if it looks like one; else a new one is made.
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-
-
-@dataclass
-class Call:
-    """What is known about the call in progress, for the servicer and the log line."""
-
-    request_id: str
-    method: str
-    door: str
-    deadline: float  # loop time by which the answer must be sent
-    accepted_at: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.perf_counter)
-    key: ApiKey | None = None
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    log: dict[str, Any] = field(default_factory=dict)
-    meter: Meter = field(default_factory=Meter)  # recorded for metered methods
-    idempotency_key: str | None = None  # the `idempotency-key` metadata, if sent
-    # Work that goes on when the client goes away (an idempotent request's generation, kept
-    # for its retries): the call is recorded when the work ends, not when the client left.
-    detached: asyncio.Task[Any] | None = None
-    # A failure that ended a REST stream after it started (sent as an event, so the gRPC
-    # status is OK): what the usage record and the log line say.
-    failure: HubError | None = None
-
-    def remaining(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def model(self) -> str:
-        """The registry's name of the model asked for ('' before it is known): never what a
-        caller typed, so it is safe as a metric label."""
-        route = self.meter.route
-        return route.requested.name if route is not None else ""
-
-    @property
-    def served(self) -> str:
-        route = self.meter.route
-        return route.served.name if route is not None else ""
-
-    @property
-    def caller(self) -> ApiKey:
-        """The caller's key; only public methods run without one."""
-        if self.key is None:
-            raise Unauthenticated("This method needs an API key.", reason="MISSING_API_KEY")
-        return self.key
-
-
-_current: ContextVar[Call] = ContextVar("aigne_hub_call")
-
-
-def current_call() -> Call:
-    return _current.get()
-
-
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
@@ -122,12 +63,14 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
     neither logged at INFO nor counted in the request metrics."""
 
     def __init__(self, keys: KeyStore | KeyCache, usage: UsageRecorder, *,
+                 quotas: Quotas | None = None,
                  public_methods: frozenset[str], admin_prefixes: tuple[str, ...],
                  metered_methods: frozenset[str], request_timeout: float,
                  admission: Admission | None = None, metrics: Metrics | None = None,
                  quiet_methods: frozenset[str] = frozenset(), log_prompts: bool = False) -> None:
         self._keys = keys
         self._usage = usage
+        self._quotas = quotas
         self._public = public_methods
         self._admin = admin_prefixes
         self._metered = metered_methods
@@ -291,22 +234,21 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         if not quiet:
             self._metrics.finished(call, status)
         _log_line(call, status, quiet=quiet, prompts=self._log_prompts)
-        if method in self._metered and call.key is not None and call.meter.record:
-            await self._usage.finish(call.meter, CallFacts(
-                call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
+        if method in self._metered:
+            await call.charge.settle(status, http_status)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         loop = asyncio.get_running_loop()
         remaining = context.time_remaining()
         budget = self._timeout if remaining is None else min(remaining, self._timeout)
         given = _metadata(context, "x-request-id")
-        call = Call(
+        charge = Charge(
             request_id=given if given and REQUEST_ID.match(given) else uuid.uuid4().hex,
-            method=method.rsplit("/", 1)[-1],
             door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
-            deadline=loop.time() + budget,
-            idempotency_key=_metadata(context, "idempotency-key"),
-        )
+            accepted_at=time.time(), quotas=self._quotas, ledger=self._usage)
+        call = Call(charge=charge, method=method.rsplit("/", 1)[-1],
+                    deadline=loop.time() + budget,
+                    idempotency_key=_metadata(context, "idempotency-key"))
         if method not in self._quiet:
             self._metrics.started(call)
         return call
@@ -410,20 +352,20 @@ def _clip(message: str) -> str:
 def _log_line(call: Call, status: str, *, quiet: bool, prompts: bool) -> None:
     """One line per call: who, what, how it ended and how long it took. Never a key or image
     bytes; the prompt only when the operator asked for it."""
-    meter = call.meter
+    charge = call.charge
     fields: dict[str, Any] = {
         "request_id": call.request_id, "method": call.method, "door": call.door,
         "key_id": call.key.id if call.key else None, "status": status,
         "duration_ms": round(call.elapsed() * 1000, 1),
     }
     for name, value in (("model", call.model), ("served", call.served),
-                        ("response_format", meter.response_format)):
+                        ("response_format", charge.response_format)):
         if value:
             fields[name] = value
-    if meter.generation is not None:
-        fields["upstream_ms"] = round(meter.generation.upstream_seconds * 1000, 1)
-    if meter.images:
-        fields.update(images=meter.images, image_bytes=meter.bytes)
-    if prompts and meter.prompt is not None:
-        fields["prompt"] = meter.prompt
+    if charge.generation is not None:
+        fields["upstream_ms"] = round(charge.generation.upstream_seconds * 1000, 1)
+    if charge.images:
+        fields.update(images=charge.images, image_bytes=charge.bytes)
+    if prompts and charge.prompt is not None:
+        fields["prompt"] = charge.prompt
     (log.debug if quiet else log.info)("request", **{**call.log, **fields})

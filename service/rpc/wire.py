@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from aigne.hub.v1 import image_service_pb2 as pb
-from service.rpc import json_codec
+from service.contract import json_codec
 
 JSON = b"application/json"
 # Field tags (field number << 3 | wire type 2, length-delimited) of the fields written here.

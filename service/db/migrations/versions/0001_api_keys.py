@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.db
+import service.db.schema
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -27,8 +27,8 @@ def upgrade() -> None:
         sa.Column("digest", sa.LargeBinary(32), nullable=False, unique=True),
         sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("source", sa.String(16), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
-        sa.Column("revoked_at", service.db.UtcDateTime(), nullable=True),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
+        sa.Column("revoked_at", service.db.schema.UtcDateTime(), nullable=True),
     )
 
 

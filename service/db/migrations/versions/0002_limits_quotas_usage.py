@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.db
+import service.db.schema
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -23,20 +23,21 @@ def upgrade() -> None:
     op.add_column("api_keys", sa.Column("daily_image_quota", sa.Integer(), nullable=True))
     op.add_column("api_keys", sa.Column("monthly_image_quota", sa.Integer(), nullable=True))
     op.add_column("api_keys", sa.Column("requests_per_minute", sa.Integer(), nullable=True))
-    op.add_column("api_keys", sa.Column("expires_at", service.db.UtcDateTime(), nullable=True))
+    op.add_column("api_keys", sa.Column("expires_at", service.db.schema.UtcDateTime(),
+                                        nullable=True))
     op.create_table(
         "quota_counters",
         sa.Column("key_id", sa.String(40), primary_key=True),
         sa.Column("period", sa.String(8), primary_key=True),
-        sa.Column("period_start", service.db.UtcDateTime(), primary_key=True),
+        sa.Column("period_start", service.db.schema.UtcDateTime(), primary_key=True),
         sa.Column("used", sa.Integer(), nullable=False),
     )
     op.create_table(
         "usage_records",
-        sa.Column("id", service.db.BigId, primary_key=True, autoincrement=True),
+        sa.Column("id", service.db.schema.BigId, primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("key_id", sa.String(40), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("door", sa.String(8), nullable=False),
         sa.Column("model", sa.String(200), nullable=False),

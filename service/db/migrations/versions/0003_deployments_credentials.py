@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.db
+import service.db.schema
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -32,13 +32,13 @@ def upgrade() -> None:
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("weight", sa.Integer(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
-        sa.Column("cooldown_until", service.db.UtcDateTime(), nullable=True),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
+        sa.Column("cooldown_until", service.db.schema.UtcDateTime(), nullable=True),
         sa.Column("consecutive_failures", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("last_error", sa.String(300), nullable=True),
         sa.Column("last_test_status", sa.String(64), nullable=True),
         sa.Column("last_test_ms", sa.Float(), nullable=True),
-        sa.Column("last_test_at", service.db.UtcDateTime(), nullable=True),
+        sa.Column("last_test_at", service.db.schema.UtcDateTime(), nullable=True),
     )
     op.create_table(
         "credentials",
@@ -49,18 +49,18 @@ def upgrade() -> None:
         sa.Column("secret", sa.LargeBinary(), nullable=False),
         sa.Column("weight", sa.Integer(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
         sa.Column("disabled_reason", sa.String(300), nullable=True),
-        sa.Column("disabled_at", service.db.UtcDateTime(), nullable=True),
-        sa.Column("cooldown_until", service.db.UtcDateTime(), nullable=True),
+        sa.Column("disabled_at", service.db.schema.UtcDateTime(), nullable=True),
+        sa.Column("cooldown_until", service.db.schema.UtcDateTime(), nullable=True),
     )
     op.create_index("ix_credentials_deployment_id", "credentials", ["deployment_id"])
     op.create_table(
         "usage_attempts",
-        sa.Column("id", service.db.BigId, primary_key=True, autoincrement=True),
-        sa.Column("record_id", service.db.BigId,
+        sa.Column("id", service.db.schema.BigId, primary_key=True, autoincrement=True),
+        sa.Column("record_id", service.db.schema.BigId,
                   sa.ForeignKey("usage_records.id", ondelete="CASCADE"), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
         sa.Column("deployment_id", sa.String(40), nullable=False),
         sa.Column("credential_id", sa.String(40), nullable=True),
         sa.Column("outcome", sa.String(64), nullable=False),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.db
+import service.db.schema
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -27,9 +27,9 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("state", sa.String(8), nullable=False),
         sa.Column("request_id", sa.String(128), nullable=False),
-        sa.Column("lease_until", service.db.UtcDateTime(), nullable=False),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
-        sa.Column("expires_at", service.db.UtcDateTime(), nullable=False),
+        sa.Column("lease_until", service.db.schema.UtcDateTime(), nullable=False),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
+        sa.Column("expires_at", service.db.schema.UtcDateTime(), nullable=False),
         sa.Column("answer", sa.JSON(), nullable=True),
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"])
@@ -46,15 +46,15 @@ def upgrade() -> None:
         sa.Column("reservation", sa.JSON(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("owner", sa.String(64), nullable=True),
-        sa.Column("lease_until", service.db.UtcDateTime(), nullable=True),
-        sa.Column("created_at", service.db.UtcDateTime(), nullable=False),
-        sa.Column("finished_at", service.db.UtcDateTime(), nullable=True),
+        sa.Column("lease_until", service.db.schema.UtcDateTime(), nullable=True),
+        sa.Column("created_at", service.db.schema.UtcDateTime(), nullable=False),
+        sa.Column("finished_at", service.db.schema.UtcDateTime(), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("error", sa.JSON(), nullable=True),
         sa.Column("webhook_url", sa.String(2048), nullable=True),
         sa.Column("webhook_status", sa.String(16), nullable=True),
         sa.Column("webhook_attempts", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("webhook_next_at", service.db.UtcDateTime(), nullable=True),
+        sa.Column("webhook_next_at", service.db.schema.UtcDateTime(), nullable=True),
         sa.Column("webhook_error", sa.String(300), nullable=True),
     )
     op.create_index("ix_image_jobs_key_id", "image_jobs", ["key_id"])

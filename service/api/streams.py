@@ -21,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import structlog
 
 from aigne.hub.v1 import image_service_pb2 as pb
+from service.contract import json_codec
+from service.contract.images import image as image_message
 from service.errors import HubError, Internal
+from service.generation.request import AnswerImage
 from service.generation.validation import GenerationPlan
-from service.rpc import json_codec
 
 log = structlog.get_logger("aigne.hub")
 
@@ -37,34 +39,6 @@ EVENT_STREAM = "text/event-stream"
 MAX_MESSAGE_LENGTH = 1000
 
 
-class GenerationEvents(Protocol):
-    """Where a generation tells what happens. `previews`: partial images wanted per image."""
-
-    previews: int
-
-    async def started(self, plan: GenerationPlan, created: int, stage: str) -> None: ...
-
-    async def partial(self, index: int, partial_index: int, data: bytes) -> None: ...
-
-    async def image(self, index: int, image: pb.Image, size: int) -> None: ...
-
-
-class NoEvents:
-    """For calls that answer once."""
-
-    previews = 0
-
-    async def started(self, plan: GenerationPlan, created: int, stage: str) -> None:
-        return None
-
-    async def partial(self, index: int, partial_index: int, data: bytes) -> None:
-        return None
-
-    async def image(self, index: int, image: pb.Image, size: int) -> None:
-        return None
-
-
-NO_EVENTS = NoEvents()
 _END = None
 
 
@@ -92,9 +66,9 @@ class EventQueue:
         self._queue.put_nowait(pb.StreamGenerateResponse(partial_image=pb.StreamPartialImage(
             index=index, partial_image_index=partial_index, b64_json=data)))
 
-    async def image(self, index: int, image: pb.Image, size: int) -> None:
+    async def image(self, index: int, image: AnswerImage, size: int) -> None:
         self._queue.put_nowait(pb.StreamGenerateResponse(
-            image=pb.StreamImage(index=index, image=image)))
+            image=pb.StreamImage(index=index, image=image_message(image))))
         self._sizes[index] = size
 
     def end(self) -> None:
