@@ -28,7 +28,7 @@ from service.providers.imaging import verified_mime_type
 from service.providers.openai import OpenAIProvider
 from service.routing.deployments import Deployment
 from service.rpc import json_codec
-from service.rpc.interceptor import Call
+from service.rpc.call import Call
 
 BODY = (b'{"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024", '
         b'"response_format": "b64_json"}')

@@ -20,7 +20,7 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import console_service_pb2 as pb
 from aigne.hub.v1 import console_service_pb2_grpc as pb_grpc
 from service.errors import NotFound
-from service.rpc.interceptor import current_call
+from service.rpc.call import current_call
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_DIR = ROOT / "console"

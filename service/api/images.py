@@ -39,7 +39,7 @@ from service.generation.streaming import NO_EVENTS, GenerationEvents
 from service.providers.base import GeneratedImage, Generation, ImageJob
 from service.routing.router import Router
 from service.rpc import json_codec, wire
-from service.rpc.interceptor import Call, current_call
+from service.rpc.call import Call, current_call
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 

@@ -20,7 +20,7 @@ from service.errors import InvalidArgument
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.rpc import json_codec
-from service.rpc.interceptor import Call, current_call
+from service.rpc.call import Call, current_call
 
 JSON = "application/json"
 STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream), not jobs"

@@ -15,7 +15,7 @@ from service.accounting.keys import ApiKey
 from service.accounting.usage import UsageReports, UsageTotal
 from service.db import UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument, PermissionDenied
-from service.rpc.interceptor import current_call
+from service.rpc.call import current_call
 
 EVERY_KEY = "-"
 DEFAULT_DAYS = 30

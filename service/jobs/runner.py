@@ -53,7 +53,7 @@ from service.generation.validation import GenerationPlan
 from service.jobs.webhooks import Webhooks
 from service.providers.base import GeneratedImage
 from service.rpc import json_codec
-from service.rpc.interceptor import Call
+from service.rpc.call import Call
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 

@@ -23,7 +23,7 @@ from service.providers.base import Generation, ImageJob, Provider
 if TYPE_CHECKING:
     from service.catalog.deployments import Deployment
     from service.ops.admission import Admission
-    from service.rpc.interceptor import Call
+    from service.rpc.call import Call
 
 # From a millisecond (our own overhead) to the five-minute request budget.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

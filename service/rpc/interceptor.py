@@ -3,114 +3,32 @@ rights for admin methods), errors, the usage record of metered calls, metrics an
 line. Unary calls and server streams alike: a stream's response metadata leaves with its
 first message, and an error ends it with the same status whether or not messages were sent.
 
-The servicer reads what the interceptor learned through `current_call()`, fills
-`call.meter` on metered calls, and raises HubError; this module turns the error into a
-google.rpc.Status (ErrorInfo, BadRequest, RetryInfo, RequestInfo). For calls that came
-through the REST door (Envoy marks them `x-hub-door: rest`) it also sends the OpenAI-shaped
-JSON body and the HTTP status as metadata, which Envoy's Lua filter puts on the wire, so
-both doors say the same thing.
+The interceptor makes the call's `Call` (service.rpc.call), which the servicer reads through
+`current_call()`, fills `call.meter` on metered calls, and raises HubError; the error leaves
+as a google.rpc.Status made by service.rpc.status, and the call's log line is written by
+service.rpc.log_line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
-import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from service import db
 from service.accounting.key_cache import KeyCache
-from service.accounting.keys import ApiKey, KeyStore
-from service.accounting.usage import CallFacts, Meter, UsageRecorder
-from service.errors import (
-    DOMAIN,
-    HubError,
-    Internal,
-    InvalidArgument,
-    PermissionDenied,
-    ShuttingDown,
-    Unauthenticated,
-)
+from service.accounting.keys import KeyStore
+from service.accounting.usage import CallFacts, UsageRecorder
+from service.errors import HubError, InvalidArgument, PermissionDenied, ShuttingDown
 from service.ops.admission import Admission
 from service.ops.metrics import Metrics
-from service.rpc import wire
-
-log = structlog.get_logger("aigne.hub")
-
-MAX_MESSAGE_LENGTH = 1000
-REST_ERROR_HEADER = "x-hub-error"
-REST_STATUS_HEADER = "x-hub-http-status"
-# A request id a caller (or Envoy) gave is kept if it looks like one; else a new one is made.
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-
-
-@dataclass
-class Call:
-    """What is known about the call in progress, for the servicer and the log line."""
-
-    request_id: str
-    method: str
-    door: str
-    deadline: float  # loop time by which the answer must be sent
-    accepted_at: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.perf_counter)
-    key: ApiKey | None = None
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    log: dict[str, Any] = field(default_factory=dict)
-    meter: Meter = field(default_factory=Meter)  # recorded for metered methods
-    idempotency_key: str | None = None  # the `idempotency-key` metadata, if sent
-    # Work that goes on when the client goes away (an idempotent request's generation, kept
-    # for its retries): the call is recorded when the work ends, not when the client left.
-    detached: asyncio.Task[Any] | None = None
-    # A failure that ended a REST stream after it started (sent as an event, so the gRPC
-    # status is OK): what the usage record and the log line say.
-    failure: HubError | None = None
-
-    def remaining(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def model(self) -> str:
-        """The registry's name of the model asked for ('' before it is known): never what a
-        caller typed, so it is safe as a metric label."""
-        route = self.meter.route
-        return route.requested.name if route is not None else ""
-
-    @property
-    def served(self) -> str:
-        route = self.meter.route
-        return route.served.name if route is not None else ""
-
-    @property
-    def caller(self) -> ApiKey:
-        """The caller's key; only public methods run without one."""
-        if self.key is None:
-            raise Unauthenticated("This method needs an API key.", reason="MISSING_API_KEY")
-        return self.key
-
-
-_current: ContextVar[Call] = ContextVar("aigne_hub_call")
-
-
-def current_call() -> Call:
-    return _current.get()
-
+from service.rpc import log_line, wire
+from service.rpc.call import Call, arrived, bound, metadata
+from service.rpc.status import abort, unexpected
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
@@ -165,39 +83,38 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
-            token = _current.set(call)
-            admitted = False
-            try:
-                admitted = self._admission.enter(method)
-                response = await self._run(method, call, behavior, request, context)
-            except HubError as error:
-                await self._end(method, call, error.reason, error.http_status)
-                await _abort(context, call, error)
-            except grpc.aio.AbortError:
-                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                raise
-            except asyncio.CancelledError:
-                if not (admitted and self._admission.cutting_off):
-                    await self._end_cancelled(method, call)
+            with bound(call):
+                admitted = False
+                try:
+                    admitted = self._admission.enter(method)
+                    response = await self._run(method, call, behavior, request, context)
+                except HubError as error:
+                    await self._end(method, call, error.reason, error.http_status)
+                    await abort(context, call, error)
+                except grpc.aio.AbortError:
+                    await self._end(method, call, "ABORTED_BY_HANDLER", 500)
                     raise
-                _uncancel()  # cut off at shutdown: say so, rather than a bare cancellation
-                failure: HubError = ShuttingDown("The server shut down before this request "
-                                                 "finished; send it again.", retry_after=1)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            except Exception as exc:
-                failure = _unexpected(exc, call)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            else:
-                await self._end(method, call, "OK", 200)
-                await context.send_initial_metadata(
-                    (*call.response_headers, ("x-request-id", call.request_id)))
-                return response
-            finally:
-                if admitted:
-                    self._admission.leave()
-                _current.reset(token)
+                except asyncio.CancelledError:
+                    if not (admitted and self._admission.cutting_off):
+                        await self._end_cancelled(method, call)
+                        raise
+                    _uncancel()  # cut off at shutdown: say so, not a bare cancellation
+                    failure: HubError = ShuttingDown("The server shut down before this "
+                                                     "request finished; send it again.",
+                                                     retry_after=1)
+                    await self._end(method, call, failure.reason, failure.http_status)
+                    await abort(context, call, failure)
+                except Exception as exc:
+                    failure = unexpected(exc, call)
+                    await self._end(method, call, failure.reason, failure.http_status)
+                    await abort(context, call, failure)
+                else:
+                    await self._end(method, call, "OK", 200)
+                    await context.send_initial_metadata(call.response_metadata())
+                    return response
+                finally:
+                    if admitted:
+                        self._admission.leave()
 
         return unary
 
@@ -205,43 +122,40 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext
                          ) -> AsyncGenerator[Any, None]:
             call = self._begin(method, context)
-            token = _current.set(call)
-            started = admitted = False
-            try:
-                admitted = self._admission.enter(method)
-                await self._authorize(method, call, context, request)
-                async with contextlib.aclosing(behavior(request, context)) as responses:
-                    async for response in responses:
-                        if not started:
-                            started = True
-                            await context.send_initial_metadata(
-                                (*call.response_headers, ("x-request-id", call.request_id)))
-                        yield response
-            except GeneratorExit:  # grpc stopped reading: the client went away mid-send
-                await self._end_cancelled(method, call)
-                raise
-            except HubError as error:
-                await self._end(method, call, error.reason, error.http_status)
-                await _abort(context, call, error)
-            except grpc.aio.AbortError:
-                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                raise
-            except asyncio.CancelledError:
-                await self._end_cancelled(method, call)
-                raise
-            except Exception as exc:
-                failure = _unexpected(exc, call)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            else:
-                ended = call.failure
-                await self._end(method, call, ended.reason if ended else "OK",
-                                ended.http_status if ended else 200)
-            finally:
-                if admitted:
-                    self._admission.leave()
-                with contextlib.suppress(ValueError):  # closed from another context
-                    _current.reset(token)
+            with bound(call):
+                started = admitted = False
+                try:
+                    admitted = self._admission.enter(method)
+                    await self._authorize(method, call, context, request)
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            if not started:
+                                started = True
+                                await context.send_initial_metadata(call.response_metadata())
+                            yield response
+                except GeneratorExit:  # grpc stopped reading: the client went away mid-send
+                    await self._end_cancelled(method, call)
+                    raise
+                except HubError as error:
+                    await self._end(method, call, error.reason, error.http_status)
+                    await abort(context, call, error)
+                except grpc.aio.AbortError:
+                    await self._end(method, call, "ABORTED_BY_HANDLER", 500)
+                    raise
+                except asyncio.CancelledError:
+                    await self._end_cancelled(method, call)
+                    raise
+                except Exception as exc:
+                    failure = unexpected(exc, call)
+                    await self._end(method, call, failure.reason, failure.http_status)
+                    await abort(context, call, failure)
+                else:
+                    ended = call.failure
+                    await self._end(method, call, ended.reason if ended else "OK",
+                                    ended.http_status if ended else 200)
+                finally:
+                    if admitted:
+                        self._admission.leave()
 
         return stream
 
@@ -276,7 +190,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         """The caller's key and rights; a request whose bytes did not decode is refused
         after that, so an anonymous caller learns only that it needs a key."""
         if method not in self._public:
-            call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+            call.key = await self._keys.authenticate(metadata(context, "authorization"))
         if method.startswith(self._admin) and not (call.key and call.key.admin):
             raise PermissionDenied("This API key may not call the admin API.",
                                    reason="ADMIN_KEY_REQUIRED")
@@ -290,23 +204,13 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         quiet = method in self._quiet
         if not quiet:
             self._metrics.finished(call, status)
-        _log_line(call, status, quiet=quiet, prompts=self._log_prompts)
+        log_line.write(call, status, quiet=quiet, prompts=self._log_prompts)
         if method in self._metered and call.key is not None and call.meter.record:
             await self._usage.finish(call.meter, CallFacts(
                 call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
-        loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
-        budget = self._timeout if remaining is None else min(remaining, self._timeout)
-        given = _metadata(context, "x-request-id")
-        call = Call(
-            request_id=given if given and REQUEST_ID.match(given) else uuid.uuid4().hex,
-            method=method.rsplit("/", 1)[-1],
-            door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
-            deadline=loop.time() + budget,
-            idempotency_key=_metadata(context, "idempotency-key"),
-        )
+        call = arrived(method, context, self._timeout)
         if method not in self._quiet:
             self._metrics.started(call)
         return call
@@ -341,89 +245,3 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-def _unexpected(exc: Exception, call: Call) -> HubError:
-    """An exception that is not a HubError: a database outage the caller should hear about,
-    or a bug, which the caller hears of only as INTERNAL (the details go to the log)."""
-    if isinstance(exc, HubError):
-        return exc
-    known = db.hub_error(exc)
-    if known is not None:
-        log.warning("database error", request_id=call.request_id, method=call.method,
-                    reason=known.reason, error=repr(exc)[:300])
-        return known
-    log.exception("unexpected error", request_id=call.request_id, method=call.method)
-    return Internal(f"Something went wrong on our side (request {call.request_id}).")
-
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else None
-    return None
-
-
-async def _abort(context: grpc.aio.ServicerContext, call: Call, error: HubError) -> None:
-    message = _clip(error.message)
-    status = to_status(error, message, call.request_id)
-    grpc_status = rpc_status.to_status(status)
-    trailers: list[tuple[str, str | bytes]] = [*grpc_status.trailing_metadata,
-                                               ("x-request-id", call.request_id)]
-    if error.retry_after is not None:
-        trailers.append(("retry-after", str(max(1, round(error.retry_after)))))
-    if call.door == "rest":
-        body = error.openai_body()
-        body["error"]["message"] = message  # type: ignore[index]
-        trailers.append((REST_ERROR_HEADER, json.dumps(body, ensure_ascii=True)))
-        trailers.append((REST_STATUS_HEADER, str(error.http_status)))
-    await context.abort(grpc_status.code, grpc_status.details, tuple(trailers))
-
-
-def to_status(error: HubError, message: str, request_id: str) -> status_pb2.Status:
-    """The google.rpc.Status a gRPC client receives for `error`."""
-    metadata = {**error.metadata, "http_status": str(error.http_status)}
-    if error.param:
-        metadata["param"] = error.param
-    details: list[Any] = [error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=DOMAIN, metadata=metadata)]
-    if error.param:
-        details.append(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(
-                field=error.param, description=message, reason=error.reason)]))
-    if error.retry_after is not None:
-        details.append(error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=max(1, round(error.retry_after)))))
-    details.append(error_details_pb2.RequestInfo(request_id=request_id))
-    status = status_pb2.Status(code=error.code, message=message)
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return status
-
-
-def _clip(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE_LENGTH else message[:MAX_MESSAGE_LENGTH] + "…"
-
-
-def _log_line(call: Call, status: str, *, quiet: bool, prompts: bool) -> None:
-    """One line per call: who, what, how it ended and how long it took. Never a key or image
-    bytes; the prompt only when the operator asked for it."""
-    meter = call.meter
-    fields: dict[str, Any] = {
-        "request_id": call.request_id, "method": call.method, "door": call.door,
-        "key_id": call.key.id if call.key else None, "status": status,
-        "duration_ms": round(call.elapsed() * 1000, 1),
-    }
-    for name, value in (("model", call.model), ("served", call.served),
-                        ("response_format", meter.response_format)):
-        if value:
-            fields[name] = value
-    if meter.generation is not None:
-        fields["upstream_ms"] = round(meter.generation.upstream_seconds * 1000, 1)
-    if meter.images:
-        fields.update(images=meter.images, image_bytes=meter.bytes)
-    if prompts and meter.prompt is not None:
-        fields["prompt"] = meter.prompt
-    (log.debug if quiet else log.info)("request", **{**call.log, **fields})
