@@ -4,9 +4,11 @@ line. Unary calls and server streams alike: a stream's response metadata leaves 
 first message, and an error ends it with the same status whether or not messages were sent.
 
 The interceptor makes the call's `Call` (service.rpc.call), which the servicer reads through
-`current_call()`, fills `call.meter` on metered calls, and raises HubError; the error leaves
-as a google.rpc.Status made by service.rpc.status, and the call's log line is written by
-service.rpc.log_line.
+`current_call()`, fills `call.meter` on metered calls, and raises HubError. Both wrappers,
+unary and stream, map whatever ended the call to one `Outcome` (`outcome_of`): the status
+the usage record, metrics and log line (service.rpc.log_line) say, and the error the client
+hears, sent as a google.rpc.Status made by service.rpc.status. A cancelled call whose work
+goes on without its client (`call.detached`) is recorded when that work ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,66 @@ from service.rpc.status import abort, unexpected
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call ended: what its usage record, metrics and log line say, and what the
+    wrapper does next."""
+
+    status: str  # "OK", "CANCELLED", "ABORTED_BY_HANDLER" or the error's reason
+    http_status: int
+    error: HubError | None = None  # sent to the client as the call's status
+    reraise: bool = False  # the exception goes on to grpc (its own abort, a cancellation)
+    client_left: bool = False  # work the call left detached is recorded when it ends
+
+    @classmethod
+    def failed(cls, error: HubError, *, send: bool = True) -> Outcome:
+        return cls(error.reason, error.http_status, error=error if send else None)
+
+
+OK = Outcome("OK", 200)
+CANCELLED = Outcome("CANCELLED", 499, reraise=True, client_left=True)
+
+
+def outcome_of(exc: Exception | asyncio.CancelledError | GeneratorExit, call: Call) -> Outcome:
+    """The one mapping, for unary calls and streams alike, of the exception that ended a
+    call to its outcome. A stream's GeneratorExit (grpc stopped reading: the client went
+    away mid-send) is a cancellation like any other."""
+    if isinstance(exc, HubError):
+        return Outcome.failed(exc)
+    if isinstance(exc, grpc.aio.AbortError):
+        return Outcome("ABORTED_BY_HANDLER", 500, reraise=True)
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return CANCELLED
+    return Outcome.failed(unexpected(exc, call))
+
+
+def _returned(call: Call) -> Outcome:
+    """A stream whose handler returned: OK, or the failure a REST stream already sent as an
+    event (its gRPC status stays OK, so there is nothing more to send)."""
+    return OK if call.failure is None else Outcome.failed(call.failure, send=False)
+
+
+def _cut_off() -> Outcome:
+    """A unary call cut off at shutdown: its task's cancellation is taken back so that the
+    caller hears that the server shut down (and may send the request again), rather than a
+    bare cancellation."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return Outcome.failed(ShuttingDown("The server shut down before this request finished; "
+                                       "send it again.", retry_after=1))
+
+
+def _outcome_of_work(task: asyncio.Task[Any]) -> Outcome:
+    """How detached work ended, for the record of the call it outlived."""
+    if task.cancelled():
+        return CANCELLED
+    error = task.exception()
+    if isinstance(error, HubError):
+        return Outcome.failed(error)
+    return OK if error is None else Outcome("INTERNAL", 500)
 
 
 class HubInterceptor(grpc.aio.ServerInterceptor):
@@ -87,29 +149,17 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 admitted = False
                 try:
                     admitted = self._admission.enter(method)
-                    response = await self._run(method, call, behavior, request, context)
-                except HubError as error:
-                    await self._end(method, call, error.reason, error.http_status)
-                    await abort(context, call, error)
-                except grpc.aio.AbortError:
-                    await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                    raise
-                except asyncio.CancelledError:
-                    if not (admitted and self._admission.cutting_off):
-                        await self._end_cancelled(method, call)
+                    await self._authorize(method, call, context, request)
+                    response = await behavior(request, context)
+                except (Exception, asyncio.CancelledError) as exc:
+                    outcome = outcome_of(exc, call)
+                    if outcome.client_left and admitted and self._admission.cutting_off:
+                        outcome = _cut_off()
+                    await self._settle(method, call, context, outcome)
+                    if outcome.reraise:
                         raise
-                    _uncancel()  # cut off at shutdown: say so, not a bare cancellation
-                    failure: HubError = ShuttingDown("The server shut down before this "
-                                                     "request finished; send it again.",
-                                                     retry_after=1)
-                    await self._end(method, call, failure.reason, failure.http_status)
-                    await abort(context, call, failure)
-                except Exception as exc:
-                    failure = unexpected(exc, call)
-                    await self._end(method, call, failure.reason, failure.http_status)
-                    await abort(context, call, failure)
                 else:
-                    await self._end(method, call, "OK", 200)
+                    await self._settle(method, call, context, OK)
                     await context.send_initial_metadata(call.response_metadata())
                     return response
                 finally:
@@ -133,57 +183,44 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                                 started = True
                                 await context.send_initial_metadata(call.response_metadata())
                             yield response
-                except GeneratorExit:  # grpc stopped reading: the client went away mid-send
-                    await self._end_cancelled(method, call)
-                    raise
-                except HubError as error:
-                    await self._end(method, call, error.reason, error.http_status)
-                    await abort(context, call, error)
-                except grpc.aio.AbortError:
-                    await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                    raise
-                except asyncio.CancelledError:
-                    await self._end_cancelled(method, call)
-                    raise
-                except Exception as exc:
-                    failure = unexpected(exc, call)
-                    await self._end(method, call, failure.reason, failure.http_status)
-                    await abort(context, call, failure)
+                # GeneratorExit: grpc stopped reading, so the client went away mid-send.
+                except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
+                    outcome = outcome_of(exc, call)
+                    await self._settle(method, call, context, outcome)
+                    if outcome.reraise:
+                        raise
                 else:
-                    ended = call.failure
-                    await self._end(method, call, ended.reason if ended else "OK",
-                                    ended.http_status if ended else 200)
+                    await self._settle(method, call, context, _returned(call))
                 finally:
                     if admitted:
                         self._admission.leave()
 
         return stream
 
+    async def _settle(self, method: str, call: Call, context: grpc.aio.ServicerContext,
+                      outcome: Outcome) -> None:
+        """Record how the call ended; then, if it ended in an error the client is to hear,
+        send it (which raises grpc.aio.AbortError)."""
+        if outcome.client_left:
+            await self._end_cancelled(method, call)
+        else:
+            await self._end(method, call, outcome)
+        if outcome.error is not None:
+            await abort(context, call, outcome.error)
+
     async def _end_cancelled(self, method: str, call: Call) -> None:
         """The client went away. Work that goes on without it is recorded when it ends."""
         work = call.detached
         if work is None or work.done():
-            await self._end(method, call, "CANCELLED", 499)
+            await self._end(method, call, CANCELLED)
             return
 
         def ended(task: asyncio.Task[Any]) -> None:
-            error = None if task.cancelled() else task.exception()
-            if task.cancelled():
-                status, http_status = "CANCELLED", 499
-            elif isinstance(error, HubError):
-                status, http_status = error.reason, error.http_status
-            else:
-                status, http_status = ("OK", 200) if error is None else ("INTERNAL", 500)
-            record = asyncio.ensure_future(self._end(method, call, status, http_status))
+            record = asyncio.ensure_future(self._end(method, call, _outcome_of_work(task)))
             self._later.add(record)
             record.add_done_callback(self._later.discard)
 
         work.add_done_callback(ended)
-
-    async def _run(self, method: str, call: Call, behavior: Behavior, request: Any,
-                   context: grpc.aio.ServicerContext) -> Any:
-        await self._authorize(method, call, context, request)
-        return await behavior(request, context)
 
     async def _authorize(self, method: str, call: Call, context: grpc.aio.ServicerContext,
                          request: Any) -> None:
@@ -198,16 +235,17 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
             raise InvalidArgument(f"The request is not a valid {request.type_name} message "
                                   "(its protobuf encoding is broken).", reason="INVALID_MESSAGE")
 
-    async def _end(self, method: str, call: Call, status: str, http_status: int) -> None:
+    async def _end(self, method: str, call: Call, outcome: Outcome) -> None:
         """Record a metered call's usage, count it and write the log line, before the answer
         leaves (so a client that has its answer finds the record, and its quota settled)."""
         quiet = method in self._quiet
         if not quiet:
-            self._metrics.finished(call, status)
-        log_line.write(call, status, quiet=quiet, prompts=self._log_prompts)
+            self._metrics.finished(call, outcome.status)
+        log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
         if method in self._metered and call.key is not None and call.meter.record:
             await self._usage.finish(call.meter, CallFacts(
-                call.key.id, call.request_id, call.door, call.accepted_at, status, http_status))
+                call.key.id, call.request_id, call.door, call.accepted_at, outcome.status,
+                outcome.http_status))
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         call = arrived(method, context, self._timeout)
@@ -240,8 +278,3 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
     return parse
 
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
