@@ -116,10 +116,10 @@ class Jobs:
     async def create(self, call: RequestContext, request: pb.GenerateRequest, webhook_url: str,
                      reservation: Reservation) -> JobRow:
         """Keep a checked, reserved job, and start it here if a slot is free."""
-        meter = call.charge
+        charge = call.charge
         row = JobRow(id="job_" + secrets.token_urlsafe(18), key_id=call.caller.id,
                      request_id=call.request_id, door=call.door, status=QUEUED,
-                     model=meter.model, n=meter.n,
+                     model=charge.model, n=charge.n,
                      request=request.SerializeToString(deterministic=True),
                      reservation=_reservation_json(reservation), attempts=0,
                      created_at=datetime.fromtimestamp(int(call.accepted_at), UTC),

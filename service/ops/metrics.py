@@ -1,8 +1,10 @@
 """Prometheus metrics, served on their own port (AIGNE_HUB_METRICS_PORT, on AIGNE_HUB_HOST).
 
 The interceptor reports every call when it starts and when it ends (`started`,
-`finished`); providers are wrapped once at start-up (`instrument`) so every upstream call
-is timed and every upstream failure counted by its reason. Labels only ever take values
+`finished`), passing its call as a `MeasuredCall`, the few things these metrics read of it
+(ops sits below the gRPC edge and imports nothing from it); providers are wrapped once at
+start-up (`instrument`) so every upstream call is timed and every upstream failure counted
+by its reason. Labels only ever take values
 from bounded sets (method names, the registry's model names, error reasons), never from
 what a caller typed, so fuzzing the API cannot blow up the number of series.
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -21,13 +23,40 @@ from service.errors import HubError
 from service.providers.base import Generation, ImageJob, Provider
 
 if TYPE_CHECKING:
+    from service.accounting.charge import Charge
     from service.catalog.deployments import Deployment
     from service.ops.admission import Admission
-    from service.rpc.call import Call
 
 # From a millisecond (our own overhead) to the five-minute request budget.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class MeasuredCall(Protocol):
+    """What the request metrics read of a call (service.rpc.call.Call is one)."""
+
+    @property
+    def method(self) -> str:
+        """The RPC's name, without its service."""
+
+    @property
+    def door(self) -> str:
+        """The door the call came through: grpc or rest."""
+
+    @property
+    def model(self) -> str:
+        """The registry's name of the model asked for ('' before it is known)."""
+
+    @property
+    def served(self) -> str:
+        """The registry's name of the model that answered ('' if none did)."""
+
+    @property
+    def charge(self) -> Charge:
+        """What the call handed out: images, their bytes and response_format."""
+
+    def elapsed(self) -> float:
+        """Seconds since the call arrived."""
 
 
 class Metrics:
@@ -69,19 +98,19 @@ class Metrics:
         Gauge("aigne_hub_draining", "1 while the server drains for shutdown.",
               registry=self.registry).set_function(lambda: int(admission.closed))
 
-    def started(self, call: Call) -> None:
+    def started(self, call: MeasuredCall) -> None:
         self.in_flight.labels(call.method).inc()
 
-    def finished(self, call: Call, status: str) -> None:
+    def finished(self, call: MeasuredCall, status: str) -> None:
         self.in_flight.labels(call.method).dec()
         self.requests.labels(call.method, call.door, call.model, status).inc()
         self.duration.labels(call.method, call.door, call.model).observe(call.elapsed())
-        meter = call.charge
-        if meter.bytes:
+        charge = call.charge
+        if charge.bytes:
             model = call.served or call.model
-            response_format = meter.response_format or ""
-            self.images.labels(model, response_format).inc(meter.images)
-            self.image_bytes.labels(model, response_format).inc(meter.bytes)
+            response_format = charge.response_format or ""
+            self.images.labels(model, response_format).inc(charge.images)
+            self.image_bytes.labels(model, response_format).inc(charge.bytes)
 
     def instrument(self, provider: Provider, deployment: Deployment) -> Provider:
         """`provider`, the client of `deployment`, with its calls timed and its failures

@@ -3,58 +3,100 @@ rights for admin methods), errors, the usage record of metered calls, metrics an
 line. Unary calls and server streams alike: a stream's response metadata leaves with its
 first message, and an error ends it with the same status whether or not messages were sent.
 
-The servicer reads what the interceptor learned through `current_call()`, fills
-`call.meter` on metered calls, and raises HubError; this module turns the error into a
-google.rpc.Status (ErrorInfo, BadRequest, RetryInfo, RequestInfo). For calls that came
-through the REST door (Envoy marks them `x-hub-door: rest`) it also sends the OpenAI-shaped
-JSON body and the HTTP status as metadata, which Envoy's Lua filter puts on the wire, so
-both doors say the same thing.
+The interceptor makes the call's `Call` (service.rpc.call), which the servicer reads through
+`current_call()`, fills `call.charge` on metered calls, and raises HubError. Both wrappers,
+unary and stream, map whatever ended the call to one `Outcome` (`outcome_of`): the status
+the usage record, metrics and log line (service.rpc.log_line) say, and the error the client
+hears, sent as a google.rpc.Status made by service.rpc.status. A cancelled call whose work
+goes on without its client (`call.detached`) is recorded when that work ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from service import db
 from service.accounting.charge import Charge
 from service.accounting.key_cache import KeyCache
 from service.accounting.keys import KeyStore
 from service.accounting.quotas import Quotas
 from service.accounting.usage import UsageRecorder
-from service.errors import (
-    DOMAIN,
-    HubError,
-    Internal,
-    InvalidArgument,
-    PermissionDenied,
-    ShuttingDown,
-)
+from service.errors import HubError, InvalidArgument, PermissionDenied, ShuttingDown
 from service.ops.admission import Admission
 from service.ops.metrics import Metrics
-from service.rpc import wire
-from service.rpc.call import REQUEST_ID, Call, _current
+from service.rpc import log_line, wire
+from service.rpc.call import Call, arrived, bound, metadata
+from service.rpc.status import abort, unexpected
 
-log = structlog.get_logger("aigne.hub")
-
-MAX_MESSAGE_LENGTH = 1000
-REST_ERROR_HEADER = "x-hub-error"
-REST_STATUS_HEADER = "x-hub-http-status"
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a call ended: what its usage record, metrics and log line say, and what the
+    wrapper does next."""
+
+    status: str  # "OK", "CANCELLED", "ABORTED_BY_HANDLER" or the error's reason
+    http_status: int
+    error: HubError | None = None  # sent to the client as the call's status
+    reraise: bool = False  # the exception goes on to grpc (its own abort, a cancellation)
+    client_left: bool = False  # work the call left detached is recorded when it ends
+
+    @classmethod
+    def failed(cls, error: HubError, *, send: bool = True) -> Outcome:
+        return cls(error.reason, error.http_status, error=error if send else None)
+
+
+OK = Outcome("OK", 200)
+CANCELLED = Outcome("CANCELLED", 499, reraise=True, client_left=True)
+
+
+def outcome_of(exc: Exception | asyncio.CancelledError | GeneratorExit, call: Call) -> Outcome:
+    """The one mapping, for unary calls and streams alike, of the exception that ended a
+    call to its outcome. A stream's GeneratorExit (grpc stopped reading: the client went
+    away mid-send) is a cancellation like any other."""
+    if isinstance(exc, HubError):
+        return Outcome.failed(exc)
+    if isinstance(exc, grpc.aio.AbortError):
+        return Outcome("ABORTED_BY_HANDLER", 500, reraise=True)
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return CANCELLED
+    return Outcome.failed(unexpected(exc, call))
+
+
+def _returned(call: Call) -> Outcome:
+    """A stream whose handler returned: OK, or the failure a REST stream already sent as an
+    event (its gRPC status stays OK, so there is nothing more to send)."""
+    return OK if call.failure is None else Outcome.failed(call.failure, send=False)
+
+
+def _cut_off() -> Outcome:
+    """A unary call cut off at shutdown: its task's cancellation is taken back so that the
+    caller hears that the server shut down (and may send the request again), rather than a
+    bare cancellation."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return Outcome.failed(ShuttingDown("The server shut down before this request finished; "
+                                       "send it again.", retry_after=1))
+
+
+def _outcome_of_work(task: asyncio.Task[Any]) -> Outcome:
+    """How detached work ended, for the record of the call it outlived."""
+    if task.cancelled():
+        return CANCELLED
+    error = task.exception()
+    if isinstance(error, HubError):
+        return Outcome.failed(error)
+    return OK if error is None else Outcome("INTERNAL", 500)
 
 
 class HubInterceptor(grpc.aio.ServerInterceptor):
@@ -108,39 +150,26 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
-            token = _current.set(call)
-            admitted = False
-            try:
-                admitted = self._admission.enter(method)
-                response = await self._run(method, call, behavior, request, context)
-            except HubError as error:
-                await self._end(method, call, error.reason, error.http_status)
-                await _abort(context, call, error)
-            except grpc.aio.AbortError:
-                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                raise
-            except asyncio.CancelledError:
-                if not (admitted and self._admission.cutting_off):
-                    await self._end_cancelled(method, call)
-                    raise
-                _uncancel()  # cut off at shutdown: say so, rather than a bare cancellation
-                failure: HubError = ShuttingDown("The server shut down before this request "
-                                                 "finished; send it again.", retry_after=1)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            except Exception as exc:
-                failure = _unexpected(exc, call)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            else:
-                await self._end(method, call, "OK", 200)
-                await context.send_initial_metadata(
-                    (*call.response_headers, ("x-request-id", call.request_id)))
-                return response
-            finally:
-                if admitted:
-                    self._admission.leave()
-                _current.reset(token)
+            with bound(call):
+                admitted = False
+                try:
+                    admitted = self._admission.enter(method)
+                    await self._authorize(method, call, context, request)
+                    response = await behavior(request, context)
+                except (Exception, asyncio.CancelledError) as exc:
+                    outcome = outcome_of(exc, call)
+                    if outcome.client_left and admitted and self._admission.cutting_off:
+                        outcome = _cut_off()
+                    await self._settle(method, call, context, outcome)
+                    if outcome.reraise:
+                        raise
+                else:
+                    await self._settle(method, call, context, OK)
+                    await context.send_initial_metadata(call.response_metadata())
+                    return response
+                finally:
+                    if admitted:
+                        self._admission.leave()
 
         return unary
 
@@ -148,78 +177,62 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext
                          ) -> AsyncGenerator[Any, None]:
             call = self._begin(method, context)
-            token = _current.set(call)
-            started = admitted = False
-            try:
-                admitted = self._admission.enter(method)
-                await self._authorize(method, call, context, request)
-                async with contextlib.aclosing(behavior(request, context)) as responses:
-                    async for response in responses:
-                        if not started:
-                            started = True
-                            await context.send_initial_metadata(
-                                (*call.response_headers, ("x-request-id", call.request_id)))
-                        yield response
-            except GeneratorExit:  # grpc stopped reading: the client went away mid-send
-                await self._end_cancelled(method, call)
-                raise
-            except HubError as error:
-                await self._end(method, call, error.reason, error.http_status)
-                await _abort(context, call, error)
-            except grpc.aio.AbortError:
-                await self._end(method, call, "ABORTED_BY_HANDLER", 500)
-                raise
-            except asyncio.CancelledError:
-                await self._end_cancelled(method, call)
-                raise
-            except Exception as exc:
-                failure = _unexpected(exc, call)
-                await self._end(method, call, failure.reason, failure.http_status)
-                await _abort(context, call, failure)
-            else:
-                ended = call.failure
-                await self._end(method, call, ended.reason if ended else "OK",
-                                ended.http_status if ended else 200)
-            finally:
-                if admitted:
-                    self._admission.leave()
-                with contextlib.suppress(ValueError):  # closed from another context
-                    _current.reset(token)
+            with bound(call):
+                started = admitted = False
+                try:
+                    admitted = self._admission.enter(method)
+                    await self._authorize(method, call, context, request)
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            if not started:
+                                started = True
+                                await context.send_initial_metadata(call.response_metadata())
+                            yield response
+                # GeneratorExit: grpc stopped reading, so the client went away mid-send.
+                except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
+                    outcome = outcome_of(exc, call)
+                    await self._settle(method, call, context, outcome)
+                    if outcome.reraise:
+                        raise
+                else:
+                    await self._settle(method, call, context, _returned(call))
+                finally:
+                    if admitted:
+                        self._admission.leave()
 
         return stream
+
+    async def _settle(self, method: str, call: Call, context: grpc.aio.ServicerContext,
+                      outcome: Outcome) -> None:
+        """Record how the call ended; then, if it ended in an error the client is to hear,
+        send it (which raises grpc.aio.AbortError)."""
+        if outcome.client_left:
+            await self._end_cancelled(method, call)
+        else:
+            await self._end(method, call, outcome)
+        if outcome.error is not None:
+            await abort(context, call, outcome.error)
 
     async def _end_cancelled(self, method: str, call: Call) -> None:
         """The client went away. Work that goes on without it is recorded when it ends."""
         work = call.detached
         if work is None or work.done():
-            await self._end(method, call, "CANCELLED", 499)
+            await self._end(method, call, CANCELLED)
             return
 
         def ended(task: asyncio.Task[Any]) -> None:
-            error = None if task.cancelled() else task.exception()
-            if task.cancelled():
-                status, http_status = "CANCELLED", 499
-            elif isinstance(error, HubError):
-                status, http_status = error.reason, error.http_status
-            else:
-                status, http_status = ("OK", 200) if error is None else ("INTERNAL", 500)
-            record = asyncio.ensure_future(self._end(method, call, status, http_status))
+            record = asyncio.ensure_future(self._end(method, call, _outcome_of_work(task)))
             self._later.add(record)
             record.add_done_callback(self._later.discard)
 
         work.add_done_callback(ended)
-
-    async def _run(self, method: str, call: Call, behavior: Behavior, request: Any,
-                   context: grpc.aio.ServicerContext) -> Any:
-        await self._authorize(method, call, context, request)
-        return await behavior(request, context)
 
     async def _authorize(self, method: str, call: Call, context: grpc.aio.ServicerContext,
                          request: Any) -> None:
         """The caller's key and rights; a request whose bytes did not decode is refused
         after that, so an anonymous caller learns only that it needs a key."""
         if method not in self._public:
-            call.key = await self._keys.authenticate(_metadata(context, "authorization"))
+            call.key = await self._keys.authenticate(metadata(context, "authorization"))
         if method.startswith(self._admin) and not (call.key and call.key.admin):
             raise PermissionDenied("This API key may not call the admin API.",
                                    reason="ADMIN_KEY_REQUIRED")
@@ -227,31 +240,25 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
             raise InvalidArgument(f"The request is not a valid {request.type_name} message "
                                   "(its protobuf encoding is broken).", reason="INVALID_MESSAGE")
 
-    async def _end(self, method: str, call: Call, status: str, http_status: int) -> None:
+    async def _end(self, method: str, call: Call, outcome: Outcome) -> None:
         """Record a metered call's usage, count it and write the log line, before the answer
         leaves (so a client that has its answer finds the record, and its quota settled)."""
         quiet = method in self._quiet
         if not quiet:
-            self._metrics.finished(call, status)
-        _log_line(call, status, quiet=quiet, prompts=self._log_prompts)
+            self._metrics.finished(call, outcome.status)
+        log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
         if method in self._metered:
-            await call.charge.settle(status, http_status)
+            await call.charge.settle(outcome.status, outcome.http_status)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
-        loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
-        budget = self._timeout if remaining is None else min(remaining, self._timeout)
-        given = _metadata(context, "x-request-id")
-        charge = Charge(
-            request_id=given if given and REQUEST_ID.match(given) else uuid.uuid4().hex,
-            door="rest" if _metadata(context, "x-hub-door") == "rest" else "grpc",
-            accepted_at=time.time(), quotas=self._quotas, ledger=self._usage)
-        call = Call(charge=charge, method=method.rsplit("/", 1)[-1],
-                    deadline=loop.time() + budget,
-                    idempotency_key=_metadata(context, "idempotency-key"))
+        call = arrived(method, context, self._timeout, self._open_charge)
         if method not in self._quiet:
             self._metrics.started(call)
         return call
+
+    def _open_charge(self, request_id: str, door: str) -> Charge:
+        return Charge(request_id=request_id, door=door, accepted_at=time.time(),
+                      quotas=self._quotas, ledger=self._usage)
 
     async def drain(self) -> None:
         """Wait for the records of detached work still being written (at shutdown)."""
@@ -278,94 +285,3 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
     return parse
 
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-
-
-def _unexpected(exc: Exception, call: Call) -> HubError:
-    """An exception that is not a HubError: a database outage the caller should hear about,
-    or a bug, which the caller hears of only as INTERNAL (the details go to the log)."""
-    if isinstance(exc, HubError):
-        return exc
-    known = db.hub_error(exc)
-    if known is not None:
-        log.warning("database error", request_id=call.request_id, method=call.method,
-                    reason=known.reason, error=repr(exc)[:300])
-        return known
-    log.exception("unexpected error", request_id=call.request_id, method=call.method)
-    return Internal(f"Something went wrong on our side (request {call.request_id}).")
-
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v if isinstance(v, str) else None
-    return None
-
-
-async def _abort(context: grpc.aio.ServicerContext, call: Call, error: HubError) -> None:
-    message = _clip(error.message)
-    status = to_status(error, message, call.request_id)
-    grpc_status = rpc_status.to_status(status)
-    trailers: list[tuple[str, str | bytes]] = [*grpc_status.trailing_metadata,
-                                               ("x-request-id", call.request_id)]
-    if error.retry_after is not None:
-        trailers.append(("retry-after", str(max(1, round(error.retry_after)))))
-    if call.door == "rest":
-        body = error.openai_body()
-        body["error"]["message"] = message  # type: ignore[index]
-        trailers.append((REST_ERROR_HEADER, json.dumps(body, ensure_ascii=True)))
-        trailers.append((REST_STATUS_HEADER, str(error.http_status)))
-    await context.abort(grpc_status.code, grpc_status.details, tuple(trailers))
-
-
-def to_status(error: HubError, message: str, request_id: str) -> status_pb2.Status:
-    """The google.rpc.Status a gRPC client receives for `error`."""
-    metadata = {**error.metadata, "http_status": str(error.http_status)}
-    if error.param:
-        metadata["param"] = error.param
-    details: list[Any] = [error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=DOMAIN, metadata=metadata)]
-    if error.param:
-        details.append(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(
-                field=error.param, description=message, reason=error.reason)]))
-    if error.retry_after is not None:
-        details.append(error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=max(1, round(error.retry_after)))))
-    details.append(error_details_pb2.RequestInfo(request_id=request_id))
-    status = status_pb2.Status(code=error.code, message=message)
-    for detail in details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return status
-
-
-def _clip(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE_LENGTH else message[:MAX_MESSAGE_LENGTH] + "…"
-
-
-def _log_line(call: Call, status: str, *, quiet: bool, prompts: bool) -> None:
-    """One line per call: who, what, how it ended and how long it took. Never a key or image
-    bytes; the prompt only when the operator asked for it."""
-    charge = call.charge
-    fields: dict[str, Any] = {
-        "request_id": call.request_id, "method": call.method, "door": call.door,
-        "key_id": call.key.id if call.key else None, "status": status,
-        "duration_ms": round(call.elapsed() * 1000, 1),
-    }
-    for name, value in (("model", call.model), ("served", call.served),
-                        ("response_format", charge.response_format)):
-        if value:
-            fields[name] = value
-    if charge.generation is not None:
-        fields["upstream_ms"] = round(charge.generation.upstream_seconds * 1000, 1)
-    if charge.images:
-        fields.update(images=charge.images, image_bytes=charge.bytes)
-    if prompts and charge.prompt is not None:
-        fields["prompt"] = charge.prompt
-    (log.debug if quiet else log.info)("request", **{**call.log, **fields})
