@@ -1,8 +1,10 @@
 """One frozen Settings object, read once from the environment (prefix AIGNE_HUB_).
 
 Everything below this module receives the values it needs; nothing else reads os.environ.
-Every field is listed in the README's configuration table.
+Every field is listed in docs/configuration.md.
 """
+# Long: one Settings class whose fields are the configuration table (docs/configuration.md);
+# split, that table would be scattered over modules.
 
 from __future__ import annotations
 

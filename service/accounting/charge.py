@@ -56,6 +56,7 @@ class Charge:
     quotas: Quotas | None = field(default=None, repr=False)
     ledger: Ledger | None = field(default=None, repr=False)
     key: ApiKey | None = None
+    key_id: str = ""  # the key's id (a job's, even when its key is gone)
     model: str = ""
     n: int = 1
     size: str | None = None
@@ -75,9 +76,14 @@ class Charge:
     record: bool = True
     settled: bool = False
 
-    @property
-    def key_id(self) -> str:
-        return self.key.id if self.key is not None else ""
+    def __post_init__(self) -> None:
+        if self.key is not None and not self.key_id:
+            self.key_id = self.key.id
+
+    def authenticated(self, key: ApiKey | None) -> None:
+        """The caller's key, once checked."""
+        self.key = key
+        self.key_id = key.id if key is not None else ""
 
     def asked(self, model: str, *, n: int | None, size: str, quality: str,
               response_format: str, user: str, prompt: str) -> None:

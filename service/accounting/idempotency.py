@@ -113,6 +113,7 @@ class Idempotency:
                 await asyncio.wait_for(event.wait(), poll)
             poll = min(poll * 2, MAX_POLL_SECONDS)
 
+    # Long: one transaction's decision table (new, replayed, running, expired, taken over).
     async def _try(self, key_id: str, idempotency_key: str, operation: str, print_: str,
                    request_id: str, lease_seconds: float) -> dict[str, Any] | object | None:
         """One look at the key: None (this request now owns it), the kept answer, or

@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("descriptor", type=Path, help="a descriptor set with source info")
     parser.add_argument("output", type=Path, help="where to write the JSON document")
     args = parser.parse_args(argv)
-    from service.server import PUBLIC_METHODS  # the methods that need no key
+    from service.api.methods import PUBLIC_METHODS  # the methods that need no key
 
     document = generate(args.descriptor, PUBLIC_METHODS)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class RequestContext:
 
     @key.setter
     def key(self, key: ApiKey | None) -> None:
-        self.charge.key = key
+        self.charge.authenticated(key)
 
     @property
     def caller(self) -> ApiKey:

@@ -26,6 +26,7 @@ from service.providers.imaging import encode
 PartDone = Callable[[ImageJob, Generation], Awaitable[None]]
 
 
+# Long: the fan-out's three steps (one part, several, the time budget) read best together.
 async def fan_out(generate: Callable[[ImageJob], Awaitable[Generation]], job: ImageJob, *,
                   concurrency: int, seconds_left: float, on_part: PartDone | None = None
                   ) -> Generation:

@@ -18,9 +18,9 @@ Usage: the quota is reserved when the job is accepted and kept in its row; the u
 record is written, and the reservation settled, in the same transaction that ends the
 job: one record per job, charged for the images it returned, however often it ran.
 
-A job's answer is kept like an idempotent request's (service/generation/answers.py): images by store
-name, told afresh at each read. A webhook that fails is tried again with backoff (the
-base delay doubling, at most an hour) by whichever process polls when it is due.
+A job's answer is kept like an idempotent request's (generation/answers.py), told afresh
+at each read (jobs/messages.py); a failed webhook is tried again with backoff
+(jobs/delivery.py) by whichever process polls when it is due. SQL: jobs/queue.py.
 """
 
 from __future__ import annotations
@@ -30,13 +30,10 @@ import contextvars
 import os
 import secrets
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 import structlog
-from sqlalchemy import case, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
@@ -45,16 +42,27 @@ from service.accounting.idempotency import Idempotency
 from service.accounting.keys import ApiKey, KeyStore
 from service.accounting.quotas import Reservation
 from service.accounting.usage import UsageRecorder
-from service.contract import json_codec
-from service.contract.images import generate_response, image_request
+from service.contract.images import image_request
 from service.db import Database, JobRow, utcnow
 from service.errors import HubError, Internal, NotFound
-from service.generation import answers
 from service.generation.answers import KeptAnswer
 from service.generation.context import RequestContext
 from service.generation.events import NO_EVENTS, GenerationEvents
 from service.generation.request import Answer, ImageRequest
 from service.generation.validation import GenerationPlan
+from service.jobs.delivery import Delivery
+from service.jobs.messages import JobMessages
+from service.jobs.queue import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    ClaimLost,
+    JobQueue,
+    reservation_json,
+    reservation_of,
+)
 from service.jobs.webhooks import Webhooks
 from service.providers.base import GeneratedImage
 from service.store.base import ImageStore
@@ -62,14 +70,7 @@ from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-PENDING, DELIVERED = "pending", "delivered"
-MAX_WEBHOOK_DELAY_SECONDS = 3600.0
 SWEEP_SECONDS = 600.0
-
-
-class ClaimLost(Exception):
-    """Another process took the job over (this one's claim had lapsed)."""
 
 
 class Executor(Protocol):
@@ -91,22 +92,20 @@ class Jobs:
                  lease_seconds: float, poll_seconds: float, max_attempts: int,
                  run_seconds: float, stop_grace_seconds: float, webhook_retries: int,
                  webhook_retry_base_seconds: float) -> None:
-        self._db = database
+        self._queue = JobQueue(
+            database, lease_seconds=lease_seconds,
+            instance=f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}")
         self._keys = keys
         self._usage = usage
-        self._webhooks = webhooks
-        self._store = store
-        self._signer = signer
+        self._messages = JobMessages(store, signer)
+        self._delivery = Delivery(webhooks, retries=webhook_retries,
+                                  base_seconds=webhook_retry_base_seconds)
         self._idempotency = idempotency
         self._concurrency = concurrency
-        self._lease = timedelta(seconds=lease_seconds)
         self._poll = poll_seconds
         self._max_attempts = max_attempts
         self._run_seconds = run_seconds
         self._grace = stop_grace_seconds
-        self._webhook_retries = webhook_retries
-        self._webhook_base = webhook_retry_base_seconds
-        self.instance = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._executor: Executor | None = None
         self._working: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
@@ -121,23 +120,18 @@ class Jobs:
                      request_id=call.request_id, door=call.door, status=QUEUED,
                      model=charge.model, n=charge.n,
                      request=request.SerializeToString(deterministic=True),
-                     reservation=_reservation_json(reservation), attempts=0,
+                     reservation=reservation_json(reservation), attempts=0,
                      created_at=datetime.fromtimestamp(int(call.accepted_at), UTC),
                      webhook_url=webhook_url or None,
                      webhook_status=PENDING if webhook_url else None, webhook_attempts=0)
-
-        async def add(session: AsyncSession) -> None:
-            session.add(row)
-
-        await self._db.write(add)
+        await self._queue.add(row)
         call.log.update(job_id=row.id)
         self._take_up([row.id])
         return row
 
     async def get(self, job_id: str, caller: ApiKey) -> JobRow:
         """The job, if `caller` made it or is an admin; else NOT_FOUND."""
-        async with self._db.read() as session:
-            row = await session.get(JobRow, job_id)
+        row = await self._queue.get(job_id)
         if row is None or not (row.key_id == caller.id or caller.admin):
             raise NotFound(f"No job '{job_id[:64]}' is visible to this API key.", param="id",
                            reason="JOB_NOT_FOUND")
@@ -145,26 +139,7 @@ class Jobs:
 
     async def message(self, row: JobRow, *, with_images: bool = True) -> job_pb.Job:
         """The job as GetJob answers it; `with_images` False leaves b64_json answers out."""
-        job = job_pb.Job(id=row.id, status=row.status, created=int(row.created_at.timestamp()),
-                         model=row.model, n=row.n, webhook_url=row.webhook_url,
-                         webhook_status=row.webhook_status)
-        if row.finished_at is not None:
-            job.finished = int(row.finished_at.timestamp())
-        if row.status == SUCCEEDED and row.result is not None:
-            kept = KeptAnswer.from_json(row.result)
-            if with_images or kept.response_format == "url":
-                job.result.CopyFrom(await self._told(row, kept))
-        if row.error is not None:
-            job.error.CopyFrom(job_pb.JobError(**row.error))
-        return job
-
-    async def _told(self, row: JobRow, kept: KeptAnswer) -> pb.GenerateResponse:
-        try:
-            return generate_response(await answers.told(kept, self._store, self._signer))
-        except NotFound:
-            raise NotFound(f"The images of job '{row.id}' are no longer kept: stored images "
-                           "are deleted after the image retention period.", param="id",
-                           reason="JOB_IMAGES_EXPIRED") from None
+        return await self._messages.job(row, with_images=with_images)
 
     # Running them.
 
@@ -202,12 +177,8 @@ class Jobs:
         free = self._concurrency - len(self._working)
         if free <= 0:
             return []
-        now = utcnow()
-        async with self._db.read() as session:
-            rows = await session.scalars(
-                select(JobRow.id).where(_claimable(now)).order_by(JobRow.created_at)
-                .limit(free))
-            return [job_id for job_id in rows if job_id not in self._working]
+        return [job_id for job_id in await self._queue.claimable(free)
+                if job_id not in self._working]
 
     def _take_up(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
@@ -225,7 +196,7 @@ class Jobs:
     async def _work(self, job_id: str) -> None:
         """Claim the job, run it if it has not ended, deliver its webhook if one is due."""
         try:
-            row = await self._claim(job_id)
+            row = await self._queue.claim(job_id)
         except Exception:  # the database may be away for a moment: a later poll claims it
             log.exception("job not claimed", job_id=job_id)
             return
@@ -248,34 +219,15 @@ class Jobs:
             if not lapse:
                 await asyncio.shield(self._unclaim(job_id))
 
-    async def _claim(self, job_id: str) -> JobRow | None:
-        now = utcnow()
-
-        async def take(session: AsyncSession) -> JobRow | None:
-            taken = await session.execute(
-                update(JobRow).where(JobRow.id == job_id, _claimable(now))
-                .values(owner=self.instance, lease_until=now + self._lease))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            return await session.get(JobRow, job_id)
-
-        return await self._db.write(take)
-
     async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
         while True:
-            await asyncio.sleep(self._lease.total_seconds() / 3)
+            await asyncio.sleep(self._queue.lease_seconds / 3)
             try:
-                async def renew(session: AsyncSession) -> int:
-                    renewed = await session.execute(
-                        update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
-                        .values(lease_until=utcnow() + self._lease))
-                    return int(renewed.rowcount or 0)  # type: ignore[attr-defined]
-
-                renewed = await self._db.write(renew)
+                held = await self._queue.renew(job_id)
             except Exception:  # try again at the next third of the lease
                 log.warning("job claim not renewed", job_id=job_id, exc_info=True)
                 continue
-            if renewed != 1 and work is not None:
+            if not held and work is not None:
                 log.warning("job claim lost: another process took the job over", job_id=job_id)
                 work.cancel()
                 return
@@ -284,12 +236,7 @@ class Jobs:
         """Give the claim up; a job cut off while running waits, queued, for a new run.
         If the database cannot be told, the claim lapses instead."""
         try:
-            async def give_up(session: AsyncSession) -> None:
-                await session.execute(
-                    update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
-                    .values(owner=None, lease_until=None, status=_requeued()))
-
-            await self._db.write(give_up)
+            await self._queue.unclaim(job_id)
         except Exception:
             log.warning("job claim not given up; it lapses", job_id=job_id, exc_info=True)
 
@@ -300,12 +247,7 @@ class Jobs:
                              "stopped while it ran); it is not run again.",
                              reason="JOB_INTERRUPTED")
             return await self._end(row, self._context(row, None), error=error)
-
-        async def mark_running(session: AsyncSession) -> None:
-            await session.execute(update(JobRow).where(JobRow.id == row.id).values(
-                status=RUNNING, attempts=row.attempts + 1))
-
-        await self._db.write(mark_running)
+        await self._queue.started(row)
         call = self._context(row, await self._keys.get(row.key_id))
         log.info("job started", job_id=row.id, attempt=row.attempts + 1)
         try:
@@ -328,8 +270,9 @@ class Jobs:
         budget; it records its usage when the job ends (`_end`)."""
         loop = asyncio.get_running_loop()
         charge = Charge(request_id=row.request_id, door=row.door,
-                        accepted_at=row.created_at.timestamp(), key=key, ledger=self._usage,
-                        model=row.model, n=row.n, reservation=_reservation_of(row))
+                        accepted_at=row.created_at.timestamp(), key=key, key_id=row.key_id,
+                        ledger=self._usage,
+                        model=row.model, n=row.n, reservation=reservation_of(row))
         return RequestContext(charge=charge, deadline=loop.time() + self._run_seconds)
 
     async def _end(self, row: JobRow, call: RequestContext, *, result: dict[str, Any] | None = None,
@@ -340,71 +283,19 @@ class Jobs:
                                   "error": _job_error(error) if error is not None else None}
         if row.webhook_url:
             values.update(webhook_status=PENDING, webhook_next_at=utcnow())
-
-        async def end_it(session: AsyncSession) -> JobRow:
-            ended = await session.execute(update(JobRow).where(
-                JobRow.id == row.id, JobRow.owner == self.instance).values(**values))
-            if ended.rowcount != 1:  # type: ignore[attr-defined]
-                raise ClaimLost(row.id)
-            await call.charge.settle_in(session, error.reason if error else "OK",
-                                        error.http_status if error else 200)
-            return (await session.scalars(select(JobRow).where(JobRow.id == row.id))).one()
-
-        row = await self._db.write(end_it)
+        row = await self._queue.end(row, values, lambda session: call.charge.settle_in(
+            session, error.reason if error else "OK", error.http_status if error else 200))
         log.info("job ended", job_id=row.id, status=status, key_id=row.key_id,
                  images=call.charge.images, reason=error.reason if error else None)
         return row
 
     async def _deliver(self, row: JobRow) -> None:
-        job = await self.message(row, with_images=False)
-        body = orjson.dumps({"type": f"image.job.{row.status}",
-                             "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-                             "data": {"job": json_codec.to_json_value(job)}})
-        failure = await self._webhooks.deliver(row.webhook_url or "", row.key_id,
-                                               f"msg_{row.id}", body)
-        attempts = row.webhook_attempts + 1
-        values: dict[str, Any] = {"webhook_attempts": attempts, "webhook_error": failure}
-        if failure is None:
-            values["webhook_status"] = DELIVERED
-        elif attempts > self._webhook_retries:
-            values["webhook_status"] = FAILED
-        else:
-            delay = min(self._webhook_base * 2 ** (attempts - 1), MAX_WEBHOOK_DELAY_SECONDS)
-            values["webhook_next_at"] = utcnow() + timedelta(seconds=delay)
-
-        async def note_delivery(session: AsyncSession) -> None:
-            await session.execute(update(JobRow).where(JobRow.id == row.id).values(**values))
-
-        await self._db.write(note_delivery)
-        log.info("webhook", job_id=row.id, attempt=attempts, delivered=failure is None,
-                 error=failure)
-
-
-def _claimable(now: datetime) -> Any:
-    """Jobs with work left whose claim is free or lapsed."""
-    return (or_(JobRow.owner.is_(None), JobRow.lease_until < now)
-            & (JobRow.status.in_((QUEUED, RUNNING))
-               | ((JobRow.webhook_status == PENDING) & (JobRow.webhook_next_at <= now))))
-
-
-def _requeued() -> Any:
-    return case((JobRow.status == RUNNING, QUEUED), else_=JobRow.status)
-
+        job = await self._messages.job(row, with_images=False)
+        values = await self._delivery.deliver(row, job)
+        await self._queue.delivered(row.id, values)
 
 def _job_error(error: HubError) -> dict[str, Any]:
     body = error.openai_body()["error"]
     assert isinstance(body, dict)
     return {"message": body["message"], "type": body["type"], "param": body["param"] or "",
             "code": body["code"], "http_status": error.http_status}
-
-
-def _reservation_json(reservation: Reservation) -> dict[str, Any]:
-    return {"images": reservation.images,
-            "windows": [[period, start.isoformat()] for period, start in reservation.windows]}
-
-
-def _reservation_of(row: JobRow) -> Reservation | None:
-    if row.reservation is None:
-        return None
-    return Reservation(row.key_id, int(row.reservation["images"]), tuple(
-        (period, datetime.fromisoformat(start)) for period, start in row.reservation["windows"]))
