@@ -74,8 +74,7 @@ SWEEP_SECONDS = 600.0
 
 
 class Executor(Protocol):
-    """What runs a job's generation: the pipeline's plan and make, without quota or key
-    checks of their own (the job reserved its quota when it was accepted)."""
+    """What runs a job's generation: the pipeline's plan and make (quota reserved before)."""
 
     async def plan(self, context: RequestContext, request: ImageRequest,
                    refuse_streams: str | None = None) -> tuple[GenerationPlan, str | None]: ...
