@@ -102,6 +102,7 @@ lint: proto-deps system-deps node-deps gopath
 	$(BIN)/buf format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/mypy service
+	$(BIN)/lint-imports   # the house plan: pyproject.toml [tool.importlinter]
 	@test -z "$$(gofmt -l examples/go)" || { gofmt -l examples/go; echo "run gofmt -w"; exit 1; }
 	$(GO) vet $(GO_IMPORT)/examples/go
 	npx -w examples/ts tsc --noEmit -p .
