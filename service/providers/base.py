@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from service.catalog.models import ModelSpec, Size
+from service.catalog.model_spec import ModelSpec
 from service.catalog.pricing import TokenUsage
+from service.catalog.sizes import Size
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 

@@ -43,8 +43,9 @@ SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAF
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-# One attempt: the service retries, in one place (the SDK's default is one attempt too, but
-# on aiohttp, when that is installed, it retries a broken connection itself).
+# One attempt: the service retries, in one place (service/routing/router.py). The SDK's
+# default is one attempt too, but on aiohttp, when that is installed, it retries a broken
+# connection itself.
 NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
 
 
@@ -131,8 +132,9 @@ class GoogleProvider:
 
 
 def _http_options(job: ImageJob) -> types.HttpOptions:
-    """Per call: no SDK retries (the service retries), the request's deadline as timeout,
-    and its request id."""
+    """Per call: the request's deadline as timeout, and its request id. They name no retry
+    options, so the client's NO_SDK_RETRIES hold (the SDK merges per-call options over the
+    client's)."""
     seconds = job.seconds_left()
     return types.HttpOptions(
         timeout=int(seconds * 1000) if seconds is not None else None,

@@ -1,15 +1,12 @@
-"""Deployments and their credentials: what they are, and where they are kept.
+"""Where deployments and their credentials are kept. What they are (the values Deployment
+and Credential, which providers are built from) is in service/catalog/deployments.py.
 
-A deployment is one upstream that serves models: OpenAI itself or any OpenAI-compatible
-base URL (`openai`), Azure OpenAI (`azure`), the Gemini API (`gemini`), Vertex AI
-(`vertex`), or the built-in renderer (`local`). It has several credentials, each with a
-weight and an enabled flag. Deployments added through the admin API or the CLI live in the
-database, their secrets encrypted (service/routing/secretbox.py); the provider variables of the
-environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) still work and make deployments of their
-own, kept in memory. Health (cooldowns, disabled credentials, test results) is written to
-the database, so every replica sees it.
+Deployments added through the admin API or the CLI live in the database, their secrets
+encrypted (service/routing/secretbox.py); the provider variables of the environment
+(OPENAI_API_KEY, GEMINI_API_KEY, ...) still work and make deployments of their own, kept in
+memory (`environment_deployments`). Health (cooldowns, disabled credentials, test results)
+is written to the database, so every replica sees it; service/routing/health.py decides it.
 """
-
 from __future__ import annotations
 
 import secrets

@@ -10,10 +10,8 @@ size, a content refusal) it stops at once. When every target failed it waits a b
 goes round again while retries and the request's budget last. This is the only layer that
 retries.
 
-Health, as it happens: a credential refused with 401/403 is disabled (reason and time kept)
-until an admin enables it again; a 429 rests the credential for its Retry-After (or a
-default); repeated failures of a deployment put it in cooldown, and a success ends that.
-Each attempt is kept for the usage record.
+Each outcome goes to the health bookkeeping (health.py beside this module: credentials
+disabled or rested, deployments cooled down), and each attempt is kept for the usage record.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-import structlog
 
 from service.catalog.deployments import NEEDS_SECRET, Credential, Deployment
 from service.catalog.models import ModelSpec
@@ -38,28 +34,13 @@ from service.errors import (
 )
 from service.providers import BUILDERS, SETUP_HINTS
 from service.providers.base import Generation, ImageJob, Provider
-from service.routing.deployments import DeploymentStore, cooldown
-
-log = structlog.get_logger("aigne.hub")
+from service.routing.deployments import DeploymentStore
+from service.routing.health import DeploymentHealth
+from service.routing.policy import RoutingPolicy
 
 # Failures that say nothing against the request: another deployment may well succeed.
 MOVE_ON = {"UPSTREAM_RATE_LIMITED", "UPSTREAM_AUTH_FAILED", "UPSTREAM_MODEL_NOT_FOUND",
            "ATTEMPT_TIMEOUT"}
-
-
-@dataclass(frozen=True)
-class RoutingPolicy:
-    retries: int = 2  # rounds over the targets after the first
-    base_seconds: float = 0.5  # first backoff between rounds; doubles, with jitter
-    max_seconds: float = 8.0
-    attempt_timeout: float = 0.0  # cap on one attempt; 0: the request's budget
-    failure_threshold: int = 3  # consecutive failures that cool a deployment down
-    deployment_cooldown: float = 30.0
-    credential_cooldown: float = 30.0  # after a 429 without Retry-After
-    refresh_seconds: float = 2.0
-
-    def backoff(self, round_: int) -> float:
-        return min(self.base_seconds * 2**round_, self.max_seconds) * random.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -84,44 +65,24 @@ class Router:
     def __init__(self, store: DeploymentStore | None, builtin: list[Deployment],
                  policy: RoutingPolicy,
                  instrument: Callable[[Provider, Deployment], Provider] | None = None) -> None:
-        self._store = store
         self._policy = policy
         self._instrument = instrument  # e.g. metrics around every upstream call
-        self._builtin = {d.id: d for d in builtin}  # local and the environment's: in memory
-        self._stored: dict[str, Deployment] = {}
-        self._loaded_at = -1e9
-        self._lock = asyncio.Lock()
+        self._health = DeploymentHealth(store, builtin, policy)
         self._providers: dict[tuple[str, str | None], tuple[tuple[object, ...], Provider]] = {}
 
     async def deployments(self) -> list[Deployment]:
-        """Every deployment, stored ones re-read when the snapshot is older than the policy's
-        refresh time (so health set by another replica shows up)."""
-        if self._store is not None and (
-                time.monotonic() - self._loaded_at >= self._policy.refresh_seconds):
-            async with self._lock:
-                if time.monotonic() - self._loaded_at >= self._policy.refresh_seconds:
-                    self._stored = {d.id: d for d in await self._store.load()}
-                    self._loaded_at = time.monotonic()
-        return [*self._builtin.values(), *self._stored.values()]
+        """Every deployment, with its health as this process last read or saw it."""
+        return await self._health.deployments()
 
     def forget_snapshot(self) -> None:
         """Re-read stored deployments on next use (after an admin change)."""
-        self._loaded_at = -1e9
+        self._health.forget_snapshot()
 
     def set_builtin_credential(self, credential_id: str, *, weight: int, enabled: bool
                                ) -> Credential | None:
         """Set a credential of the environment's deployments (kept in memory); enabling
         clears why it was disabled and its rest. None when no such credential."""
-        for deployment in self._builtin.values():
-            for credential in deployment.credentials:
-                if credential.id == credential_id:
-                    updated = replace(credential, weight=weight, enabled=enabled)
-                    if enabled:
-                        updated = replace(updated, disabled_reason=None, disabled_at=None,
-                                          cooldown_until=None)
-                    self._patch_credential(deployment, updated)
-                    return updated
-        return None
+        return self._health.set_builtin_credential(credential_id, weight=weight, enabled=enabled)
 
     async def is_configured(self, provider: str) -> bool:
         return any(d.provider == provider and d.enabled for d in await self.deployments())
@@ -191,71 +152,12 @@ class Router:
             if error is None or (capped and error.reason == "TIMEOUT"):
                 error = Unavailable(f"The deployment '{target.deployment.name}' did not answer "
                                     f"within {cap:g} s.", reason="ATTEMPT_TIMEOUT")
-            await self._failed(target, error, started, attempts)
+            attempts.append(_attempt(target, error.reason, started))
+            await self._health.failed(target.deployment, target.credential, error)
             raise error from None
         attempts.append(_attempt(target, "OK", started))
-        if target.deployment.consecutive_failures or target.deployment.cooldown_until:
-            await self._set_health(target.deployment, failures=0, until=None, error=None)
+        await self._health.succeeded(target.deployment)
         return generation
-
-    async def _failed(self, target: Target, error: HubError, started: float,
-                      attempts: list[Attempt]) -> None:
-        attempts.append(_attempt(target, error.reason, started))
-        deployment, credential = target.deployment, target.credential
-        log.info("upstream attempt failed", deployment=deployment.name, reason=error.reason,
-                 credential_id=credential.id if credential else None)
-        if error.reason == "UPSTREAM_AUTH_FAILED" and credential is not None:
-            await self._disable(deployment, credential, f"{error.reason}: {error.message}")
-        elif error.reason == "UPSTREAM_RATE_LIMITED" and credential is not None:
-            await self._rest(deployment, credential,
-                             error.retry_after or self._policy.credential_cooldown)
-        elif error.retryable or error.reason == "ATTEMPT_TIMEOUT":
-            failures = self._current(deployment).consecutive_failures + 1
-            until = (cooldown(self._policy.deployment_cooldown)
-                     if failures >= self._policy.failure_threshold else None)
-            if until is not None:
-                log.warning("deployment cooling down", deployment=deployment.name,
-                            failures=failures, until=until.isoformat(), reason=error.reason)
-            await self._set_health(deployment, failures=failures, until=until,
-                                   error=f"{error.reason}: {error.message}")
-
-    async def _disable(self, deployment: Deployment, credential: Credential, reason: str) -> None:
-        log.warning("credential disabled", deployment=deployment.name,
-                    credential_id=credential.id, reason=reason)
-        now = datetime.now(UTC)
-        self._patch_credential(deployment, replace(credential, enabled=False,
-                                                   disabled_reason=reason, disabled_at=now))
-        if deployment.source == "api" and self._store is not None:
-            await self._store.disable_credential(credential.id, reason)
-
-    async def _rest(self, deployment: Deployment, credential: Credential, seconds: float) -> None:
-        until = cooldown(seconds)
-        log.info("credential resting", deployment=deployment.name, credential_id=credential.id,
-                 until=until.isoformat())
-        self._patch_credential(deployment, replace(credential, cooldown_until=until))
-        if deployment.source == "api" and self._store is not None:
-            await self._store.rest_credential(credential.id, until)
-
-    async def _set_health(self, deployment: Deployment, *, failures: int,
-                          until: datetime | None, error: str | None) -> None:
-        current = self._current(deployment)
-        self._put(replace(current, consecutive_failures=failures, cooldown_until=until,
-                          last_error=error or current.last_error))
-        if deployment.source == "api" and self._store is not None:
-            await self._store.record_outcome(deployment.id, failures=failures,
-                                             cooldown_until=until, error=error)
-
-    def _patch_credential(self, deployment: Deployment, credential: Credential) -> None:
-        current = self._current(deployment)
-        self._put(replace(current, credentials=tuple(
-            credential if c.id == credential.id else c for c in current.credentials)))
-
-    def _current(self, deployment: Deployment) -> Deployment:
-        return self._builtin.get(deployment.id) or self._stored.get(deployment.id) or deployment
-
-    def _put(self, deployment: Deployment) -> None:
-        table = self._builtin if deployment.id in self._builtin else self._stored
-        table[deployment.id] = deployment
 
     def _provider(self, deployment: Deployment, credential: Credential | None) -> Provider:
         """One SDK client per deployment and credential, made once and kept while they last."""
@@ -289,10 +191,7 @@ class Router:
             except HubError as error:
                 status, message = error.reason, error.message
         milliseconds = (time.monotonic() - started) * 1000
-        self._put(replace(self._current(deployment), last_test_status=status,
-                          last_test_ms=milliseconds, last_test_at=datetime.now(UTC)))
-        if deployment.source == "api" and self._store is not None:
-            await self._store.record_test(deployment.id, status, milliseconds)
+        await self._health.tested(deployment, status, milliseconds)
         return status, message, milliseconds
 
     def _nothing_serves(self, spec: ModelSpec, pin: str | None) -> HubError:
