@@ -1,7 +1,7 @@
 """API key lookups answered from memory, never from a stale memory.
 
 Every call names its key, and looking it up through SQLAlchemy's async session and aiosqlite
-costs ~0.8 ms of CPU (README "Performance"): more than all the rest of our own work on a
+costs ~0.8 ms of CPU (docs/performance.md): more than all the rest of our own work on a
 small request. A key seen before is answered from memory as long as the keys have not
 changed since: every change to api_keys (a key made, revoked, its limits set; by any process,
 the CLI's `keys revoke` among them) adds one to the `key_generation` row in the same

@@ -43,7 +43,7 @@ MINUTE, DAY, MONTH = "minute", "day", "month"
 INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 # The statements of every request, built once with bound parameters: building them per call
-# (and through the ORM) cost ~2.5 ms of CPU a reservation (README "Performance").
+# (and through the ORM) cost ~2.5 ms of CPU a reservation (docs/performance.md).
 COUNTERS = cast(Table, QuotaCounterRow.__table__)
 PAST_MINUTES = delete(COUNTERS).where(
     COUNTERS.c.key_id == bindparam("owner"), COUNTERS.c.period == MINUTE,

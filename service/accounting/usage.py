@@ -31,7 +31,7 @@ log = structlog.get_logger("aigne.hub")
 
 MAX_PAGE_SIZE = 1000
 # Written on every request: Core statements built once (through the ORM's unit of work a
-# record cost ~1 ms more CPU; README "Performance").
+# record cost ~1 ms more CPU; docs/performance.md).
 ADD_RECORD = insert(cast(Table, UsageRecordRow.__table__)).returning(UsageRecordRow.id)
 ADD_ATTEMPT = insert(cast(Table, UsageAttemptRow.__table__))
 DEFAULT_PAGE_SIZE = 100
