@@ -85,7 +85,7 @@ gen: proto-deps node-deps system-deps
 	  google/rpc/status.proto google/rpc/error_details.proto
 	for d in $$(find gen/python/aigne -type d -not -name __pycache__); do touch $$d/__init__.py; done
 	touch gen/python/aigne/py.typed
-	$(BIN)/python -m service.openapi $(DESCRIPTOR) $(OPENAPI)
+	$(BIN)/python -m service.cli.openapi $(DESCRIPTOR) $(OPENAPI)
 	find gen/ts \( -name '*_pb.js' -o -name '*_pb.d.ts' \) -not -path '*/node_modules/*' -delete
 	find gen/ts -mindepth 1 -type d -empty -not -path '*/node_modules*' -delete
 	rm -rf gen/go/aigne
@@ -102,6 +102,7 @@ lint: proto-deps system-deps node-deps gopath
 	$(BIN)/buf format --diff --exit-code proto
 	$(BIN)/ruff check .
 	$(BIN)/mypy service
+	$(BIN)/lint-imports   # the house plan: pyproject.toml [tool.importlinter]
 	@test -z "$$(gofmt -l examples/go)" || { gofmt -l examples/go; echo "run gofmt -w"; exit 1; }
 	$(GO) vet $(GO_IMPORT)/examples/go
 	npx -w examples/ts tsc --noEmit -p .

@@ -33,8 +33,8 @@ import httpx
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from bench import litellm_proxy, load, pieces, processes
-from service import envoy
 from service.config import Settings
+from service.ops import envoy
 from tests.stack import TEST_KEY, Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

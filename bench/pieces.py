@@ -16,17 +16,21 @@ import structlog
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from bench.fake_provider import tiny_png
-from service import db, json_codec, validation
-from service.deployments import Deployment
-from service.imaging import verified_mime_type
-from service.interceptors import Call
-from service.key_cache import KeyCache
-from service.keys import KeyStore
-from service.metrics import Metrics
-from service.models import load_registry
+from service import db
+from service.accounting.charge import Charge
+from service.accounting.key_cache import KeyCache
+from service.accounting.keys import KeyStore
+from service.accounting.quotas import Quotas
+from service.accounting.usage import UsageRecorder
+from service.catalog.models import load_registry
+from service.contract import json_codec
+from service.contract.images import image_request
+from service.generation import validation
+from service.ops.metrics import Metrics
+from service.providers.imaging import verified_mime_type
 from service.providers.openai import OpenAIProvider
-from service.quotas import Quotas
-from service.usage import CallFacts, Meter, UsageRecorder
+from service.routing.deployments import Deployment
+from service.rpc.call import Call
 
 BODY = (b'{"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024", '
         b'"response_format": "b64_json"}')
@@ -51,7 +55,8 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}"
         engine = db.create_engine(url)
         await db.migrate(engine)
-        keys = KeyStore(db.sessions(engine), b"bench-secret")
+        database = db.Database(engine)
+        keys = KeyStore(database, b"bench-secret")
         _, token = await keys.create("bench")
         cache = KeyCache(keys, url)
         results.append(("API key lookup in the database (SQLAlchemy async, aiosqlite)",
@@ -59,16 +64,17 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         results.append(("API key lookup, cached (KeyCache: key_generation row + dict)",
                          await cpu_micros(lambda: cache.authenticate(f"Bearer {token}"))))
         key = await keys.authenticate(f"Bearer {token}")
-        turns = db.WriteTurns(engine.dialect.name)
-        quotas = Quotas(db.sessions(engine), engine.dialect.name, turns)
-        usage = UsageRecorder(db.sessions(engine), Decimal(1000), turns)
+        quotas = Quotas(database)
+        usage = UsageRecorder(database, Decimal(1000))
         results.append(("quota reservation (SQLite, day and month counters)",
                          await cpu_micros(lambda: quotas.reserve(key, 1))))
 
         async def record() -> None:
-            meter = Meter(model="gpt-image-2", reservation=await quotas.reserve(key, 1))
-            meter.images = 1
-            await usage.finish(meter, CallFacts(key.id, "r", "rest", time.time(), "OK", 200))
+            charge = Charge(request_id="r", door="rest", accepted_at=time.time(), key=key,
+                            quotas=quotas, ledger=usage, model="gpt-image-2")
+            await charge.reserve(1)
+            charge.images = 1
+            await charge.settle("OK", 200)
 
         reserve_and_record = await cpu_micros(record)
         results.append(("usage record and settling (SQLite)",
@@ -80,7 +86,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
         provider_key)
     registry = load_registry(None)
     request = json_codec.decode(BODY, pb.GenerateRequest)
-    job = validation.plan(request, registry.route(request.model)).job
+    job = validation.plan(image_request(request), registry.route(request.model)).job
     results.append(("upstream call, openai SDK, raw answer + orjson (OpenAIProvider)",
                     await cpu_micros(lambda: provider.generate(job))))
     await provider.aclose()
@@ -89,7 +95,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
 
     async def decode() -> None:
         decoded = json_codec.decode(BODY, pb.GenerateRequest)
-        validation.plan(decoded, registry.route(decoded.model))
+        validation.plan(image_request(decoded), registry.route(decoded.model))
 
     results.append(("REST body decode, model routing and validation",
                     await cpu_micros(decode)))
@@ -101,8 +107,10 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
                     await cpu_micros(_sync(lambda: json_codec.encode(answer)))))
     results.append(("the JSON log line (structlog)", await _log_line_micros()))
     metrics = Metrics()
-    call = Call(request_id="r", method="GenerateHttp", door="rest", deadline=0.0)
-    call.meter.response_format, call.meter.images, call.meter.bytes = "b64_json", 1, len(png)
+    call = Call(charge=Charge(request_id="r", door="rest", accepted_at=time.time()),
+                method="GenerateHttp", deadline=0.0)
+    call.charge.response_format, call.charge.images = "b64_json", 1
+    call.charge.bytes = len(png)
 
     def observe() -> None:
         metrics.started(call)

@@ -35,10 +35,13 @@ from pathlib import Path
 import httpx
 import structlog
 
-from service import cli, db, deployments_cli, envoy, logs, replicas
+from service import db
+from service.accounting.keys import KeyStore
+from service.cli import deployments as deployments_cli
+from service.cli import keys as cli
 from service.config import Settings
 from service.errors import HubError
-from service.keys import KeyStore
+from service.ops import envoy, logs, replicas
 from service.server import Hub, create_server, serve
 
 log = structlog.get_logger("aigne.hub")

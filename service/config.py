@@ -1,8 +1,10 @@
 """One frozen Settings object, read once from the environment (prefix AIGNE_HUB_).
 
 Everything below this module receives the values it needs; nothing else reads os.environ.
-Every field is listed in the README's configuration table.
+Every field is listed in docs/configuration.md.
 """
+# Long: one Settings class whose fields are the configuration table (docs/configuration.md);
+# split, that table would be scattered over modules.
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "AIGNE_HUB_"
 MIB = 1 << 20
 PRESIGN_MAX_SECONDS = 7 * 86_400  # the longest an S3 (SigV4) presigned URL may live
 
@@ -22,7 +25,7 @@ PRESIGN_MAX_SECONDS = 7 * 86_400  # the longest an S3 (SigV4) presigned URL may 
 class Settings(BaseSettings):
     """The server's configuration. Secrets are SecretStr and never printed."""
 
-    model_config = SettingsConfigDict(env_prefix="AIGNE_HUB_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     # Network: the server's own gRPC port and Envoy's port for REST and gRPC.
     host: str = "127.0.0.1"
@@ -264,6 +267,47 @@ class Settings(BaseSettings):
             if getattr(self, field) is None:
                 update[field] = SecretStr(_read_or_create_secret(self.var_dir / filename))
         return self.model_copy(update=update) if update else self
+
+    def child_environment(self, **overrides: object) -> dict[str, str]:
+        """The environment of a server process started from this one (a replica): these
+        settings, with `overrides`, as the variables Settings reads; and the variables
+        that are not ours (PATH, the SDKs' own: AWS_*, GOOGLE_APPLICATION_CREDENTIALS...)
+        passed on as they are."""
+        environment = {name: value for name, value in os.environ.items()
+                       if not name.startswith(ENV_PREFIX) and name not in _aliases()}
+        values = {**{name: getattr(self, name) for name in type(self).model_fields},
+                  **overrides}
+        for name, value in values.items():
+            if value is not None:
+                environment[_variable(name)] = _as_text(value)
+        return environment
+
+
+def variable(name: str) -> str:
+    """One environment variable that the command line names (e.g. the variable holding a
+    credential's secret for `deployments credentials add --secret-env`); '' when unset."""
+    return os.environ.get(name, "")
+
+
+def _variable(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def _aliases() -> set[str]:
+    return {str(choice) for info in Settings.model_fields.values()
+            if isinstance(info.validation_alias, AliasChoices)
+            for choice in info.validation_alias.choices}
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _split(keys: SecretStr | None) -> list[str]:

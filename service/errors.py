@@ -1,9 +1,10 @@
 """One error hierarchy for the whole service.
 
-Code below the servicer raises a HubError; one interceptor turns it into a google.rpc.Status
-(ErrorInfo, BadRequest, RetryInfo) for gRPC and into the OpenAI-shaped JSON body for REST,
-so both doors say the same thing. Messages are written for the caller: they never carry a
-secret, a stack trace or an internal address.
+Code below the servicer raises a HubError; the one interceptor ends the call with it, which
+service.rpc.status turns into a google.rpc.Status (ErrorInfo, BadRequest, RetryInfo) for
+gRPC and into the OpenAI-shaped JSON body for REST, so both doors say the same thing.
+Messages are written for the caller: they never carry a secret, a stack trace or an internal
+address.
 """
 
 from __future__ import annotations

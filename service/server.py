@@ -17,88 +17,56 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigne.hub.v1 import (
-    admin_service_pb2,
     admin_service_pb2_grpc,
-    console_service_pb2,
     console_service_pb2_grpc,
-    deployment_service_pb2,
     deployment_service_pb2_grpc,
-    image_service_pb2,
     image_service_pb2_grpc,
-    job_service_pb2,
     job_service_pb2_grpc,
-    probe_service_pb2,
     probe_service_pb2_grpc,
-    usage_service_pb2,
     usage_service_pb2_grpc,
 )
 from service import db
-from service.admin import AdminServicer
-from service.admission import Admission
+from service.accounting.idempotency import Idempotency
+from service.accounting.key_cache import KeyCache
+from service.accounting.keys import KeyStore, ensure_configured_keys
+from service.accounting.quotas import Quotas
+from service.accounting.usage import UsageRecorder, UsageReports
+from service.api.admin import AdminServicer
+from service.api.console import ConsoleServicer
+from service.api.deployments import DeploymentServicer
+from service.api.images import ImageServicer
+from service.api.jobs import JobServicer
+from service.api.listing import ModelListing
+from service.api.methods import (
+    ADMIN_PREFIXES,
+    GENERATION_METHODS,
+    HEALTH_SERVICE,
+    METERED_METHODS,
+    PUBLIC_METHODS,
+    QUIET_METHODS,
+    SERVICES,
+)
+from service.api.probes import ProbeServicer
+from service.api.usage import UsageServicer
+from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
-from service.console import ConsoleServicer
-from service.deployment_admin import DeploymentServicer
-from service.deployments import DeploymentStore, environment_deployments
-from service.health import ProbeServicer
-from service.idempotency import Idempotency
-from service.images import LOCAL_MODEL, ImageServicer, default_model
-from service.inputs import FetchLimits, ImageLoader
-from service.interceptors import HubInterceptor
-from service.job_service import JobServicer
-from service.jobs import Jobs
-from service.key_cache import KeyCache
-from service.keys import KeyStore
-from service.listing import ModelListing
-from service.metrics import Metrics
-from service.models import ModelRegistry, load_registry
-from service.quotas import Quotas
-from service.reports import UsageServicer
-from service.routing import Router, RoutingPolicy
-from service.secretbox import SecretBox
+from service.generation.inputs import FetchLimits, ImageLoader
+from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.jobs.runner import Jobs
+from service.jobs.webhooks import Webhooks
+from service.ops.admission import Admission
+from service.ops.metrics import Metrics
+from service.routing.deployments import DeploymentStore, environment_deployments
+from service.routing.router import Router, RoutingPolicy
+from service.routing.secretbox import SecretBox
+from service.rpc.interceptor import HubInterceptor
 from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
-from service.usage import UsageRecorder, UsageReports
-from service.webhooks import Webhooks
 
 log = structlog.get_logger("aigne.hub")
 
-SERVICE_NAME = image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
-ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
-USAGE_SERVICE = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
-DEPLOYMENT_SERVICE = deployment_service_pb2.DESCRIPTOR.services_by_name[
-    "DeploymentService"].full_name
-CONSOLE_SERVICE = console_service_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name
-JOB_SERVICE = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
-PROBE_SERVICE = probe_service_pb2.DESCRIPTOR.services_by_name["ProbeService"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# Probes and health checks: public, and neither logged at INFO nor counted in the metrics.
-QUIET_METHODS = frozenset({
-    f"/{PROBE_SERVICE}/Live",
-    f"/{PROBE_SERVICE}/Ready",
-    f"/{HEALTH_SERVICE}/Check",
-})
-PUBLIC_METHODS = frozenset({
-    f"/{SERVICE_NAME}/GetImage",
-    # The web console's files and the OpenAPI document: the page holds no secret; the API
-    # calls it makes carry the key the person enters.
-    f"/{CONSOLE_SERVICE}/GetConsoleAsset",
-    f"/{CONSOLE_SERVICE}/GetOpenApiDocument",
-    *QUIET_METHODS,
-})
-ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
-METERED_METHODS = frozenset({
-    *(f"/{SERVICE_NAME}/{m}"
-      for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp")),
-    f"/{JOB_SERVICE}/CreateJob", f"/{JOB_SERVICE}/CreateJobHttp",  # failures; jobs record
-})
-# Calls that generate images in this process: bounded in number (back-pressure), refused
-# while draining, waited for at shutdown. Jobs run in the background under their own bound.
-GENERATION_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{m}"
-    for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp"))
 CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
 
@@ -109,7 +77,7 @@ class Hub:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    engine: AsyncEngine
+    database: db.Database
     keys: KeyStore
     usage: UsageRecorder
     router: Router
@@ -117,7 +85,7 @@ class Hub:
     default_model: str
     storage: ImageStorage
     # Work that outlives calls: idempotent generations, jobs, webhooks.
-    images: ImageServicer
+    pipeline: Pipeline
     interceptor: HubInterceptor
     jobs: Jobs
     webhooks: Webhooks
@@ -149,92 +117,127 @@ class Hub:
                     await self.admission.wait_idle()
         await self.server.stop(max(0.0, deadline - loop.time()))
         await self.jobs.stop()  # running jobs get their grace, then go back to the queue
-        await self.images.drain(max(0.0, deadline - loop.time()))
+        await self.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
         await self.usage.drain()
         await self.webhooks.aclose()
         await self.router.aclose()
         await self.loader.aclose()
         await self.storage.aclose()
-        await self.engine.dispose()
+        await self.database.dispose()
         self.stop_metrics()
 
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
-    assert settings.signing_secret and settings.key_hash_secret and settings.credentials_key
-    engine = db.create_engine(settings.db_url)
-    await db.migrate(engine)
-    sessions = db.sessions(engine)
-    keys = KeyStore(sessions, settings.key_hash_secret.get_secret_value().encode())
+    parts = await build_parts(settings)
+    server, interceptor, health_servicer = grpc_server(settings, parts)
+    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await server.start()
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await parts.jobs.start(parts.pipeline)  # jobs waiting in the database, from before too
+    stop_metrics = (parts.metrics.serve(settings.host, settings.metrics_port)
+                    if settings.metrics_port else lambda: None)
+    return Hub(server, port, health_servicer, parts.database, parts.keys, parts.usage,
+               parts.router, parts.loader, parts.default_model, parts.storage, parts.pipeline,
+               interceptor, parts.jobs, parts.webhooks, parts.admission,
+               settings.shutdown_grace_seconds, stop_metrics)
+
+
+@dataclass
+class Parts:
+    """Everything the servicers stand on, built from Settings."""
+
+    database: db.Database
+    keys: KeyStore
+    registry: ModelRegistry
+    metrics: Metrics
+    admission: Admission
+    deployments: DeploymentStore
+    router: Router
+    default_model: str
+    loader: ImageLoader
+    quotas: Quotas
+    usage: UsageRecorder
+    storage: ImageStorage
+    idempotency: Idempotency
+    pipeline: Pipeline
+    webhooks: Webhooks
+    jobs: Jobs
+
+
+async def build_parts(settings: Settings) -> Parts:
+    assert settings.key_hash_secret and settings.credentials_key
+    database = db.Database.open(settings.db_url)
+    await db.migrate(database.engine)
+    keys = KeyStore(database, settings.key_hash_secret.get_secret_value().encode())
     await ensure_configured_keys(keys, settings)
     registry = load_registry(settings.models_file)
     metrics = Metrics()
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
-    deployments = DeploymentStore(sessions, SecretBox(settings.credentials_key.get_secret_value()))
+    deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
                     instrument=metrics.instrument)
-    default_model = await choose_default_model(settings, registry, router)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
-    turns = db.WriteTurns(engine.dialect.name)  # reservations and records share the turns
-    quotas = Quotas(sessions, engine.dialect.name, turns)
-    usage = UsageRecorder(sessions, settings.credits_per_usd, turns)
+    usage = UsageRecorder(database, settings.credits_per_usd)
     storage = await open_storage(settings)
-    idempotency = Idempotency(sessions, engine.dialect.name,
-                              ttl_seconds=settings.idempotency_keep_seconds)
-    servicer = ImageServicer(
-        registry=registry, router=router, listing=ModelListing(registry, router),
-        store=storage.store, signer=storage.urls,
-        loader=loader, quotas=quotas, default_model=settings.default_model,
-        fan_out_concurrency=settings.fan_out_concurrency, idempotency=idempotency,
-        stream_heartbeat=settings.stream_heartbeat_seconds)
-    webhooks, jobs = background_jobs(settings, sessions, keys=keys, usage=usage,
+    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds)
+    pipeline = Pipeline(registry=registry, router=router, store=storage.store,
+                        signer=storage.urls, loader=loader, idempotency=idempotency,
+                        default_model=settings.default_model,
+                        fan_out_concurrency=settings.fan_out_concurrency)
+    webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage, idempotency=idempotency)
-    interceptor = HubInterceptor(KeyCache(keys, settings.db_url), usage,
-                                 public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
-                                 metered_methods=METERED_METHODS,
-                                 request_timeout=settings.request_timeout_seconds,
-                                 admission=admission, metrics=metrics, quiet_methods=QUIET_METHODS,
-                                 log_prompts=settings.log_prompts)
+    return Parts(database, keys, registry, metrics, admission, deployments, router,
+                 await choose_default_model(settings, registry, router), loader,
+                 Quotas(database), usage, storage, idempotency, pipeline, webhooks, jobs)
+
+
+def grpc_server(settings: Settings, parts: Parts
+                ) -> tuple[grpc.aio.Server, HubInterceptor, health.aio.HealthServicer]:
+    """The server with its interceptor and every servicer, health and reflection."""
+    interceptor = HubInterceptor(
+        KeyCache(parts.keys, settings.db_url), parts.usage, quotas=parts.quotas,
+        public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
+        metered_methods=METERED_METHODS, request_timeout=settings.request_timeout_seconds,
+        admission=parts.admission, metrics=parts.metrics, quiet_methods=QUIET_METHODS,
+        log_prompts=settings.log_prompts)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
-    image_service_pb2_grpc.add_ImageServiceServicer_to_server(servicer, server)
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
-        images=servicer, jobs=jobs, idempotency=idempotency, quotas=quotas,
-        webhooks=webhooks), server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(keys=keys, quotas=quotas, models=registry), server)
-    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(UsageReports(sessions)), server)
-    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        DeploymentServicer(deployments, router, registry), server)
-    console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
-        ConsoleServicer(public_base=settings.public_base), server)
-    probe_service_pb2_grpc.add_ProbeServiceServicer_to_server(
-        ProbeServicer(engine=engine, store=storage.store, admission=admission), server)
+    add_servicers(server, settings, parts)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
-         JOB_SERVICE, PROBE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    await server.start()
-    for name in ("", SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE,
-                 CONSOLE_SERVICE, JOB_SERVICE, PROBE_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    await jobs.start(servicer)  # jobs waiting in the database, from before a restart too
-    stop_metrics = (metrics.serve(settings.host, settings.metrics_port)
-                    if settings.metrics_port else lambda: None)
-    return Hub(server, port, health_servicer, engine, keys, usage, router, loader,
-               default_model, storage, servicer, interceptor, jobs, webhooks, admission,
-               settings.shutdown_grace_seconds, stop_metrics)
+        (*SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    return server, interceptor, health_servicer
 
 
-def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ignore[no-untyped-def]
+def add_servicers(server: grpc.aio.Server, settings: Settings, parts: Parts) -> None:
+    storage, registry, router = parts.storage, parts.registry, parts.router
+    image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(
+        pipeline=parts.pipeline, listing=ModelListing(registry, router), store=storage.store,
+        signer=storage.urls, stream_heartbeat=settings.stream_heartbeat_seconds), server)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(
+        pipeline=parts.pipeline, jobs=parts.jobs, idempotency=parts.idempotency,
+        webhooks=parts.webhooks), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(keys=parts.keys, quotas=parts.quotas, models=registry), server)
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(UsageReports(parts.database)), server)
+    deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        DeploymentServicer(parts.deployments, router, registry), server)
+    console_service_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(public_base=settings.public_base), server)
+    probe_service_pb2_grpc.add_ProbeServiceServicer_to_server(ProbeServicer(
+        database=parts.database, store=storage.store, admission=parts.admission), server)
+
+
+def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore,
                     usage: UsageRecorder, storage: ImageStorage,
                     idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
     """JobService's parts: the webhook sender and the job runner."""
@@ -242,7 +245,7 @@ def background_jobs(settings: Settings, sessions, *, keys: KeyStore,  # type: ig
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
     signer: UrlSigner = storage.urls
-    jobs = Jobs(sessions, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
+    jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
                 signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
@@ -261,17 +264,6 @@ def routing_policy(settings: Settings) -> RoutingPolicy:
         deployment_cooldown=settings.deployment_cooldown_seconds,
         credential_cooldown=settings.credential_cooldown_seconds,
         refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
-    """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
-    have ids, usage and limits like any key); a key's admin flag follows the setting."""
-    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
-                                    ("AIGNE_HUB_ADMIN_API_KEYS",
-                                     settings.static_admin_api_keys, True)):
-        for token in tokens:
-            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
-                              source="env")
 
 
 async def choose_default_model(settings: Settings, registry: ModelRegistry,

@@ -16,9 +16,9 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import db
+from service.accounting.keys import KeyLimits, KeyStore
+from service.accounting.quotas import Quotas
 from service.errors import ResourceExhausted
-from service.keys import KeyLimits, KeyStore
-from service.quotas import Quotas
 from tests.stack import ROOT
 
 
@@ -49,9 +49,10 @@ class Store:
 async def store(fresh_database: str) -> AsyncIterator[Store]:
     engine = db.create_engine(fresh_database)
     await db.migrate(engine)
-    sessions = db.sessions(engine)
+    database = db.Database(engine)
+    sessions = database.sessions
     try:
-        yield Store(KeyStore(sessions, b"secret"), Quotas(sessions, engine.dialect.name),
+        yield Store(KeyStore(database, b"secret"), Quotas(database),
                     sessions)
     finally:
         await engine.dispose()

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from aigne.hub.v1 import probe_service_pb2 as pb
 from aigne.hub.v1 import probe_service_pb2_grpc
 from service import db
-from service.admission import Admission
+from service.api.probes import ProbeServicer
 from service.errors import HubError
-from service.health import ProbeServicer
+from service.ops.admission import Admission
 from service.store.filesystem import FilesystemStore
 from tests.stack import Stack
 from tests.test_bad_input import assert_error
@@ -67,7 +67,7 @@ def test_readyz_is_503_naming_what_failed_and_recovers(tmp_path: Path) -> None:
 async def test_ready_fails_when_the_database_cannot_answer(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/db-dir/hub.db")
     (tmp_path / "db-dir").rmdir()  # the database's directory is gone: it cannot be opened
-    probes = ProbeServicer(engine=engine, store=FilesystemStore(tmp_path / "images"),
+    probes = ProbeServicer(database=db.Database(engine), store=FilesystemStore(tmp_path / "images"),
                            admission=Admission(1, frozenset()))
     try:
         with pytest.raises(HubError) as caught:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from service import db
+from service.accounting.key_cache import KeyCache
+from service.accounting.keys import KeyLimits, KeyStore
 from service.errors import PermissionDenied
-from service.key_cache import KeyCache
-from service.keys import KeyLimits, KeyStore
 
 
 class CountingKeys(KeyStore):
@@ -30,7 +30,7 @@ async def test_cache_hits_until_another_process_revokes(tmp_path: Path) -> None:
     other_engine = db.create_engine(url)  # `keys revoke` from another process
     try:
         await db.migrate(engine)
-        keys = CountingKeys(db.sessions(engine), b"secret")
+        keys = CountingKeys(db.Database(engine), b"secret")
         key, token = await keys.create("k")
         cache = KeyCache(keys, url)
         for _ in range(5):
@@ -44,7 +44,7 @@ async def test_cache_hits_until_another_process_revokes(tmp_path: Path) -> None:
         await cache.authenticate(f"Bearer {token}")
         assert keys.lookups == 1, "usage and quota writes leave the memory of keys alone"
 
-        await KeyStore(db.sessions(other_engine), b"secret").revoke(key.id)
+        await KeyStore(db.Database(other_engine), b"secret").revoke(key.id)
         with pytest.raises(PermissionDenied):
             await cache.authenticate(f"Bearer {token}")
         assert keys.lookups == 2
@@ -58,7 +58,7 @@ async def test_a_remembered_key_that_expires_is_refused_at_once(tmp_path: Path) 
     engine = db.create_engine(url)
     try:
         await db.migrate(engine)
-        keys = CountingKeys(db.sessions(engine), b"secret")
+        keys = CountingKeys(db.Database(engine), b"secret")
         soon = datetime.now(UTC) + timedelta(seconds=1)
         _, token = await keys.create("k", limits=KeyLimits(expires_at=soon))
         cache = KeyCache(keys, url)
@@ -75,7 +75,7 @@ async def test_no_cache_without_a_sqlite_file(tmp_path: Path) -> None:
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/hub.db")
     try:
         await db.migrate(engine)
-        keys = CountingKeys(db.sessions(engine), b"secret")
+        keys = CountingKeys(db.Database(engine), b"secret")
         _, token = await keys.create("k")
         cache = KeyCache(keys, "postgresql+asyncpg://db.example/hub")
         await cache.authenticate(f"Bearer {token}")

@@ -11,9 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aigne.hub.v1 import image_service_pb2 as pb
+from service.catalog.models import Lifecycle, Route, Size, load_registry
+from service.contract.images import image_request
 from service.errors import InvalidArgument, NotFound
-from service.models import Lifecycle, Size, load_registry
-from service.validation import plan
+from service.generation import validation
+
+
+def plan(request: pb.GenerateRequest, route: Route) -> validation.GenerationPlan:
+    return validation.plan(image_request(request), route)
 
 REGISTRY = load_registry()
 GPT_IMAGE_2 = REGISTRY.get("gpt-image-2")

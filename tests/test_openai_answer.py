@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from service.errors import UpstreamFailed
-from service.providers.openai import _decode, _json, _json_around_images
+from service.providers.openai_answer import _decode, _json, _json_around_images
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
 

@@ -13,9 +13,8 @@ import pytest
 
 from aigne.hub.v1 import usage_service_pb2 as usage_pb
 from aigne.hub.v1 import usage_service_pb2_grpc as usage_grpc
-from service.models import load_registry
-from service.pricing import Price, cost
-from service.providers.base import TokenUsage
+from service.catalog.models import load_registry
+from service.catalog.pricing import Price, TokenUsage, cost
 from tests.hub import Hub
 from tests.test_bad_input import assert_error
 

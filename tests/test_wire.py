@@ -9,7 +9,8 @@ import orjson
 from google.api import httpbody_pb2
 
 from aigne.hub.v1 import image_service_pb2 as pb
-from service import json_codec, wire
+from service.contract import json_codec
+from service.rpc import wire
 
 PAYLOADS = [os.urandom(300_001), None, b"", os.urandom(7)]
 

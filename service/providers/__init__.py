@@ -3,14 +3,14 @@
 Adding a provider: write one module with a class that implements providers.base.Provider
 and a `build(deployment, secret)` that makes one (one SDK client per deployment and
 credential); then add one entry to BUILDERS, and the registry's provider name it serves to
-service.deployments.KINDS, and a line to SETUP_HINTS saying how to configure it.
+service.catalog.deployments.KINDS, and a line to SETUP_HINTS saying how to configure it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.deployments import Deployment
+from service.catalog.deployments import Deployment
 from service.providers import google, local, openai
 from service.providers.base import Provider
 

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from service.models import ModelSpec, Size
+from service.catalog.model_spec import ModelSpec
+from service.catalog.pricing import TokenUsage
+from service.catalog.sizes import Size
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -67,24 +69,6 @@ class ImageJob:
             replace(self, n=min(per_call, self.n - start), first_index=self.first_index + start)
             for start in range(0, self.n, per_call)
         ]
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    """Tokens a token-billed model reports for one call."""
-
-    input_text: int = 0
-    input_image: int = 0
-    output_text: int = 0
-    output_image: int = 0
-
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(
-            self.input_text + other.input_text,
-            self.input_image + other.input_image,
-            self.output_text + other.output_text,
-            self.output_image + other.output_image,
-        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from service.deployments import Deployment
+from service.catalog.deployments import Deployment
+from service.catalog.pricing import TokenUsage
 from service.errors import (
     ContentPolicyViolation,
     DeadlineExceeded,
@@ -34,16 +35,17 @@ from service.errors import (
     UpstreamFailed,
     redact,
 )
-from service.imaging import verified_mime_type
-from service.providers.base import GeneratedImage, Generation, ImageJob, TokenUsage
+from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.providers.imaging import verified_mime_type
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-# One attempt: the service retries, in one place (the SDK's default is one attempt too, but
-# on aiohttp, when that is installed, it retries a broken connection itself).
+# One attempt: the service retries, in one place (service/routing/router.py). The SDK's
+# default is one attempt too, but on aiohttp, when that is installed, it retries a broken
+# connection itself.
 NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
 
 
@@ -130,8 +132,9 @@ class GoogleProvider:
 
 
 def _http_options(job: ImageJob) -> types.HttpOptions:
-    """Per call: no SDK retries (the service retries), the request's deadline as timeout,
-    and its request id."""
+    """Per call: the request's deadline as timeout, and its request id. They name no retry
+    options, so the client's NO_SDK_RETRIES hold (the SDK merges per-call options over the
+    client's)."""
     seconds = job.seconds_left()
     return types.HttpOptions(
         timeout=int(seconds * 1000) if seconds is not None else None,

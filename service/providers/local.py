@@ -17,9 +17,9 @@ import time
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from service.imaging import encode
-from service.models import Size
+from service.catalog.models import Size
 from service.providers.base import MIME_TYPES, GeneratedImage, Generation, ImageJob, InputImage
+from service.providers.imaging import encode
 
 DEFAULT_SIZE = Size(1024, 1024)
 _TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)

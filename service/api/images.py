@@ -1,0 +1,84 @@
+"""The ImageService servicer: each door's request turned into the pipeline's terms, the
+pipeline's answer into the door's message (service/generation/pipeline.py does the work).
+
+It never imports an SDK and never builds an error body: it raises HubError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from google.api import httpbody_pb2
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
+from service.api import streams
+from service.api.listing import ModelListing
+from service.contract import json_codec
+from service.contract.images import generate_response, image_request
+from service.generation.pipeline import Pipeline
+from service.rpc import wire
+from service.rpc.call import Call, current_call
+from service.store.base import ImageStore
+from service.store.signing import UrlSigner
+
+STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream)"
+
+
+class ImageServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, *, pipeline: Pipeline, listing: ModelListing, store: ImageStore,
+                 signer: UrlSigner, stream_heartbeat: float) -> None:
+        self._pipeline = pipeline
+        self._listing = listing
+        self._store = store
+        self._signer = signer
+        self._heartbeat = stream_heartbeat
+
+    async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
+        answer = await self._pipeline.generate(current_call(), image_request(request),
+                                               refuse_streams=STREAMING_CALL)
+        return generate_response(answer)
+
+    async def GenerateHttp(self, request: pb.GenerateHttpRequest,  # type: ignore[override]
+                           context: object) -> wire.Wire:
+        """The REST door: the same answer as JSON, its image bytes base64-encoded once,
+        straight into the HttpBody's wire bytes (service.rpc.wire)."""
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        response = await self.Generate(generate_request, context)
+        return wire.rest_answer(*wire.detach_images(response))
+
+    async def StreamGenerate(self, request: pb.StreamGenerateRequest,
+                             context: object) -> AsyncIterator[pb.StreamGenerateResponse]:
+        async for event in self._stream(current_call(), request.request):
+            yield event
+
+    async def StreamGenerateHttp(self, request: pb.StreamGenerateHttpRequest,
+                                 context: object) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        call = current_call()
+        generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
+        call.response_headers.append(("cache-control", "no-cache"))
+        async for chunk in streams.server_sent_events(
+                self._stream(call, generate_request), edit=bool(generate_request.image),
+                request_id=call.request_id, on_error=lambda error: setattr(call, "failure", error)):
+            yield httpbody_pb2.HttpBody(content_type=streams.EVENT_STREAM, data=chunk)
+
+    def _stream(self, call: Call, request: pb.GenerateRequest
+                ) -> AsyncIterator[pb.StreamGenerateResponse]:
+        asked = image_request(request)
+
+        async def generate(events: streams.EventQueue) -> pb.GenerateResponse:
+            return generate_response(await self._pipeline.generate(call, asked, events))
+
+        return streams.stream(generate, previews=max(request.partial_images, 0),
+                              heartbeat=self._heartbeat, on_failure=call.charge.sent)
+
+    async def GetImage(self, request: pb.GetImageRequest, context: object) -> httpbody_pb2.HttpBody:
+        self._signer.verify(request.name, request.expires, request.signature)
+        data, content_type = await self._store.get(request.name)
+        charge = current_call().charge  # not a usage record: for the metrics and the log line
+        charge.response_format, charge.images, charge.bytes = "file", 1, len(data)
+        return httpbody_pb2.HttpBody(content_type=content_type, data=data)
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: object) -> pb.ListModelsResponse:
+        return await self._listing.answer()

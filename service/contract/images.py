@@ -1,0 +1,69 @@
+"""ImageService messages ⇄ the generation pipeline's values (service/generation/request.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from service.catalog.pricing import TokenUsage
+from service.generation.request import Answer, AnswerImage, ImageRequest
+
+
+def fingerprint(operation: str, *parts: bytes) -> str:
+    """What makes two requests the same: the operation and its canonical request bytes."""
+    digest = hashlib.sha256(operation.encode())
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def generation_fingerprint(request: pb.GenerateRequest) -> str:
+    """A generation's fingerprint. `stream` and `partial_images` say how the answer is told,
+    not what is asked: a stream may retry a plain request, and the other way round."""
+    same = pb.GenerateRequest()
+    same.CopyFrom(request)
+    same.ClearField("stream")
+    same.ClearField("partial_images")
+    return fingerprint("generate", same.SerializeToString(deterministic=True))
+
+
+def image_request(request: pb.GenerateRequest) -> ImageRequest:
+    """The request's fields, `None` where an optional field was not sent."""
+    return ImageRequest(
+        prompt=request.prompt, model=request.model, image=tuple(request.image),
+        n=request.n if request.HasField("n") else None, size=request.size,
+        response_format=request.response_format, quality=request.quality,
+        style=request.style, output_format=request.output_format,
+        output_compression=(request.output_compression
+                            if request.HasField("output_compression") else None),
+        background=request.background, moderation=request.moderation, user=request.user,
+        stream=request.stream,
+        partial_images=request.partial_images if request.HasField("partial_images") else None,
+        fingerprint=generation_fingerprint(request))
+
+
+def generate_response(answer: Answer) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        created=answer.created, data=[image(i) for i in answer.data],
+        usage=image_usage(answer.usage), output_format=answer.output_format,
+        background=answer.background or None)
+
+
+def image(value: AnswerImage) -> pb.Image:
+    if value.b64_json is not None:
+        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt)
+    return pb.Image(url=value.url, revised_prompt=value.revised_prompt)
+
+
+def image_usage(usage: TokenUsage | None) -> pb.ImageUsage | None:
+    if usage is None:
+        return None
+    inputs = usage.input_text + usage.input_image
+    outputs = usage.output_text + usage.output_image
+    return pb.ImageUsage(
+        total_tokens=inputs + outputs, input_tokens=inputs, output_tokens=outputs,
+        input_tokens_details=pb.TokenDetails(text_tokens=usage.input_text,
+                                             image_tokens=usage.input_image),
+        output_tokens_details=pb.TokenDetails(text_tokens=usage.output_text,
+                                              image_tokens=usage.output_image))

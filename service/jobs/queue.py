@@ -1,0 +1,133 @@
+"""The job table: every statement on `image_jobs`, each write one transaction through
+`Database.write`. A job's work belongs to the process whose claim (`owner`,
+`lease_until`) holds; a lapsed claim lets any process take the job over."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.accounting.quotas import Reservation
+from service.db import Database, JobRow, utcnow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+PENDING, DELIVERED = "pending", "delivered"
+
+
+class ClaimLost(Exception):
+    """Another process took the job over (this one's claim had lapsed)."""
+
+
+class JobQueue:
+    def __init__(self, database: Database, *, instance: str, lease_seconds: float) -> None:
+        self._db = database
+        self.instance = instance  # this process's name in `owner`
+        self._lease = timedelta(seconds=lease_seconds)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._lease.total_seconds()
+
+    async def add(self, row: JobRow) -> None:
+        async def add(session: AsyncSession) -> None:
+            session.add(row)
+
+        await self._db.write(add)
+
+    async def get(self, job_id: str) -> JobRow | None:
+        async with self._db.read() as session:
+            return await session.get(JobRow, job_id)
+
+    async def claimable(self, limit: int) -> list[str]:
+        """Up to `limit` jobs with work left whose claim is free or lapsed, oldest first."""
+        async with self._db.read() as session:
+            rows = await session.scalars(select(JobRow.id).where(_claimable(utcnow()))
+                                         .order_by(JobRow.created_at).limit(limit))
+            return list(rows)
+
+    async def claim(self, job_id: str) -> JobRow | None:
+        """The job, now claimed by this process; None if another holds it or it is done."""
+        now = utcnow()
+
+        async def take(session: AsyncSession) -> JobRow | None:
+            taken = await session.execute(
+                update(JobRow).where(JobRow.id == job_id, _claimable(now))
+                .values(owner=self.instance, lease_until=now + self._lease))
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return await session.get(JobRow, job_id)
+
+        return await self._db.write(take)
+
+    async def renew(self, job_id: str) -> bool:
+        """Extend this process's claim; False if another process took the job over."""
+        async def renew(session: AsyncSession) -> int:
+            renewed = await session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
+                .values(lease_until=utcnow() + self._lease))
+            return int(renewed.rowcount or 0)  # type: ignore[attr-defined]
+
+        return await self._db.write(renew) == 1
+
+    async def unclaim(self, job_id: str) -> None:
+        """Give the claim up; a job cut off while running waits, queued, for a new run."""
+        async def give_up(session: AsyncSession) -> None:
+            await session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
+                .values(owner=None, lease_until=None, status=_requeued()))
+
+        await self._db.write(give_up)
+
+    async def started(self, row: JobRow) -> None:
+        async def mark_running(session: AsyncSession) -> None:
+            await session.execute(update(JobRow).where(JobRow.id == row.id).values(
+                status=RUNNING, attempts=row.attempts + 1))
+
+        await self._db.write(mark_running)
+
+    async def end(self, row: JobRow, values: dict[str, Any],
+                  settle: Callable[[AsyncSession], Awaitable[None]]) -> JobRow:
+        """Write the job's outcome and, in the same transaction, `settle` its usage."""
+        async def end_it(session: AsyncSession) -> JobRow:
+            ended = await session.execute(update(JobRow).where(
+                JobRow.id == row.id, JobRow.owner == self.instance).values(**values))
+            if ended.rowcount != 1:  # type: ignore[attr-defined]
+                raise ClaimLost(row.id)
+            await settle(session)
+            return (await session.scalars(select(JobRow).where(JobRow.id == row.id))).one()
+
+        return await self._db.write(end_it)
+
+    async def delivered(self, job_id: str, values: dict[str, Any]) -> None:
+        """How a webhook delivery went (and when to try again)."""
+        async def note_delivery(session: AsyncSession) -> None:
+            await session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+        await self._db.write(note_delivery)
+
+
+def _claimable(now: datetime) -> Any:
+    """Jobs with work left whose claim is free or lapsed."""
+    return (or_(JobRow.owner.is_(None), JobRow.lease_until < now)
+            & (JobRow.status.in_((QUEUED, RUNNING))
+               | ((JobRow.webhook_status == PENDING) & (JobRow.webhook_next_at <= now))))
+
+
+def _requeued() -> Any:
+    return case((JobRow.status == RUNNING, QUEUED), else_=JobRow.status)
+
+
+def reservation_json(reservation: Reservation) -> dict[str, Any]:
+    return {"images": reservation.images,
+            "windows": [[period, start.isoformat()] for period, start in reservation.windows]}
+
+
+def reservation_of(row: JobRow) -> Reservation | None:
+    if row.reservation is None:
+        return None
+    return Reservation(row.key_id, int(row.reservation["images"]), tuple(
+        (period, datetime.fromisoformat(start)) for period, start in row.reservation["windows"]))

@@ -1,0 +1,300 @@
+"""Background jobs: generations kept in the database, run by whichever server process
+claims them, and their webhooks.
+
+A job is a row of `image_jobs`. Work on it (running the generation, then delivering the
+webhook) belongs to the process whose claim (`owner`, `lease_until`) holds; the owner
+renews the claim every third of AIGNE_HUB_JOB_LEASE_SECONDS while it works. So:
+
+- a new job runs at once in the process that accepted it, if it has a free slot
+  (AIGNE_HUB_JOB_CONCURRENCY); otherwise any process's poll takes it up;
+- a stopping process lets its running jobs finish for AIGNE_HUB_JOB_STOP_GRACE_SECONDS,
+  then cancels them and hands them back (`queued`, unclaimed): the next start, or another
+  process, runs them again from the start;
+- a process that died leaves claims that lapse; the poll of any process (every
+  AIGNE_HUB_JOB_POLL_SECONDS) takes those jobs over;
+- a job started more than AIGNE_HUB_JOB_MAX_ATTEMPTS times fails (`job_interrupted`).
+
+Usage: the quota is reserved when the job is accepted and kept in its row; the usage
+record is written, and the reservation settled, in the same transaction that ends the
+job: one record per job, charged for the images it returned, however often it ran.
+
+A job's answer is kept like an idempotent request's (generation/answers.py), told afresh
+at each read (jobs/messages.py); a failed webhook is tried again with backoff
+(jobs/delivery.py) by whichever process polls when it is due. SQL: jobs/queue.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import secrets
+import socket
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from aigne.hub.v1 import job_service_pb2 as job_pb
+from service.accounting.charge import Charge
+from service.accounting.idempotency import Idempotency
+from service.accounting.keys import ApiKey, KeyStore
+from service.accounting.quotas import Reservation
+from service.accounting.usage import UsageRecorder
+from service.contract.images import image_request
+from service.db import Database, JobRow, utcnow
+from service.errors import HubError, Internal, NotFound
+from service.generation.answers import KeptAnswer
+from service.generation.context import RequestContext
+from service.generation.events import NO_EVENTS, GenerationEvents
+from service.generation.request import Answer, ImageRequest
+from service.generation.validation import GenerationPlan
+from service.jobs.delivery import Delivery
+from service.jobs.messages import JobMessages
+from service.jobs.queue import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    ClaimLost,
+    JobQueue,
+    reservation_json,
+    reservation_of,
+)
+from service.jobs.webhooks import Webhooks
+from service.providers.base import GeneratedImage
+from service.store.base import ImageStore
+from service.store.signing import UrlSigner
+
+log = structlog.get_logger("aigne.hub")
+
+SWEEP_SECONDS = 600.0
+
+
+class Executor(Protocol):
+    """What runs a job's generation: the pipeline's plan and make (quota reserved before)."""
+
+    async def plan(self, context: RequestContext, request: ImageRequest,
+                   refuse_streams: str | None = None) -> tuple[GenerationPlan, str | None]: ...
+
+    async def make(self, context: RequestContext, plan: GenerationPlan, pin: str | None,
+                   events: GenerationEvents, *, keep: bool
+                   ) -> tuple[Answer, list[str], list[GeneratedImage]]: ...
+
+
+class Jobs:
+    def __init__(self, database: Database, *, keys: KeyStore,
+                 usage: UsageRecorder, webhooks: Webhooks, store: ImageStore,
+                 signer: UrlSigner, idempotency: Idempotency, concurrency: int,
+                 lease_seconds: float, poll_seconds: float, max_attempts: int,
+                 run_seconds: float, stop_grace_seconds: float, webhook_retries: int,
+                 webhook_retry_base_seconds: float) -> None:
+        self._queue = JobQueue(
+            database, lease_seconds=lease_seconds,
+            instance=f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}")
+        self._keys = keys
+        self._usage = usage
+        self._messages = JobMessages(store, signer)
+        self._delivery = Delivery(webhooks, retries=webhook_retries,
+                                  base_seconds=webhook_retry_base_seconds)
+        self._idempotency = idempotency
+        self._concurrency = concurrency
+        self._poll = poll_seconds
+        self._max_attempts = max_attempts
+        self._run_seconds = run_seconds
+        self._grace = stop_grace_seconds
+        self._executor: Executor | None = None
+        self._working: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+
+    # Accepting and reading jobs.
+
+    async def create(self, call: RequestContext, request: pb.GenerateRequest, webhook_url: str,
+                     reservation: Reservation) -> JobRow:
+        """Keep a checked, reserved job, and start it here if a slot is free."""
+        charge = call.charge
+        row = JobRow(id="job_" + secrets.token_urlsafe(18), key_id=call.caller.id,
+                     request_id=call.request_id, door=call.door, status=QUEUED,
+                     model=charge.model, n=charge.n,
+                     request=request.SerializeToString(deterministic=True),
+                     reservation=reservation_json(reservation), attempts=0,
+                     created_at=datetime.fromtimestamp(int(call.accepted_at), UTC),
+                     webhook_url=webhook_url or None,
+                     webhook_status=PENDING if webhook_url else None, webhook_attempts=0)
+        await self._queue.add(row)
+        call.log.update(job_id=row.id)
+        self._take_up([row.id])
+        return row
+
+    async def get(self, job_id: str, caller: ApiKey) -> JobRow:
+        """The job, if `caller` made it or is an admin; else NOT_FOUND."""
+        row = await self._queue.get(job_id)
+        if row is None or not (row.key_id == caller.id or caller.admin):
+            raise NotFound(f"No job '{job_id[:64]}' is visible to this API key.", param="id",
+                           reason="JOB_NOT_FOUND")
+        return row
+
+    async def message(self, row: JobRow, *, with_images: bool = True) -> job_pb.Job:
+        """The job as GetJob answers it; `with_images` False leaves b64_json answers out."""
+        return await self._messages.job(row, with_images=with_images)
+
+    # Running them.
+
+    async def start(self, executor: Executor) -> None:
+        """Take up the jobs waiting in the database, then keep polling for more."""
+        self._executor = executor
+        self._loop = asyncio.create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        """Let running jobs finish within the grace period, then hand them back."""
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        working = list(self._working.values())
+        if working:
+            _, late = await asyncio.wait(working, timeout=self._grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*working, return_exceptions=True)
+
+    async def _poll_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        while True:
+            try:
+                self._take_up(await self._claimable())
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_SECONDS
+                    await self._idempotency.sweep()
+            except Exception:  # the database may be away for a moment: poll again
+                log.exception("job poll failed")
+            await asyncio.sleep(self._poll)
+
+    async def _claimable(self) -> list[str]:
+        free = self._concurrency - len(self._working)
+        if free <= 0:
+            return []
+        return [job_id for job_id in await self._queue.claimable(free)
+                if job_id not in self._working]
+
+    def _take_up(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            if job_id not in self._working and len(self._working) < self._concurrency:
+                # Not in the context of the request that made the job: it has its own call.
+                task = asyncio.create_task(self._work(job_id), context=contextvars.Context())
+                self._working[job_id] = task
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for job_id, working in list(self._working.items()):
+            if working is task:
+                del self._working[job_id]
+
+    async def _work(self, job_id: str) -> None:
+        """Claim the job, run it if it has not ended, deliver its webhook if one is due."""
+        try:
+            row = await self._queue.claim(job_id)
+        except Exception:  # the database may be away for a moment: a later poll claims it
+            log.exception("job not claimed", job_id=job_id)
+            return
+        if row is None:
+            return
+        renewal = asyncio.create_task(self._renew(job_id, asyncio.current_task()))
+        lapse = False
+        try:
+            if row.status in (QUEUED, RUNNING):
+                row = await self._run(row)
+            if row.webhook_status == PENDING:
+                await self._deliver(row)
+        except ClaimLost:
+            log.warning("job claim lost", job_id=job_id)
+        except Exception:  # the claim is left to lapse: the job is tried again after it
+            log.exception("job work failed", job_id=job_id)
+            lapse = True
+        finally:
+            renewal.cancel()
+            if not lapse:
+                await asyncio.shield(self._unclaim(job_id))
+
+    async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self._queue.lease_seconds / 3)
+            try:
+                held = await self._queue.renew(job_id)
+            except Exception:  # try again at the next third of the lease
+                log.warning("job claim not renewed", job_id=job_id, exc_info=True)
+                continue
+            if not held and work is not None:
+                log.warning("job claim lost: another process took the job over", job_id=job_id)
+                work.cancel()
+                return
+
+    async def _unclaim(self, job_id: str) -> None:
+        """Give the claim up; a job cut off while running waits, queued, for a new run.
+        If the database cannot be told, the claim lapses instead."""
+        try:
+            await self._queue.unclaim(job_id)
+        except Exception:
+            log.warning("job claim not given up; it lapses", job_id=job_id, exc_info=True)
+
+    async def _run(self, row: JobRow) -> JobRow:
+        assert self._executor is not None
+        if row.attempts >= self._max_attempts:
+            error = Internal(f"The job was interrupted {row.attempts} times (the server "
+                             "stopped while it ran); it is not run again.",
+                             reason="JOB_INTERRUPTED")
+            return await self._end(row, self._context(row, None), error=error)
+        await self._queue.started(row)
+        call = self._context(row, await self._keys.get(row.key_id))
+        log.info("job started", job_id=row.id, attempt=row.attempts + 1)
+        try:
+            request = image_request(pb.GenerateRequest.FromString(row.request))
+            plan, pin = await self._executor.plan(call, request)
+            response, names, images = await self._executor.make(call, plan, pin, NO_EVENTS,
+                                                                keep=True)
+        except HubError as error:
+            return await self._end(row, call, error=error)
+        except Exception:
+            log.exception("job failed", job_id=row.id)
+            return await self._end(row, call, error=Internal(
+                f"Something went wrong on our side (job {row.id})."))
+        call.charge.returned(images)
+        kept = KeptAnswer.of(response, names, plan.response_format)
+        return await self._end(row, call, result=kept.to_json())
+
+    def _context(self, row: JobRow, key: ApiKey | None) -> RequestContext:
+        """The job's run: its key, request id and door, its reservation, a fresh time
+        budget; it records its usage when the job ends (`_end`)."""
+        loop = asyncio.get_running_loop()
+        charge = Charge(request_id=row.request_id, door=row.door,
+                        accepted_at=row.created_at.timestamp(), key=key, key_id=row.key_id,
+                        ledger=self._usage,
+                        model=row.model, n=row.n, reservation=reservation_of(row))
+        return RequestContext(charge=charge, deadline=loop.time() + self._run_seconds)
+
+    async def _end(self, row: JobRow, call: RequestContext, *, result: dict[str, Any] | None = None,
+                   error: HubError | None = None) -> JobRow:
+        """The job's outcome and its usage record, in one transaction."""
+        status = FAILED if error is not None else SUCCEEDED
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "result": result,
+                                  "error": _job_error(error) if error is not None else None}
+        if row.webhook_url:
+            values.update(webhook_status=PENDING, webhook_next_at=utcnow())
+        row = await self._queue.end(row, values, lambda session: call.charge.settle_in(
+            session, error.reason if error else "OK", error.http_status if error else 200))
+        log.info("job ended", job_id=row.id, status=status, key_id=row.key_id,
+                 images=call.charge.images, reason=error.reason if error else None)
+        return row
+
+    async def _deliver(self, row: JobRow) -> None:
+        job = await self._messages.job(row, with_images=False)
+        values = await self._delivery.deliver(row, job)
+        await self._queue.delivered(row.id, values)
+
+def _job_error(error: HubError) -> dict[str, Any]:
+    body = error.openai_body()["error"]
+    assert isinstance(body, dict)
+    return {"message": body["message"], "type": body["type"], "param": body["param"] or "",
+            "code": body["code"], "http_status": error.http_status}
