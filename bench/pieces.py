@@ -1,5 +1,5 @@
 """The CPU cost of each piece of our request path, measured alone in this process: where a
-request's time goes, and what the choices in README "Performance" saved."""
+request's time goes, and what the choices in docs/performance.md saved."""
 
 from __future__ import annotations
 

@@ -52,11 +52,13 @@ from service.api.probes import ProbeServicer
 from service.api.usage import UsageServicer
 from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
+from service.db.batch import BatchWriter
 from service.generation.inputs import FetchLimits, ImageLoader
 from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
+from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
 from service.routing.deployments import DeploymentStore, environment_deployments
 from service.routing.router import Router, RoutingPolicy
@@ -67,6 +69,8 @@ from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
 
+RESERVATION_SWEEP_SECONDS = 60.0
+IDEMPOTENCY_SWEEP_SECONDS = 600.0
 CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
 
@@ -77,21 +81,22 @@ class Hub:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    database: db.Database
-    keys: KeyStore
-    usage: UsageRecorder
-    router: Router
-    loader: ImageLoader
-    default_model: str
-    storage: ImageStorage
-    # Work that outlives calls: idempotent generations, jobs, webhooks.
-    pipeline: Pipeline
+    parts: Parts
     interceptor: HubInterceptor
-    jobs: Jobs
-    webhooks: Webhooks
-    admission: Admission
     grace: float
     stop_metrics: Callable[[], None]
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.parts.keys
+
+    @property
+    def default_model(self) -> str:
+        return self.parts.default_model
+
+    @property
+    def admission(self) -> Admission:
+        return self.parts.admission
 
     async def drain(self) -> None:
         """Take no new generations, and say so to health checks and readiness probes."""
@@ -116,15 +121,18 @@ class Hub:
                 async with asyncio.timeout(CUT_OFF_SECONDS):  # they answer 503
                     await self.admission.wait_idle()
         await self.server.stop(max(0.0, deadline - loop.time()))
-        await self.jobs.stop()  # running jobs get their grace, then go back to the queue
-        await self.pipeline.drain(max(0.0, deadline - loop.time()))
+        parts = self.parts
+        await parts.jobs.stop()  # running jobs get their grace, then go back to the queue
+        await parts.housekeeping.stop()
+        await parts.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
-        await self.usage.drain()
-        await self.webhooks.aclose()
-        await self.router.aclose()
-        await self.loader.aclose()
-        await self.storage.aclose()
-        await self.database.dispose()
+        await parts.usage.drain()
+        await parts.writer.stop()  # what waits is written: acknowledged work is not lost
+        await parts.webhooks.aclose()
+        await parts.router.aclose()
+        await parts.loader.aclose()
+        await parts.storage.aclose()
+        await parts.database.dispose()
         self.stop_metrics()
 
 
@@ -137,11 +145,10 @@ async def create_server(settings: Settings) -> Hub:
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await parts.jobs.start(parts.pipeline)  # jobs waiting in the database, from before too
+    parts.housekeeping.start()
     stop_metrics = (parts.metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
-    return Hub(server, port, health_servicer, parts.database, parts.keys, parts.usage,
-               parts.router, parts.loader, parts.default_model, parts.storage, parts.pipeline,
-               interceptor, parts.jobs, parts.webhooks, parts.admission,
+    return Hub(server, port, health_servicer, parts, interceptor,
                settings.shutdown_grace_seconds, stop_metrics)
 
 
@@ -150,6 +157,7 @@ class Parts:
     """Everything the servicers stand on, built from Settings."""
 
     database: db.Database
+    writer: BatchWriter
     keys: KeyStore
     registry: ModelRegistry
     metrics: Metrics
@@ -165,6 +173,7 @@ class Parts:
     pipeline: Pipeline
     webhooks: Webhooks
     jobs: Jobs
+    housekeeping: Housekeeping
 
 
 async def build_parts(settings: Settings) -> Parts:
@@ -182,18 +191,27 @@ async def build_parts(settings: Settings) -> Parts:
                     instrument=metrics.instrument)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
-    usage = UsageRecorder(database, settings.credits_per_usd)
+    writer = BatchWriter(database)  # reservations, settlements and records: group commit
+    # A reservation unsettled a minute past the longest a request may take is a dead
+    # process's: the sweep gives it back.
+    quotas = Quotas(database, writer, lease_seconds=settings.request_timeout_seconds + 60)
+    usage = UsageRecorder(database, settings.credits_per_usd, writer)
+    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds,
+                              writer=writer)
     storage = await open_storage(settings)
-    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds)
     pipeline = Pipeline(registry=registry, router=router, store=storage.store,
                         signer=storage.urls, loader=loader, idempotency=idempotency,
                         default_model=settings.default_model,
                         fan_out_concurrency=settings.fan_out_concurrency)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
-                                     storage=storage, idempotency=idempotency)
-    return Parts(database, keys, registry, metrics, admission, deployments, router,
-                 await choose_default_model(settings, registry, router), loader,
-                 Quotas(database), usage, storage, idempotency, pipeline, webhooks, jobs)
+                                     storage=storage)
+    housekeeping = Housekeeping([Sweep("quota reservations", RESERVATION_SWEEP_SECONDS,
+                                       quotas.sweep),
+                                 Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
+                                       idempotency.sweep)])
+    return Parts(database, writer, keys, registry, metrics, admission, deployments, router,
+                 await choose_default_model(settings, registry, router), loader, quotas,
+                 usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
 
 
 def grpc_server(settings: Settings, parts: Parts
@@ -238,15 +256,14 @@ def add_servicers(server: grpc.aio.Server, settings: Settings, parts: Parts) -> 
 
 
 def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore,
-                    usage: UsageRecorder, storage: ImageStorage,
-                    idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
+                    usage: UsageRecorder, storage: ImageStorage) -> tuple[Webhooks, Jobs]:
     """JobService's parts: the webhook sender and the job runner."""
     assert settings.webhook_secret is not None
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
     signer: UrlSigner = storage.urls
     jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
-                signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
+                signer=signer, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
                 run_seconds=settings.request_timeout_seconds,

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.accounting.keys import ApiKey
@@ -29,8 +30,8 @@ class Ledger(Protocol):
 
     async def finish(self, charge: Charge, status: str, http_status: int) -> None: ...
 
-    async def record(self, session: AsyncSession, charge: Charge, status: str,
-                     http_status: int, ended_at: float | None = None) -> None: ...
+    def record(self, connection: Connection, charge: Charge, status: str,
+               http_status: int, ended_at: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,11 @@ class Charge:
         self.response_format = response_format
         self.billed = Billed(route, served_quality, str(served_size) if served_size else None)
 
-    async def reserve(self, images: int) -> Reservation:
-        """Reserve `images` in the key's quota windows (429 naming a full one)."""
+    async def reserve(self, images: int, *, tracked: bool = True) -> Reservation:
+        """Reserve `images` in the key's quota windows (429 naming a full one); `tracked`
+        False for a job's, which its job row keeps (Quotas.reserve)."""
         assert self.quotas is not None and self.key is not None
-        self.reservation = await self.quotas.reserve(self.key, images)
+        self.reservation = await self.quotas.reserve(self.key, images, tracked=tracked)
         return self.reservation
 
     def generated(self, generation: Generation) -> None:
@@ -135,6 +137,8 @@ class Charge:
 
     async def settle_in(self, session: AsyncSession, status: str, http_status: int) -> None:
         """`settle`, in the caller's transaction (a job's ending)."""
-        assert self.ledger is not None
+        ledger = self.ledger
+        assert ledger is not None
         self.settled = True
-        await self.ledger.record(session, self, status, http_status)
+        await session.run_sync(
+            lambda sync: ledger.record(sync.connection(), self, status, http_status))

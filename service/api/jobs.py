@@ -74,7 +74,7 @@ class JobServicer(job_grpc.JobServiceServicer):
             row = await self._jobs.get(str(claim.answer["job_id"]), call.caller)
         else:
             try:
-                reservation = await call.charge.reserve(plan.job.n)
+                reservation = await call.charge.reserve(plan.job.n, tracked=False)
                 row = await self._jobs.create(call, request, webhook_url, reservation)
                 call.charge.record = False  # the job records its usage when it ends
                 await claim.complete({"job_id": row.id})

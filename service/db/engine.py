@@ -73,11 +73,12 @@ class Database:
         return await to_the_end(self._write(work))
 
     async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async with self._writer_turn(), self.sessions() as session, session.begin():
+        async with self.writer_turn(), self.sessions() as session, session.begin():
             return await work(session)
 
     @contextlib.asynccontextmanager
-    async def _writer_turn(self) -> AsyncIterator[None]:
+    async def writer_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite; PostgreSQL writers need none)."""
         if self._turn is None:
             yield
             return

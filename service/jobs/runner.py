@@ -38,7 +38,6 @@ import structlog
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
 from service.accounting.charge import Charge
-from service.accounting.idempotency import Idempotency
 from service.accounting.keys import ApiKey, KeyStore
 from service.accounting.quotas import Reservation
 from service.accounting.usage import UsageRecorder
@@ -70,7 +69,6 @@ from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
 
-SWEEP_SECONDS = 600.0
 
 
 class Executor(Protocol):
@@ -87,7 +85,7 @@ class Executor(Protocol):
 class Jobs:
     def __init__(self, database: Database, *, keys: KeyStore,
                  usage: UsageRecorder, webhooks: Webhooks, store: ImageStore,
-                 signer: UrlSigner, idempotency: Idempotency, concurrency: int,
+                 signer: UrlSigner, concurrency: int,
                  lease_seconds: float, poll_seconds: float, max_attempts: int,
                  run_seconds: float, stop_grace_seconds: float, webhook_retries: int,
                  webhook_retry_base_seconds: float) -> None:
@@ -99,7 +97,6 @@ class Jobs:
         self._messages = JobMessages(store, signer)
         self._delivery = Delivery(webhooks, retries=webhook_retries,
                                   base_seconds=webhook_retry_base_seconds)
-        self._idempotency = idempotency
         self._concurrency = concurrency
         self._poll = poll_seconds
         self._max_attempts = max_attempts
@@ -160,14 +157,9 @@ class Jobs:
             await asyncio.gather(*working, return_exceptions=True)
 
     async def _poll_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
         while True:
             try:
                 self._take_up(await self._claimable())
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_SECONDS
-                    await self._idempotency.sweep()
             except Exception:  # the database may be away for a moment: poll again
                 log.exception("job poll failed")
             await asyncio.sleep(self._poll)

@@ -37,6 +37,8 @@ from service.providers.imaging import verified_mime_type
 from service.providers.openai_answer import _decode, _json, token_usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
+UPSTREAM_KEEPALIVE = 256
 INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
 CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
 REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
@@ -54,8 +56,11 @@ class OpenAIProvider:
     @classmethod
     def build(cls, deployment: Deployment, secret: str) -> OpenAIProvider:
         """A client of `deployment` (kind `openai` or `azure`) holding `secret`."""
-        http = openai.DefaultAsyncHttpx2Client(
-            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        # One client per deployment and credential, on the SDK's aiohttp transport (its
+        # cheapest: docs/performance.md), its pool sized for thousands of waiting requests.
+        http = openai.DefaultAioHttpClient(
+            limits=httpx2.Limits(max_connections=UPSTREAM_CONNECTIONS,
+                                 max_keepalive_connections=UPSTREAM_KEEPALIVE))
         client: AsyncOpenAI
         if deployment.kind == "azure":
             client = AsyncAzureOpenAI(azure_endpoint=deployment.base_url or "",
@@ -77,12 +82,18 @@ class OpenAIProvider:
                 return await self._stream(job, model, options, started)
             # The raw answer, parsed here: the SDK's response models would copy every image's
             # base64 into pydantic strings (~1.5 ms of CPU a call, more for large images).
-            images = self._client.images.with_raw_response
             if job.images:
-                raw = await images.edit(**edit_args(job, model), **options)
+                raw = await self._client.images.with_raw_response.edit(
+                    **edit_args(job, model), **options)
+                content = raw.http_response.content
             else:
-                raw = await images.generate(**generate_args(job, model), **options)
-            body = _json(raw.http_response.content)
+                # The SDK's own POST (its auth, Azure's paths, its errors), without the
+                # typed-params transform that `images.generate` runs on every call (about a
+                # third of the SDK's CPU per call, docs/performance.md): these are plain JSON.
+                content = (await self._client.post(
+                    "/images/generations", body=generate_args(job, model),
+                    cast_to=httpx2.Response, options=_request_options(options))).content
+            body = _json(content)
             made = await self._images(body, job)
         except openai.APIError as exc:
             raise hub_error(exc, job, self.name) from None
@@ -156,6 +167,14 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _request_options(options: dict[str, Any]) -> Any:
+    """`timeout` and `extra_headers` as the SDK's RequestOptions."""
+    request: dict[str, Any] = {"timeout": options["timeout"]}
+    if "extra_headers" in options:
+        request["headers"] = options["extra_headers"]
+    return request
 
 
 def generate_args(job: ImageJob, model: str) -> dict[str, Any]:
