@@ -48,6 +48,11 @@ LOCAL_REPLIES = {
 }
 
 
+# Calls besides generations that may be in flight to the replicas at once (images served,
+# jobs, the console, admin): room above the generations' bound in Envoy's circuit breaker.
+OTHER_CALLS = 1024
+
+
 def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -> str:
     """The Envoy config for `settings`, balancing over `upstreams` (default: the settings'
     AIGNE_HUB_ENVOY_UPSTREAMS, else our server)."""
@@ -66,6 +71,8 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         max_response_bytes=settings.max_response_bytes,
         local_reply_mappers=_local_reply_mappers(values),
         upstream_discovery=discovery(upstreams or settings.upstreams),
+        max_upstream_requests=(settings.max_in_flight_generations
+                               * len(upstreams or settings.upstreams) + OTHER_CALLS),
     )
 
 
