@@ -54,7 +54,7 @@ class BurstResult:
 
 async def burst(url: str, auth: str, body: dict, n: int, delay: float,
                 pids: list[int]) -> BurstResult:
-    result = BurstResult(n, rss_before=sum(processes.rss_mb(pid) * 2**20 for pid in pids))
+    result = BurstResult(n, rss_before=int(sum(processes.rss_mb(pid) for pid in pids) * 2**20))
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=delay + 300)
     data = json.dumps(body).encode()
@@ -76,7 +76,8 @@ async def burst(url: str, auth: str, body: dict, n: int, delay: float,
 
     async def watch() -> None:
         while not done.is_set():
-            result.rss_peak = max(result.rss_peak, sum(processes.rss_mb(pid) * 2**20 for pid in pids))
+            rss = sum(processes.rss_mb(pid) for pid in pids) * 2**20
+            result.rss_peak = max(result.rss_peak, int(rss))
             await asyncio.sleep(0.1)
 
     done = asyncio.Event()

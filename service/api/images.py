@@ -15,8 +15,9 @@ from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service.api import streams
 from service.api.listing import ModelListing
 from service.contract import json_codec
-from service.contract.images import generate_response, image_request
+from service.contract.images import generate_response, image_request, response_and_payloads
 from service.generation.pipeline import Pipeline
+from service.generation.request import Answer
 from service.rpc import wire
 from service.rpc.call import Call, current_call
 from service.store.base import ImageStore
@@ -34,18 +35,22 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         self._signer = signer
         self._heartbeat = stream_heartbeat
 
-    async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
-        answer = await self._pipeline.generate(current_call(), image_request(request),
-                                               refuse_streams=STREAMING_CALL)
-        return generate_response(answer)
+    async def Generate(self, request: pb.GenerateRequest,  # type: ignore[override]
+                       context: object) -> wire.Wire:
+        """The answer written once, its image bytes straight into the GenerateResponse's
+        wire bytes (service.rpc.wire)."""
+        return wire.grpc_answer(*response_and_payloads(await self._generate(request)))
 
     async def GenerateHttp(self, request: pb.GenerateHttpRequest,  # type: ignore[override]
                            context: object) -> wire.Wire:
         """The REST door: the same answer as JSON, its image bytes base64-encoded once,
         straight into the HttpBody's wire bytes (service.rpc.wire)."""
         generate_request = json_codec.decode(request.body.data, pb.GenerateRequest)
-        response = await self.Generate(generate_request, context)
-        return wire.rest_answer(*wire.detach_images(response))
+        return wire.rest_answer(*response_and_payloads(await self._generate(generate_request)))
+
+    async def _generate(self, request: pb.GenerateRequest) -> Answer:
+        return await self._pipeline.generate(current_call(), image_request(request),
+                                             refuse_streams=STREAMING_CALL)
 
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: object) -> AsyncIterator[pb.StreamGenerateResponse]:

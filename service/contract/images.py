@@ -50,6 +50,18 @@ def generate_response(answer: Answer) -> pb.GenerateResponse:
         background=answer.background or None)
 
 
+def response_and_payloads(answer: Answer
+                          ) -> tuple[pb.GenerateResponse, list[bytes | None]]:
+    """`answer` as a GenerateResponse without its images' bytes, and those bytes (None for
+    `url` images): for service/rpc/wire.py, which writes each answer once."""
+    response = pb.GenerateResponse(
+        created=answer.created, usage=image_usage(answer.usage),
+        output_format=answer.output_format, background=answer.background or None,
+        data=[pb.Image(revised_prompt=i.revised_prompt) if i.b64_json is not None
+              else pb.Image(url=i.url, revised_prompt=i.revised_prompt) for i in answer.data])
+    return response, [i.b64_json for i in answer.data]
+
+
 def image(value: AnswerImage) -> pb.Image:
     if value.b64_json is not None:
         return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt)

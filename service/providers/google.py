@@ -18,6 +18,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import httpx2
 from google import genai
 from google.genai import errors as genai_errors
@@ -80,10 +81,12 @@ class GoogleProvider:
                 images, usage = await self._gemini(job)
         except genai_errors.APIError as exc:
             raise hub_error(exc, job, self.name) from None
-        except httpx2.TimeoutException:
+        # The SDK's async calls go over aiohttp when it is installed (it is: the openai SDK's
+        # transport), else over httpx: either's errors mean the same here.
+        except (httpx2.TimeoutException, TimeoutError):
             raise DeadlineExceeded(f"{job.model.upstream} did not answer within the request's "
                                    "time budget.") from None
-        except httpx2.HTTPError:
+        except (httpx2.HTTPError, aiohttp.ClientError):
             raise UpstreamFailed("The image provider could not be reached.",
                                  reason="UPSTREAM_UNREACHABLE") from None
         except ValueError:  # garbage instead of the API's JSON

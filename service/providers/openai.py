@@ -17,6 +17,7 @@ import base64
 import time
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from openai import AsyncAzureOpenAI, AsyncOpenAI
@@ -214,11 +215,27 @@ async def _now(value: Any) -> Any:
     return value
 
 
+def _dropped(exc: BaseException) -> bool:
+    """Whether a "timeout" was in fact a connection the upstream dropped or refused: the
+    SDK's aiohttp transport reports every aiohttp connection error as httpx's ConnectTimeout
+    (its exception map), so the aiohttp error behind it decides."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+                cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def hub_error(exc: openai.APIError, job: ImageJob, deployment: str) -> HubError:
     """What the caller should hear about an OpenAI failure. Never the key, never our config."""
     model = job.model.upstream
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _dropped(exc):
         return DeadlineExceeded(f"{model} did not answer within the request's time budget.")
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailed("The image provider could not be reached.",
+                              reason="UPSTREAM_UNREACHABLE")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamFailed("The image provider could not be reached.",
                               reason="UPSTREAM_UNREACHABLE")
