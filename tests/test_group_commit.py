@@ -135,3 +135,25 @@ async def test_the_sweep_gives_back_what_dead_requests_reserved(database: db.Dat
     async with database.read() as session:
         assert await session.scalar(
             select(func.count()).select_from(db.QuotaReservationRow)) == 0
+
+
+async def test_a_settlement_in_a_failed_batch_counts_once_when_written_again(
+        database: db.Database) -> None:
+    """A batch that fails is written again op by op: a settlement in it must give back its
+    images then, exactly once (nothing it did in the rolled-back batch may stick)."""
+    keys = KeyStore(database, b"secret")
+    writer = BatchWriter(database)
+    quotas = Quotas(database, writer)
+    key, _ = await keys.create("again", limits=KeyLimits(daily_image_quota=10))
+    reservation = await quotas.reserve(key, 5)
+
+    def broken(connection: Connection) -> None:
+        connection.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    outcomes = await asyncio.gather(quotas.settle(reservation, 2), writer.write(broken),
+                                    return_exceptions=True)
+
+    assert outcomes[0] is None and isinstance(outcomes[1], Exception)
+    assert reservation.settled
+    assert (await quotas.used([key.id]))[key.id] == (2, 2)
+    await writer.stop()

@@ -119,11 +119,9 @@ class Reservation:
     settled: bool = field(default=False)
 
     def settle(self, connection: Connection, images_returned: int) -> None:
-        """Give back the images that were not returned, in the caller's transaction. Only
-        the first call counts, and nothing the sweep gave back already."""
-        if self.settled:
-            return
-        self.settled = True
+        """Give back the images that were not returned, in the caller's transaction, and
+        nothing the sweep gave back already. The caller marks it `settled` once that
+        transaction committed (a batch that failed runs its writes again)."""
         if self.id is not None and connection.execute(
                 FORGET, {"reservation": self.id}).first() is None:
             return  # swept: its process was taken for dead, and the images given back
@@ -206,9 +204,13 @@ class Quotas:
         return result.first() is not None
 
     async def settle(self, reservation: Reservation, images_returned: int) -> None:
-        """Settle `reservation` alone (a request settles with its usage record)."""
+        """Settle `reservation` alone (a request settles with its usage record); only the
+        first settlement counts."""
+        if reservation.settled:
+            return
         await self._writer.write(lambda connection: reservation.settle(connection,
                                                                       images_returned))
+        reservation.settled = True
 
     async def sweep(self) -> int:
         """Give back the reservations whose lease ran out unsettled (their request died

@@ -65,6 +65,8 @@ class UsageRecorder:
             await self._writer.write(
                 lambda connection: self.record(connection, charge, status, http_status,
                                                ended_at))
+            if charge.reservation is not None:
+                charge.reservation.settled = True
         except Exception:
             log.exception("usage record not written", request_id=charge.request_id,
                           key_id=charge.key_id)
@@ -75,7 +77,7 @@ class UsageRecorder:
         is charged for the images it handed out (`charge.images`): all of them when it
         succeeded, those a stream sent before it failed, none otherwise."""
         images = charge.images
-        if charge.reservation is not None:
+        if charge.reservation is not None and not charge.reservation.settled:
             charge.reservation.settle(connection, images)
         values = self._values(charge, status, http_status, ended_at or time.time())
         record_id = connection.execute(ADD_RECORD, values).scalar_one()
