@@ -54,14 +54,15 @@ from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.db.batch import BatchWriter
 from service.generation.inputs import FetchLimits, ImageLoader
-from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.generation.pipeline import Pipeline, choose_default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router, RoutingPolicy
+from service.routing.policy import routing_policy
+from service.routing.router import Router
 from service.routing.secretbox import SecretBox
 from service.rpc.interceptor import HubInterceptor
 from service.store.signing import UrlSigner
@@ -126,7 +127,6 @@ class Hub:
         await parts.housekeeping.stop()
         await parts.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
-        await parts.usage.drain()
         await parts.writer.stop()  # what waits is written: acknowledged work is not lost
         await parts.webhooks.aclose()
         await parts.router.aclose()
@@ -271,30 +271,6 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 webhook_retries=settings.webhook_retries,
                 webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
     return webhooks, jobs
-
-
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def choose_default_model(settings: Settings, registry: ModelRegistry,
-                               router: Router) -> str:
-    """The model of requests that name none, as things stand at start-up (it follows the
-    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
-    if settings.default_model:
-        registry.get(settings.default_model)
-        return settings.default_model
-    model = await default_model(registry, router)
-    if model == LOCAL_MODEL:
-        log.warning("no provider key is set: requests that name no model go to the local "
-                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return model
 
 
 async def serve(settings: Settings) -> None:

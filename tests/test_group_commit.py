@@ -32,8 +32,10 @@ async def database(fresh_database: str) -> AsyncIterator[db.Database]:
 def counted_commits(writer: BatchWriter, database: db.Database) -> list[int]:
     """Commits of the writer's transactions, counted as they happen."""
     commits: list[int] = []
-    engine = writer._sync if writer._sync is not None else database.engine.sync_engine
-    event.listen(engine, "commit", lambda connection: commits.append(1))
+    engines = [e for e in (writer._inline, writer._sync) if e is not None] \
+        or [database.engine.sync_engine]
+    for engine in engines:
+        event.listen(engine, "commit", lambda connection: commits.append(1))
     return commits
 
 
@@ -157,3 +159,31 @@ async def test_a_settlement_in_a_failed_batch_counts_once_when_written_again(
     assert reservation.settled
     assert (await quotas.used([key.id]))[key.id] == (2, 2)
     await writer.stop()
+
+
+async def test_another_process_holding_the_lock_is_waited_for_off_the_loop(
+        database: db.Database) -> None:
+    """SQLite: the writer commits on the event loop, but never waits there: while another
+    process holds the write lock, the batch waits in the writer's thread and the loop goes
+    on serving."""
+    if database.dialect != "sqlite":
+        pytest.skip("SQLite's write lock")
+    import sqlite3
+
+    writer = BatchWriter(database)
+    await database.write(lambda s: s.execute(text("CREATE TABLE tally (n INTEGER NOT NULL)")))
+    other = sqlite3.connect(database.engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer, mid-transaction
+    try:
+        waiting = asyncio.create_task(writer.write(
+            lambda c: c.execute(text("INSERT INTO tally (n) VALUES (1)")).rowcount))
+        started = asyncio.get_running_loop().time()
+        for _ in range(10):  # the loop is free meanwhile
+            await asyncio.sleep(0.02)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert not waiting.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(waiting, 30) == 1
+    finally:
+        other.close()
+        await writer.stop()

@@ -10,7 +10,6 @@ the client went away.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
@@ -45,22 +44,13 @@ class UsageRecorder:
                  writer: BatchWriter | None = None) -> None:
         self._writer = writer or BatchWriter(database)
         self._credits_per_usd = credits_per_usd
-        self._pending: set[asyncio.Task[None]] = set()
 
     async def finish(self, charge: Charge, status: str, http_status: int) -> None:
-        """Settle the reservation and write the record. Shielded: a cancelled call (the
-        client went away) still gives its quota back and leaves its record."""
-        task = asyncio.create_task(self._write(charge, status, http_status, time.time()))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        await asyncio.shield(task)
-
-    async def drain(self) -> None:
-        """Wait for records still being written (at shutdown)."""
-        await asyncio.gather(*self._pending, return_exceptions=True)
-
-    async def _write(self, charge: Charge, status: str, http_status: int,
-                     ended_at: float) -> None:
+        """Settle the reservation and write the record. A cancelled call (the client went
+        away) still gives its quota back and leaves its record: the write is queued before
+        the first await, and the writer applies it (and flushes it at shutdown) whatever
+        becomes of its caller."""
+        ended_at = time.time()
         try:
             await self._writer.write(
                 lambda connection: self.record(connection, charge, status, http_status,
