@@ -125,6 +125,7 @@ class Hub:
         parts = self.parts
         await parts.jobs.stop()  # running jobs get their grace, then go back to the queue
         await parts.housekeeping.stop()
+        await parts.key_cache.aclose()
         await parts.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
         await parts.writer.stop()  # what waits is written: acknowledged work is not lost
@@ -159,6 +160,7 @@ class Parts:
     database: db.Database
     writer: BatchWriter
     keys: KeyStore
+    key_cache: KeyCache
     registry: ModelRegistry
     metrics: Metrics
     admission: Admission
@@ -209,7 +211,8 @@ async def build_parts(settings: Settings) -> Parts:
                                        quotas.sweep),
                                  Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
                                        idempotency.sweep)])
-    return Parts(database, writer, keys, registry, metrics, admission, deployments, router,
+    return Parts(database, writer, keys, KeyCache(keys, settings.db_url, database), registry,
+                 metrics, admission, deployments, router,
                  await choose_default_model(settings, registry, router), loader, quotas,
                  usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
 
@@ -218,7 +221,7 @@ def grpc_server(settings: Settings, parts: Parts
                 ) -> tuple[grpc.aio.Server, HubInterceptor, health.aio.HealthServicer]:
     """The server with its interceptor and every servicer, health and reflection."""
     interceptor = HubInterceptor(
-        KeyCache(parts.keys, settings.db_url), parts.usage, quotas=parts.quotas,
+        parts.key_cache, parts.usage, quotas=parts.quotas,
         public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
         metered_methods=METERED_METHODS, request_timeout=settings.request_timeout_seconds,
         admission=parts.admission, metrics=parts.metrics, quiet_methods=QUIET_METHODS,

@@ -15,9 +15,10 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import orjson
 from sqlalchemy import and_, func, or_, select, update
@@ -30,6 +31,7 @@ from service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthen
 
 TOKEN_PREFIX = "ahk-"  # noqa: S105 - a marker, not a secret
 SHOWN_PREFIX_LENGTH = 12
+T = TypeVar("T")
 MAX_NAME_LENGTH = 200
 MAX_PAGE_SIZE = 1000
 
@@ -95,7 +97,20 @@ class ApiKey:
 class KeyStore:
     def __init__(self, database: Database, secret: bytes) -> None:
         self._db = database
+        self._listeners: list[Callable[[], None]] = []  # told of this process's key changes
         self._secret = secret
+
+    def listen(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after each change this process makes to the keys (a cache forgets
+        at once; other processes' changes it learns from key_generation)."""
+        self._listeners.append(changed)
+
+    async def _changing(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        try:
+            return await self._db.write(work)
+        finally:
+            for changed in self._listeners:
+                changed()
 
     def digest(self, token: str) -> bytes:
         return hmac.new(self._secret, token.encode(), hashlib.sha256).digest()
@@ -125,7 +140,7 @@ class KeyStore:
                 await _changed(session)
             return ApiKey.of(row)
 
-        known = await self._db.write(follow)
+        known = await self._changing(follow)
         if known is not None:
             return known
         try:
@@ -144,7 +159,7 @@ class KeyStore:
             session.add(row)
             await _changed(session)
 
-        await self._db.write(add)
+        await self._changing(add)
         return ApiKey.of(row)
 
     async def list(self, page_size: int = MAX_PAGE_SIZE, page_token: str = ""
@@ -182,7 +197,7 @@ class KeyStore:
             await session.refresh(row)
             return ApiKey.of(row)
 
-        return await self._db.write(set_them)
+        return await self._changing(set_them)
 
     async def revoke(self, id_or_prefix: str) -> ApiKey:
         """Revoke by id or by shown prefix; takes effect on the key's next request."""
@@ -195,7 +210,7 @@ class KeyStore:
                 await session.refresh(row)
             return ApiKey.of(row)
 
-        return await self._db.write(revoke_it)
+        return await self._changing(revoke_it)
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         """The key an `Authorization: Bearer <key>` value names, or the error to answer."""
