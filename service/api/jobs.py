@@ -83,4 +83,4 @@ class JobServicer(job_grpc.JobServiceServicer):
                 raise
         return job_pb.CreateJobResponse(
             job=await self._jobs.message(row),
-            webhook_secret=self._webhooks.secret_for(call.caller.id) if webhook_url else None)
+            webhook_secret=self._webhooks.secret_for(call.caller.id) if webhook_url else "")

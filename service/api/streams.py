@@ -59,7 +59,7 @@ class EventQueue:
             stage=stage, n=job.n, created=created, model=plan.route.served.name,
             size=str(plan.size) if plan.size else "auto", quality=job.quality,
             output_format=plan.output_format,
-            background=job.background if job.background not in (None, "auto") else None)
+            background=job.background if job.background not in (None, "auto") else "")
         self._queue.put_nowait(pb.StreamGenerateResponse(progress=self.progress))
 
     async def partial(self, index: int, partial_index: int, data: bytes) -> None:
@@ -119,7 +119,7 @@ async def stream(generate: Generation, *, previews: int, heartbeat: float,
             raise
         yield pb.StreamGenerateResponse(done=pb.StreamDone(
             created=response.created, usage=response.usage if response.HasField("usage") else None,
-            output_format=response.output_format, background=response.background or None,
+            output_format=response.output_format, background=response.background,
             images=len(response.data)))
     finally:
         if not task.done():

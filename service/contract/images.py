@@ -47,7 +47,7 @@ def generate_response(answer: Answer) -> pb.GenerateResponse:
     return pb.GenerateResponse(
         created=answer.created, data=[image(i) for i in answer.data],
         usage=image_usage(answer.usage), output_format=answer.output_format,
-        background=answer.background or None)
+        background=answer.background or "")
 
 
 def response_and_payloads(answer: Answer
@@ -56,16 +56,17 @@ def response_and_payloads(answer: Answer
     `url` images): for service/rpc/wire.py, which writes each answer once."""
     response = pb.GenerateResponse(
         created=answer.created, usage=image_usage(answer.usage),
-        output_format=answer.output_format, background=answer.background or None,
-        data=[pb.Image(revised_prompt=i.revised_prompt) if i.b64_json is not None
-              else pb.Image(url=i.url, revised_prompt=i.revised_prompt) for i in answer.data])
+        output_format=answer.output_format, background=answer.background or "",
+        data=[pb.Image(revised_prompt=i.revised_prompt or "") if i.b64_json is not None
+              else pb.Image(url=i.url or "", revised_prompt=i.revised_prompt or "")
+              for i in answer.data])
     return response, [i.b64_json for i in answer.data]
 
 
 def image(value: AnswerImage) -> pb.Image:
     if value.b64_json is not None:
-        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt)
-    return pb.Image(url=value.url, revised_prompt=value.revised_prompt)
+        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt or "")
+    return pb.Image(url=value.url or "", revised_prompt=value.revised_prompt or "")
 
 
 def image_usage(usage: TokenUsage | None) -> pb.ImageUsage | None:
