@@ -35,6 +35,13 @@ def test_listing_on_a_machine_without_provider_keys(stack: Stack) -> None:
     assert dall_e_2["shutdown_on"] == "2026-05-12" and dall_e_2["available"] is True
     assert models["dall-e-3"]["styles"] == ["vivid", "natural"]
     assert models["dall-e-3"]["max_n_per_call"] == 1
+    defaults = {name: models[name]["default_response_format"] for name in (
+        "gpt-image-2", "gpt-image-1.5", "gpt-image-1", "dall-e-2", "dall-e-3", "local",
+        "gemini-3.1-flash-image", "imagen-4.0-generate-001")}
+    assert defaults == {"gpt-image-2": "b64_json", "gpt-image-1.5": "b64_json",
+                        "gpt-image-1": "b64_json", "dall-e-2": "url", "dall-e-3": "url",
+                        "local": "url", "gemini-3.1-flash-image": "url",
+                        "imagen-4.0-generate-001": "url"}
 
 
 def test_listing_with_providers(provider_stack: Stack) -> None:

@@ -87,7 +87,8 @@ def test_sse_stream_through_envoy_arrives_as_it_happens(provider_stack: Stack, f
     request_id = uuid.uuid4().hex
     with http_client(provider_stack) as client:
         answer, events = sse(client, {"model": "gpt-image-2", "prompt": "a fox",
-                                      "partial_images": 3}, headers={"x-request-id": request_id})
+                                      "partial_images": 3, "response_format": "url"},
+                                 headers={"x-request-id": request_id})
         record = usage_record(client, request_id)
 
     assert answer.headers["content-type"] == "text/event-stream"
@@ -228,7 +229,8 @@ def test_a_quiet_stream_repeats_its_progress(quick_heartbeat: Hub, fakes) -> Non
     fakes[0].script("generations", Reply(as_usual=True, delay=2.0))
     with httpx.Client(base_url=quick_heartbeat.stack.base_url, timeout=30,
                       headers={"Authorization": f"Bearer {TEST_KEY}"}) as client:
-        _, events = sse(client, {"model": "gpt-image-2", "prompt": "a slow fox"})
+        _, events = sse(client, {"model": "gpt-image-2", "prompt": "a slow fox",
+                                  "response_format": "url"})
     names = [e.name for e in events]
     assert names[-2:] == ["image_generation.completed", "image_generation.done"]
     progress = [e for e in events if e.name == "image_generation.progress"]

@@ -53,7 +53,8 @@ class ModelListing:
             served_by=served.name if route else "",
             provider_configured=any(d.enabled for d in serving),
             deployments=[_deployment(d) for d in serving],
-            partial_images=served.partial_images)
+            partial_images=served.partial_images,
+            default_response_format=spec.default_response_format)
 
 
 def _deployment(deployment: Deployment) -> pb.ModelDeployment:

@@ -43,7 +43,8 @@ def plan(request: ImageRequest, route: Route) -> GenerationPlan:
     prompt = _prompt(request.prompt, spec)
     n = _n(request)
     size = _size(request.size or spec.default_size, spec)
-    response_format = _one_of("response_format", request.response_format or "url",
+    response_format = _one_of("response_format",
+                              request.response_format or spec.default_response_format,
                               RESPONSE_FORMATS)
     quality = _choice("quality", request.quality, spec.qualities, spec.default_quality,
                       spec) or spec.default_quality

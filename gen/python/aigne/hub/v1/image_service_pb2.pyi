@@ -58,7 +58,10 @@ class GenerateRequest(_message.Message):
     """
     response_format: _builtins.str
     """How images come back: `url` (a signed link valid for an hour) or `b64_json`
-    (the image bytes in the answer). Optional; default `url`.
+    (the image bytes in the answer). Optional; default: the model's `default_response_format`
+    in `GET /api/models`, which is `b64_json` for gpt-image models (as OpenAI answers them)
+    and `url` for the others (the seed's names dall-e-2 and dall-e-3, Gemini, Imagen and
+    the local renderer). `url` is honoured for gpt-image models too.
     """
     quality: _builtins.str
     """The quality. Optional; default `standard` (`auto` for gpt-image models).
@@ -672,6 +675,7 @@ class Model(_message.Message):
     PROVIDER_CONFIGURED_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
+    DEFAULT_RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
     object: _builtins.str
@@ -714,6 +718,10 @@ class Model(_message.Message):
     """Whether the provider serving this model has credentials configured on this server."""
     partial_images: _builtins.bool
     """Whether streams of this model send partial images (previews) when asked for them."""
+    default_response_format: _builtins.str
+    """The `response_format` a request for this model gets when it names none: `url`, or
+    `b64_json` for gpt-image models. Always set.
+    """
     @_builtins.property
     def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses)."""
@@ -788,10 +796,11 @@ class Model(_message.Message):
         provider_configured: _builtins.bool = ...,
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         partial_images: _builtins.bool = ...,
+        default_response_format: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_response_format", b"default_response_format", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

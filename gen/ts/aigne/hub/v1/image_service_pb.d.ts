@@ -61,7 +61,10 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
 
   /**
    * How images come back: `url` (a signed link valid for an hour) or `b64_json`
-   * (the image bytes in the answer). Optional; default `url`.
+   * (the image bytes in the answer). Optional; default: the model's `default_response_format`
+   * in `GET /api/models`, which is `b64_json` for gpt-image models (as OpenAI answers them)
+   * and `url` for the others (the seed's names dall-e-2 and dall-e-3, Gemini, Imagen and
+   * the local renderer). `url` is honoured for gpt-image models too.
    *
    * @generated from field: string response_format = 6;
    */
@@ -901,6 +904,14 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
    * @generated from field: bool partial_images = 29;
    */
   partialImages: boolean;
+
+  /**
+   * The `response_format` a request for this model gets when it names none: `url`, or
+   * `b64_json` for gpt-image models. Always set.
+   *
+   * @generated from field: string default_response_format = 30;
+   */
+  defaultResponseFormat: string;
 };
 
 /**
