@@ -61,10 +61,10 @@ from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router, RoutingPolicy
+from service.routing.policy import routing_policy
+from service.routing.router import Router
 from service.routing.secretbox import SecretBox
 from service.rpc.interceptor import HubInterceptor
-from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
@@ -205,10 +205,9 @@ async def build_parts(settings: Settings) -> Parts:
                         fan_out_concurrency=settings.fan_out_concurrency)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage)
-    housekeeping = Housekeeping([Sweep("quota reservations", RESERVATION_SWEEP_SECONDS,
-                                       quotas.sweep),
-                                 Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
-                                       idempotency.sweep)])
+    housekeeping = Housekeeping([
+        Sweep("quota reservations", RESERVATION_SWEEP_SECONDS, quotas.sweep),
+        Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS, idempotency.sweep)])
     return Parts(database, writer, keys, registry, metrics, admission, deployments, router,
                  await choose_default_model(settings, registry, router), loader, quotas,
                  usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
@@ -261,9 +260,8 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
     assert settings.webhook_secret is not None
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
-    signer: UrlSigner = storage.urls
     jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
-                signer=signer, concurrency=settings.job_concurrency,
+                signer=storage.urls, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
                 run_seconds=settings.request_timeout_seconds,
@@ -271,16 +269,6 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 webhook_retries=settings.webhook_retries,
                 webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
     return webhooks, jobs
-
-
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
 
 
 async def choose_default_model(settings: Settings, registry: ModelRegistry,

@@ -20,9 +20,9 @@ from service.catalog.models import load_registry
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.routing.deployments import DeploymentStore, environment_deployments
+from service.routing.policy import routing_policy
 from service.routing.router import Router
 from service.routing.secretbox import SecretBox
-from service.server import routing_policy
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
