@@ -42,6 +42,10 @@ def test_listing_on_a_machine_without_provider_keys(stack: Stack) -> None:
                         "gpt-image-1": "b64_json", "dall-e-2": "url", "dall-e-3": "url",
                         "local": "url", "gemini-3.1-flash-image": "url",
                         "imagen-4.0-generate-001": "url"}
+    assert (local["masks"], models["gpt-image-2"]["masks"], models["dall-e-2"]["masks"],
+            models["gemini-3.1-flash-image"]["masks"]) == (True, True, True, False)
+    assert models["gpt-image-2"]["input_fidelities"] == ["low", "high"]
+    assert models["gpt-image-1-mini"]["input_fidelities"] == []
 
 
 def test_listing_with_providers(provider_stack: Stack) -> None:

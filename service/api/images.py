@@ -15,15 +15,17 @@ from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service.api import streams
 from service.api.listing import ModelListing
 from service.contract import json_codec
+from service.contract.edits import edit_request
 from service.contract.images import generate_response, image_request, response_and_payloads
 from service.generation.pipeline import Pipeline
-from service.generation.request import Answer
+from service.generation.request import Answer, ImageRequest
 from service.rpc import wire
 from service.rpc.call import Call, current_call
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream)"
+OPENAI_STREAM = "stream: true"
 
 
 class ImageServicer(pb_grpc.ImageServiceServicer):
@@ -51,6 +53,19 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def _generate(self, request: pb.GenerateRequest) -> Answer:
         return await self._pipeline.generate(current_call(), image_request(request),
                                              refuse_streams=STREAMING_CALL)
+
+    async def EditHttp(self, request: pb.EditHttpRequest,
+                       context: object) -> AsyncIterator[wire.Wire | httpbody_pb2.HttpBody]:
+        """OpenAI's `POST /images/edits`: one JSON answer, or its stream of events."""
+        asked = edit_request(request.body.content_type, request.body.data)
+        async for chunk in self._openai_answer(asked, edit=True):
+            yield chunk
+
+    async def _openai_answer(self, asked: ImageRequest, *, edit: bool
+                             ) -> AsyncIterator[wire.Wire | httpbody_pb2.HttpBody]:
+        call = current_call()
+        answer = await self._pipeline.generate(call, asked, refuse_streams=OPENAI_STREAM)
+        yield wire.rest_answer(*response_and_payloads(answer))
 
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: object) -> AsyncIterator[pb.StreamGenerateResponse]:

@@ -54,7 +54,8 @@ class ModelListing:
             provider_configured=any(d.enabled for d in serving),
             deployments=[_deployment(d) for d in serving],
             partial_images=served.partial_images,
-            default_response_format=spec.default_response_format)
+            default_response_format=spec.default_response_format, masks=spec.masks,
+            input_fidelities=spec.input_fidelities)
 
 
 def _deployment(deployment: Deployment) -> pb.ModelDeployment:

@@ -67,6 +67,8 @@ class ModelSpec(BaseModel):
     default_response_format: Literal["url", "b64_json"] = "url"
     edits: bool = False
     max_input_images: int = 0
+    masks: bool = False  # edits take a `mask`
+    input_fidelities: tuple[str, ...] = ()  # accepted `input_fidelity` values of edits
     prompt_limit: int = 1000
     token_usage: bool = False
     partial_images: bool = False  # streams send previews (`partial_images`) when asked

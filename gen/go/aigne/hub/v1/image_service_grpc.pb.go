@@ -43,6 +43,17 @@ type ImageServiceClient interface {
 	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
 	// reads this stream. gRPC clients call StreamGenerate.
 	StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error)
+	// EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+	// the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+	// one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+	// form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+	// {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+	// It is Generate with source images and a mask: gRPC clients call Generate with `image`
+	// and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+	// `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+	// `image_edit.completed`), one message per event. An error before the first event is an
+	// HTTP error with the usual JSON body.
+	EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -143,6 +154,38 @@ func (x *imageServiceStreamGenerateHttpClient) Recv() (*httpbody.HttpBody, error
 	return m, nil
 }
 
+func (c *imageServiceClient) EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[2], "/aigne.hub.v1.ImageService/EditHttp", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceEditHttpClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_EditHttpClient interface {
+	Recv() (*httpbody.HttpBody, error)
+	grpc.ClientStream
+}
+
+type imageServiceEditHttpClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceEditHttpClient) Recv() (*httpbody.HttpBody, error) {
+	m := new(httpbody.HttpBody)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
 	out := new(httpbody.HttpBody)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetImage", in, out, opts...)
@@ -190,6 +233,17 @@ type ImageServiceServer interface {
 	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
 	// reads this stream. gRPC clients call StreamGenerate.
 	StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error
+	// EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+	// the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+	// one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+	// form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+	// {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+	// It is Generate with source images and a mask: gRPC clients call Generate with `image`
+	// and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+	// `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+	// `image_edit.completed`), one message per event. An error before the first event is an
+	// HTTP error with the usual JSON body.
+	EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -216,6 +270,9 @@ func (UnimplementedImageServiceServer) StreamGenerate(*StreamGenerateRequest, Im
 }
 func (UnimplementedImageServiceServer) StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamGenerateHttp not implemented")
+}
+func (UnimplementedImageServiceServer) EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error {
+	return status.Errorf(codes.Unimplemented, "method EditHttp not implemented")
 }
 func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetImage not implemented")
@@ -314,6 +371,27 @@ func (x *imageServiceStreamGenerateHttpServer) Send(m *httpbody.HttpBody) error 
 	return x.ServerStream.SendMsg(m)
 }
 
+func _ImageService_EditHttp_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EditHttpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).EditHttp(m, &imageServiceEditHttpServer{stream})
+}
+
+type ImageService_EditHttpServer interface {
+	Send(*httpbody.HttpBody) error
+	grpc.ServerStream
+}
+
+type imageServiceEditHttpServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceEditHttpServer) Send(m *httpbody.HttpBody) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 func _ImageService_GetImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetImageRequest)
 	if err := dec(in); err != nil {
@@ -380,6 +458,11 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamGenerateHttp",
 			Handler:       _ImageService_StreamGenerateHttp_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "EditHttp",
+			Handler:       _ImageService_EditHttp_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -41,6 +41,8 @@ class GenerateRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    INPUT_FIDELITY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The text description of the wanted image(s). Required; non-empty after trimming;
     at most 1000 characters for dall-e-2, 4000 for dall-e-3, 32000 for gpt-image models.
@@ -94,6 +96,18 @@ class GenerateRequest(_message.Message):
     default 0. Streams only; sent where the model streams previews (`partial_images` in
     `GET /api/models`), else no previews come.
     """
+    mask: _builtins.str
+    """A mask for an edit: where it is fully transparent (alpha 0) the first image of `image`
+    is edited; elsewhere it is kept. A PNG with an alpha channel, the size of the first
+    image, as an `http(s)` URL or base64 (raw or `data:image/png;base64,`). Optional; needs
+    `image`, and a model that takes masks (`masks` in `GET /api/models`); others refuse
+    it with INVALID_ARGUMENT naming `mask`.
+    """
+    input_fidelity: _builtins.str
+    """How closely an edit keeps the style and features (faces) of its input images: `high`
+    or `low`, for the models that list it (`input_fidelities` in `GET /api/models`).
+    Optional; default: the model's own (`low` upstream). Needs `image`.
+    """
     @_builtins.property
     def image(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Source image(s) to edit: each an `http(s)` URL or base64 (raw or
@@ -119,10 +133,12 @@ class GenerateRequest(_message.Message):
         user: _builtins.str = ...,
         stream: _builtins.bool | None = ...,
         partial_images: _builtins.int | None = ...,
+        mask: _builtins.str = ...,
+        input_fidelity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "n", b"n", "output_compression", b"output_compression", "partial_images", b"partial_images", "stream", b"stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "background", b"background", "image", b"image", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "partial_images", b"partial_images", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "stream", b"stream", "style", b"style", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "background", b"background", "image", b"image", "input_fidelity", b"input_fidelity", "mask", b"mask", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "partial_images", b"partial_images", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "stream", b"stream", "style", b"style", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
@@ -566,6 +582,30 @@ class StreamGenerateHttpRequest(_message.Message):
 Global___StreamGenerateHttpRequest: _TypeAlias = StreamGenerateHttpRequest  # noqa: Y015
 
 @_typing.final
+class EditHttpRequest(_message.Message):
+    """EditHttpRequest carries the raw body of `POST /api/images/edits`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a multipart form or a JSON object, as its `content_type` says. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditHttpRequest: _TypeAlias = EditHttpRequest  # noqa: Y015
+
+@_typing.final
 class GetImageRequest(_message.Message):
     """GetImageRequest names a stored image and carries the signature of its URL."""
 
@@ -676,6 +716,8 @@ class Model(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
     DEFAULT_RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    MASKS_FIELD_NUMBER: _builtins.int
+    INPUT_FIDELITIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
     object: _builtins.str
@@ -722,6 +764,8 @@ class Model(_message.Message):
     """The `response_format` a request for this model gets when it names none: `url`, or
     `b64_json` for gpt-image models. Always set.
     """
+    masks: _builtins.bool
+    """Whether edits of this model take a `mask`."""
     @_builtins.property
     def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses)."""
@@ -764,6 +808,10 @@ class Model(_message.Message):
         last admin test. Empty when none is configured.
         """
 
+    @_builtins.property
+    def input_fidelities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `input_fidelity` values for edits; empty when the model takes none."""
+
     def __init__(
         self,
         *,
@@ -797,10 +845,12 @@ class Model(_message.Message):
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         partial_images: _builtins.bool = ...,
         default_response_format: _builtins.str = ...,
+        masks: _builtins.bool = ...,
+        input_fidelities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_response_format", b"default_response_format", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_response_format", b"default_response_format", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "input_fidelities", b"input_fidelities", "lifecycle", b"lifecycle", "masks", b"masks", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,11 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.EditHttp = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/EditHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetImage = channel.unary_unary(
                 '/aigne.hub.v1.ImageService/GetImage',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
@@ -153,6 +158,22 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditHttp(self, request, context):
+        """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+        the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+        one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+        form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+        {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+        It is Generate with source images and a mask: gRPC clients call Generate with `image`
+        and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+        `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+        `image_edit.completed`), one message per event. An error before the first event is an
+        HTTP error with the usual JSON body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImage(self, request, context):
         """GetImage serves a stored image by the signed URL a `url` answer gave out.
         It needs no API key: the signature is the capability. The answer carries the
@@ -192,6 +213,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
             'StreamGenerateHttp': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamGenerateHttp,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'EditHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.EditHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetImage': grpc.unary_unary_rpc_method_handler(
@@ -331,6 +357,33 @@ class ImageService:
             target,
             '/aigne.hub.v1.ImageService/StreamGenerateHttp',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/EditHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -82,6 +82,18 @@ class ImageServiceStub:
     `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
     reads this stream. gRPC clients call StreamGenerate.
     """
+    EditHttp: _grpc.UnaryStreamMultiCallable[_image_service_pb2.EditHttpRequest, _httpbody_pb2.HttpBody]
+    """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+    the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+    one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+    form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+    {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+    It is Generate with source images and a mask: gRPC clients call Generate with `image`
+    and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+    `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+    `image_edit.completed`), one message per event. An error before the first event is an
+    HTTP error with the usual JSON body.
+    """
     GetImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -145,6 +157,18 @@ class ImageServiceAsyncStub(ImageServiceStub):
     after it, an `error` event whose data is that body. The second path serves the
     `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
     reads this stream. gRPC clients call StreamGenerate.
+    """
+    EditHttp: _aio.UnaryStreamMultiCallable[_image_service_pb2.EditHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+    the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+    one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+    form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+    {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+    It is Generate with source images and a mask: gRPC clients call Generate with `image`
+    and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+    `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+    `image_edit.completed`), one message per event. An error before the first event is an
+    HTTP error with the usual JSON body.
     """
     GetImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
@@ -230,6 +254,24 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         after it, an `error` event whose data is that body. The second path serves the
         `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
         reads this stream. gRPC clients call StreamGenerate.
+        """
+
+    @_abc_1.abstractmethod
+    def EditHttp(
+        self,
+        request: _image_service_pb2.EditHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+        the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+        one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+        form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+        {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+        It is Generate with source images and a mask: gRPC clients call Generate with `image`
+        and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+        `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+        `image_edit.completed`), one message per event. An error before the first event is an
+        HTTP error with the usual JSON body.
         """
 
     @_abc_1.abstractmethod

@@ -140,6 +140,26 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
    * @generated from field: optional int32 partial_images = 15;
    */
   partialImages?: number | undefined;
+
+  /**
+   * A mask for an edit: where it is fully transparent (alpha 0) the first image of `image`
+   * is edited; elsewhere it is kept. A PNG with an alpha channel, the size of the first
+   * image, as an `http(s)` URL or base64 (raw or `data:image/png;base64,`). Optional; needs
+   * `image`, and a model that takes masks (`masks` in `GET /api/models`); others refuse
+   * it with INVALID_ARGUMENT naming `mask`.
+   *
+   * @generated from field: string mask = 16;
+   */
+  mask: string;
+
+  /**
+   * How closely an edit keeps the style and features (faces) of its input images: `high`
+   * or `low`, for the models that list it (`input_fidelities` in `GET /api/models`).
+   * Optional; default: the model's own (`low` upstream). Needs `image`.
+   *
+   * @generated from field: string input_fidelity = 17;
+   */
+  inputFidelity: string;
 };
 
 /**
@@ -618,6 +638,26 @@ export declare type StreamGenerateHttpRequest = Message<"aigne.hub.v1.StreamGene
 export declare const StreamGenerateHttpRequestSchema: GenMessage<StreamGenerateHttpRequest>;
 
 /**
+ * EditHttpRequest carries the raw body of `POST /api/images/edits`.
+ *
+ * @generated from message aigne.hub.v1.EditHttpRequest
+ */
+export declare type EditHttpRequest = Message<"aigne.hub.v1.EditHttpRequest"> & {
+  /**
+   * The HTTP body: a multipart form or a JSON object, as its `content_type` says. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.EditHttpRequest.
+ * Use `create(EditHttpRequestSchema)` to create a new message.
+ */
+export declare const EditHttpRequestSchema: GenMessage<EditHttpRequest>;
+
+/**
  * GetImageRequest names a stored image and carries the signature of its URL.
  *
  * @generated from message aigne.hub.v1.GetImageRequest
@@ -912,6 +952,20 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
    * @generated from field: string default_response_format = 30;
    */
   defaultResponseFormat: string;
+
+  /**
+   * Whether edits of this model take a `mask`.
+   *
+   * @generated from field: bool masks = 31;
+   */
+  masks: boolean;
+
+  /**
+   * Accepted `input_fidelity` values for edits; empty when the model takes none.
+   *
+   * @generated from field: repeated string input_fidelities = 32;
+   */
+  inputFidelities: string[];
 };
 
 /**
@@ -1111,6 +1165,25 @@ export declare const ImageService: GenService<{
   streamGenerateHttp: {
     methodKind: "server_streaming";
     input: typeof StreamGenerateHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+   * the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+   * one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+   * form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+   * {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+   * It is Generate with source images and a mask: gRPC clients call Generate with `image`
+   * and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+   * `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+   * `image_edit.completed`), one message per event. An error before the first event is an
+   * HTTP error with the usual JSON body.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.EditHttp
+   */
+  editHttp: {
+    methodKind: "server_streaming";
+    input: typeof EditHttpRequestSchema;
     output: typeof HttpBodySchema;
   },
   /**
