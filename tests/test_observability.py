@@ -54,7 +54,7 @@ def test_request_id_travels_from_envoy_to_the_provider_and_back(
 
     line = request_line(provider_stack, request_id)
     image_bytes = len(base64.b64decode(answer.json()["data"][0]["b64_json"]))
-    assert line["method"] == "GenerateHttp" and line["door"] == "rest"
+    assert line["method"] == "GenerateOrStreamHttp" and line["door"] == "rest"
     assert line["status"] == "OK" and line["level"] == "info"
     assert (line["model"], line["served"], line["response_format"]) == (
         "gpt-image-2", "gpt-image-2", "b64_json")

@@ -198,10 +198,14 @@ def test_an_error_after_the_first_event_is_an_error_event(provider_stack: Stack,
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_generate_refuses_stream_true(provider_rest: httpx.Client, fakes) -> None:
-    body = assert_error(provider_rest.post("/api/images/generations", json={
-        "model": "gpt-image-2", "prompt": "x", "stream": True}), 400, "stream")
-    assert "generations:stream" in body["message"]
+def test_generate_refuses_stream_true(provider_rest: httpx.Client, provider_stub) -> None:
+    """Generate answers once; over REST `stream: true` streams OpenAI's way
+    (tests/test_openai_streams.py), but previews still need a stream."""
+    with pytest.raises(grpc.RpcError) as refused:
+        provider_stub.Generate(pb.GenerateRequest(model="gpt-image-2", prompt="x", stream=True),
+                               metadata=GRPC_AUTH, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "StreamGenerate" in (refused.value.details() or "")
     assert_error(provider_rest.post("/api/images/generations", json={
         "model": "gpt-image-2", "prompt": "x", "partial_images": 2}), 400, "partial_images")
 

@@ -21,11 +21,24 @@ type ImageServiceClient interface {
 	// Generate creates `n` images from a prompt, or edits the images given in `image`.
 	// The response metadata `x-model-served` names the model that produced the images.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error)
-	// GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-	// GenerateRequest; its answer is the JSON form of a GenerateResponse
-	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
+	// GenerateHttp was the REST door of Generate until the door had to stream too (see
+	// GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+	// no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+	// GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+	// `b64_json` standard base64). gRPC clients call Generate.
 	GenerateHttp(ctx context.Context, in *GenerateHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+	// body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+	// message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+	// base64), image bytes encoded once by the server and passed through Envoy untouched.
+	// With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+	// OpenAI sends them, one message per event: `image_generation.partial_image` and
+	// `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+	// `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. It streams because one path must
+	// answer both ways (an RPC cannot become streaming without breaking its clients, so this
+	// RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+	GenerateOrStreamHttp(ctx context.Context, in *GenerateOrStreamHttpRequest, opts ...grpc.CallOption) (ImageService_GenerateOrStreamHttpClient, error)
 	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
 	// accepted (and every few seconds while nothing else happens), `partial_image` events
 	// where the upstream model streams previews (gpt-image models, when the request asks
@@ -90,8 +103,40 @@ func (c *imageServiceClient) GenerateHttp(ctx context.Context, in *GenerateHttpR
 	return out, nil
 }
 
+func (c *imageServiceClient) GenerateOrStreamHttp(ctx context.Context, in *GenerateOrStreamHttpRequest, opts ...grpc.CallOption) (ImageService_GenerateOrStreamHttpClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[0], "/aigne.hub.v1.ImageService/GenerateOrStreamHttp", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceGenerateOrStreamHttpClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_GenerateOrStreamHttpClient interface {
+	Recv() (*httpbody.HttpBody, error)
+	grpc.ClientStream
+}
+
+type imageServiceGenerateOrStreamHttpClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceGenerateOrStreamHttpClient) Recv() (*httpbody.HttpBody, error) {
+	m := new(httpbody.HttpBody)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *imageServiceClient) StreamGenerate(ctx context.Context, in *StreamGenerateRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[0], "/aigne.hub.v1.ImageService/StreamGenerate", opts...)
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[1], "/aigne.hub.v1.ImageService/StreamGenerate", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +168,7 @@ func (x *imageServiceStreamGenerateClient) Recv() (*StreamGenerateResponse, erro
 }
 
 func (c *imageServiceClient) StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[1], "/aigne.hub.v1.ImageService/StreamGenerateHttp", opts...)
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[2], "/aigne.hub.v1.ImageService/StreamGenerateHttp", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +200,7 @@ func (x *imageServiceStreamGenerateHttpClient) Recv() (*httpbody.HttpBody, error
 }
 
 func (c *imageServiceClient) EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[2], "/aigne.hub.v1.ImageService/EditHttp", opts...)
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[3], "/aigne.hub.v1.ImageService/EditHttp", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -211,11 +256,24 @@ type ImageServiceServer interface {
 	// Generate creates `n` images from a prompt, or edits the images given in `image`.
 	// The response metadata `x-model-served` names the model that produced the images.
 	Generate(context.Context, *GenerateRequest) (*GenerateResponse, error)
-	// GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-	// GenerateRequest; its answer is the JSON form of a GenerateResponse
-	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
+	// GenerateHttp was the REST door of Generate until the door had to stream too (see
+	// GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+	// no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+	// GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+	// `b64_json` standard base64). gRPC clients call Generate.
 	GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error)
+	// GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+	// body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+	// message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+	// base64), image bytes encoded once by the server and passed through Envoy untouched.
+	// With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+	// OpenAI sends them, one message per event: `image_generation.partial_image` and
+	// `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+	// `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. It streams because one path must
+	// answer both ways (an RPC cannot become streaming without breaking its clients, so this
+	// RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+	GenerateOrStreamHttp(*GenerateOrStreamHttpRequest, ImageService_GenerateOrStreamHttpServer) error
 	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
 	// accepted (and every few seconds while nothing else happens), `partial_image` events
 	// where the upstream model streams previews (gpt-image models, when the request asks
@@ -264,6 +322,9 @@ func (UnimplementedImageServiceServer) Generate(context.Context, *GenerateReques
 }
 func (UnimplementedImageServiceServer) GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GenerateHttp not implemented")
+}
+func (UnimplementedImageServiceServer) GenerateOrStreamHttp(*GenerateOrStreamHttpRequest, ImageService_GenerateOrStreamHttpServer) error {
+	return status.Errorf(codes.Unimplemented, "method GenerateOrStreamHttp not implemented")
 }
 func (UnimplementedImageServiceServer) StreamGenerate(*StreamGenerateRequest, ImageService_StreamGenerateServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamGenerate not implemented")
@@ -327,6 +388,27 @@ func _ImageService_GenerateHttp_Handler(srv interface{}, ctx context.Context, de
 		return srv.(ImageServiceServer).GenerateHttp(ctx, req.(*GenerateHttpRequest))
 	}
 	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageService_GenerateOrStreamHttp_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GenerateOrStreamHttpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).GenerateOrStreamHttp(m, &imageServiceGenerateOrStreamHttpServer{stream})
+}
+
+type ImageService_GenerateOrStreamHttpServer interface {
+	Send(*httpbody.HttpBody) error
+	grpc.ServerStream
+}
+
+type imageServiceGenerateOrStreamHttpServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceGenerateOrStreamHttpServer) Send(m *httpbody.HttpBody) error {
+	return x.ServerStream.SendMsg(m)
 }
 
 func _ImageService_StreamGenerate_Handler(srv interface{}, stream grpc.ServerStream) error {
@@ -450,6 +532,11 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "GenerateOrStreamHttp",
+			Handler:       _ImageService_GenerateOrStreamHttp_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "StreamGenerate",
 			Handler:       _ImageService_StreamGenerate_Handler,

@@ -88,8 +88,9 @@ class GenerateRequest(_message.Message):
     """An id for the end user, recorded with usage. Optional."""
     stream: _builtins.bool
     """Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
-    Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
-    stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+    The REST doors `POST /api/images/generations` and `/api/images/edits` then answer
+    OpenAI's image stream events, and StreamGenerate streams as always; Generate refuses
+    `true` with INVALID_ARGUMENT naming the streaming call.
     """
     partial_images: _builtins.int
     """How many partial images (previews) to stream for each image, 0 to 3. Optional;
@@ -309,7 +310,7 @@ Global___TokenDetails: _TypeAlias = TokenDetails  # noqa: Y015
 
 @_typing.final
 class GenerateHttpRequest(_message.Message):
-    """GenerateHttpRequest carries the raw JSON body of `POST /api/images/generations`."""
+    """GenerateHttpRequest carries the raw JSON body of a generation (GenerateHttp)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -330,6 +331,30 @@ class GenerateHttpRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateHttpRequest: _TypeAlias = GenerateHttpRequest  # noqa: Y015
+
+@_typing.final
+class GenerateOrStreamHttpRequest(_message.Message):
+    """GenerateOrStreamHttpRequest carries the raw JSON body of `POST /api/images/generations`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a GenerateRequest in its JSON form. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateOrStreamHttpRequest: _TypeAlias = GenerateOrStreamHttpRequest  # noqa: Y015
 
 @_typing.final
 class StreamGenerateRequest(_message.Message):

@@ -34,8 +34,9 @@ class ImageServiceStub:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -62,6 +63,11 @@ class ImageServiceStub:
         self.GenerateHttp = channel.unary_unary(
                 '/aigne.hub.v1.ImageService/GenerateHttp',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GenerateOrStreamHttp = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/GenerateOrStreamHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.StreamGenerate = channel.unary_stream(
@@ -99,8 +105,9 @@ class ImageServiceServicer:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -122,10 +129,28 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateHttp(self, request, context):
-        """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-        GenerateRequest; its answer is the JSON form of a GenerateResponse
-        (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-        by the server, and pass through Envoy untouched. gRPC clients call Generate.
+        """GenerateHttp was the REST door of Generate until the door had to stream too (see
+        GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+        no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+        GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+        `b64_json` standard base64). gRPC clients call Generate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateOrStreamHttp(self, request, context):
+        """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+        body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+        message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+        base64), image bytes encoded once by the server and passed through Envoy untouched.
+        With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+        OpenAI sends them, one message per event: `image_generation.partial_image` and
+        `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+        `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. It streams because one path must
+        answer both ways (an RPC cannot become streaming without breaking its clients, so this
+        RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +230,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
+            'GenerateOrStreamHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateOrStreamHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'StreamGenerate': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamGenerate,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.FromString,
@@ -246,8 +276,9 @@ class ImageService:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -303,6 +334,33 @@ class ImageService:
             target,
             '/aigne.hub.v1.ImageService/GenerateHttp',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateOrStreamHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/GenerateOrStreamHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

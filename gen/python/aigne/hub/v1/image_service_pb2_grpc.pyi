@@ -35,8 +35,9 @@ class ImageServiceStub:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -58,10 +59,24 @@ class ImageServiceStub:
     The response metadata `x-model-served` names the model that produced the images.
     """
     GenerateHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GenerateHttpRequest, _httpbody_pb2.HttpBody]
-    """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-    GenerateRequest; its answer is the JSON form of a GenerateResponse
-    (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-    by the server, and pass through Envoy untouched. gRPC clients call Generate.
+    """GenerateHttp was the REST door of Generate until the door had to stream too (see
+    GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+    no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+    GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+    `b64_json` standard base64). gRPC clients call Generate.
+    """
+    GenerateOrStreamHttp: _grpc.UnaryStreamMultiCallable[_image_service_pb2.GenerateOrStreamHttpRequest, _httpbody_pb2.HttpBody]
+    """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+    body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+    message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+    base64), image bytes encoded once by the server and passed through Envoy untouched.
+    With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+    OpenAI sends them, one message per event: `image_generation.partial_image` and
+    `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+    `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. It streams because one path must
+    answer both ways (an RPC cannot become streaming without breaking its clients, so this
+    RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
     """
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]
     """StreamGenerate is Generate told as it happens: a `progress` event once the request is
@@ -114,8 +129,9 @@ class ImageServiceAsyncStub(ImageServiceStub):
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -134,10 +150,24 @@ class ImageServiceAsyncStub(ImageServiceStub):
     The response metadata `x-model-served` names the model that produced the images.
     """
     GenerateHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GenerateHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
-    """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-    GenerateRequest; its answer is the JSON form of a GenerateResponse
-    (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-    by the server, and pass through Envoy untouched. gRPC clients call Generate.
+    """GenerateHttp was the REST door of Generate until the door had to stream too (see
+    GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+    no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+    GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+    `b64_json` standard base64). gRPC clients call Generate.
+    """
+    GenerateOrStreamHttp: _aio.UnaryStreamMultiCallable[_image_service_pb2.GenerateOrStreamHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+    body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+    message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+    base64), image bytes encoded once by the server and passed through Envoy untouched.
+    With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+    OpenAI sends them, one message per event: `image_generation.partial_image` and
+    `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+    `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. It streams because one path must
+    answer both ways (an RPC cannot become streaming without breaking its clients, so this
+    RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
     """
     StreamGenerate: _aio.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]  # type: ignore[assignment]
     """StreamGenerate is Generate told as it happens: a `progress` event once the request is
@@ -189,8 +219,9 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -219,10 +250,30 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _image_service_pb2.GenerateHttpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
-        """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-        GenerateRequest; its answer is the JSON form of a GenerateResponse
-        (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-        by the server, and pass through Envoy untouched. gRPC clients call Generate.
+        """GenerateHttp was the REST door of Generate until the door had to stream too (see
+        GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+        no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+        GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+        `b64_json` standard base64). gRPC clients call Generate.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateOrStreamHttp(
+        self,
+        request: _image_service_pb2.GenerateOrStreamHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+        body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+        message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+        base64), image bytes encoded once by the server and passed through Envoy untouched.
+        With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+        OpenAI sends them, one message per event: `image_generation.partial_image` and
+        `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+        `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. It streams because one path must
+        answer both ways (an RPC cannot become streaming without breaking its clients, so this
+        RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
         """
 
     @_abc_1.abstractmethod

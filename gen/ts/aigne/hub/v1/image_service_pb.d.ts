@@ -125,8 +125,9 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
 
   /**
    * Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
-   * Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
-   * stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+   * The REST doors `POST /api/images/generations` and `/api/images/edits` then answer
+   * OpenAI's image stream events, and StreamGenerate streams as always; Generate refuses
+   * `true` with INVALID_ARGUMENT naming the streaming call.
    *
    * @generated from field: optional bool stream = 14;
    */
@@ -338,7 +339,7 @@ export declare type TokenDetails = Message<"aigne.hub.v1.TokenDetails"> & {
 export declare const TokenDetailsSchema: GenMessage<TokenDetails>;
 
 /**
- * GenerateHttpRequest carries the raw JSON body of `POST /api/images/generations`.
+ * GenerateHttpRequest carries the raw JSON body of a generation (GenerateHttp).
  *
  * @generated from message aigne.hub.v1.GenerateHttpRequest
  */
@@ -356,6 +357,26 @@ export declare type GenerateHttpRequest = Message<"aigne.hub.v1.GenerateHttpRequ
  * Use `create(GenerateHttpRequestSchema)` to create a new message.
  */
 export declare const GenerateHttpRequestSchema: GenMessage<GenerateHttpRequest>;
+
+/**
+ * GenerateOrStreamHttpRequest carries the raw JSON body of `POST /api/images/generations`.
+ *
+ * @generated from message aigne.hub.v1.GenerateOrStreamHttpRequest
+ */
+export declare type GenerateOrStreamHttpRequest = Message<"aigne.hub.v1.GenerateOrStreamHttpRequest"> & {
+  /**
+   * The HTTP body: a GenerateRequest in its JSON form. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.GenerateOrStreamHttpRequest.
+ * Use `create(GenerateOrStreamHttpRequestSchema)` to create a new message.
+ */
+export declare const GenerateOrStreamHttpRequestSchema: GenMessage<GenerateOrStreamHttpRequest>;
 
 /**
  * StreamGenerateRequest asks for a generation whose progress is streamed.
@@ -1094,8 +1115,9 @@ export declare const SizeRuleSchema: GenMessage<SizeRule>;
  * - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
  * - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
  *   JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
- *   mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
- *   encodes from those same messages.
+ *   mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+ *   is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+ *   messages.
  *
  * Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
  * and, for a bad field, google.rpc.BadRequest naming the field.
@@ -1122,16 +1144,37 @@ export declare const ImageService: GenService<{
     output: typeof GenerateResponseSchema;
   },
   /**
-   * GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-   * GenerateRequest; its answer is the JSON form of a GenerateResponse
-   * (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-   * by the server, and pass through Envoy untouched. gRPC clients call Generate.
+   * GenerateHttp was the REST door of Generate until the door had to stream too (see
+   * GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+   * no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+   * GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+   * `b64_json` standard base64). gRPC clients call Generate.
    *
    * @generated from rpc aigne.hub.v1.ImageService.GenerateHttp
    */
   generateHttp: {
     methodKind: "unary";
     input: typeof GenerateHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+   * body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+   * message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+   * base64), image bytes encoded once by the server and passed through Envoy untouched.
+   * With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+   * OpenAI sends them, one message per event: `image_generation.partial_image` and
+   * `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+   * `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+   * after it, an `error` event whose data is that body. It streams because one path must
+   * answer both ways (an RPC cannot become streaming without breaking its clients, so this
+   * RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.GenerateOrStreamHttp
+   */
+  generateOrStreamHttp: {
+    methodKind: "server_streaming";
+    input: typeof GenerateOrStreamHttpRequestSchema;
     output: typeof HttpBodySchema;
   },
   /**
