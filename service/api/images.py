@@ -15,7 +15,7 @@ from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service.api import openai_streams, streams
 from service.api.listing import ModelListing
 from service.contract import json_codec
-from service.contract.edits import edit_request
+from service.contract.edits import edit_request, variation_request
 from service.contract.images import generate_response, image_request, response_and_payloads
 from service.generation.pipeline import Pipeline
 from service.generation.request import Answer, ImageRequest
@@ -70,6 +70,14 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         async for chunk in self._openai_answer(asked, edit=True):
             yield chunk
 
+    async def VariationHttp(self, request: pb.VariationHttpRequest,  # type: ignore[override]
+                            context: object) -> wire.Wire:
+        """OpenAI's `POST /images/variations`: an edit of one image with a fixed prompt."""
+        asked = variation_request(request.body.content_type, request.body.data)
+        answer = await self._pipeline.generate(current_call(), asked,
+                                               refuse_streams=OPENAI_STREAM)
+        return wire.rest_answer(*response_and_payloads(answer))
+
     async def _openai_answer(self, asked: ImageRequest, *, edit: bool
                              ) -> AsyncIterator[wire.Wire | httpbody_pb2.HttpBody]:
         call = current_call()
@@ -118,3 +126,6 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: object) -> pb.ListModelsResponse:
         return await self._listing.answer()
+
+    async def GetModel(self, request: pb.GetModelRequest, context: object) -> pb.Model:
+        return await self._listing.one(request.id)

@@ -26,6 +26,10 @@ class ModelListing:
         return pb.ListModelsResponse(object="list",
                                      data=[self._model(s, deployments) for s in specs])
 
+    async def one(self, name: str) -> pb.Model:
+        """The listing's entry for `name`; NotFound naming `model` when it is no model here."""
+        return self._model(self._registry.get(name), await self._router.deployments())
+
     def _model(self, spec: ModelSpec, deployments: list[Deployment]) -> pb.Model:
         try:
             route: Route | None = self._registry.route(spec.name)

@@ -41,7 +41,7 @@ PUBLIC_METHODS = frozenset({
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
 GENERATIONS = ("Generate", "GenerateHttp", "GenerateOrStreamHttp", "StreamGenerate",
-               "StreamGenerateHttp", "EditHttp")
+               "StreamGenerateHttp", "EditHttp", "VariationHttp")
 METERED_METHODS = frozenset({
     *(f"/{SERVICE_NAME}/{m}" for m in GENERATIONS),
     f"/{JOB_SERVICE}/CreateJob", f"/{JOB_SERVICE}/CreateJobHttp",  # failures; jobs record

@@ -1,4 +1,5 @@
-"""`POST /api/images/edits` as OpenAI defines it, read into the pipeline's ImageRequest.
+"""`POST /api/images/edits` (and `/variations`) as OpenAI defines them, read into the
+pipeline's ImageRequest.
 
 Two bodies are accepted, as OpenAI's API takes them:
 - `multipart/form-data`: files `image` or `image[]` (one to 16), an optional file `mask`,
@@ -31,6 +32,10 @@ MAX_PARTS = 64
 FILE_FIELDS = ("image", "image[]", "mask")
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 NOT_FORM_FIELDS = ("image", "mask")  # GenerateRequest fields an edit gives as files
+# OpenAI's variation fields; others are ignored, as unknown JSON fields are.
+VARIATION_FIELDS = ("image", "image[]", "model", "n", "size", "response_format", "user")
+VARIATION_PROMPT = ("A variation of this image: the same subject, composition and style, "
+                    "with new details.")
 
 
 @dataclass
@@ -55,6 +60,20 @@ def edit_request(content_type: str, body: bytes) -> ImageRequest:
         return _from_form([Part(k, None, "", v.encode()) for k, v in pairs])
     raise InvalidArgument(f"POST /images/edits takes multipart/form-data or application/json, "
                           f"not {kind}", reason="UNSUPPORTED_CONTENT_TYPE")
+
+
+def variation_request(content_type: str, body: bytes) -> ImageRequest:
+    """A variation (`POST /images/variations`): one image, edited with VARIATION_PROMPT."""
+    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+        raise InvalidArgument("POST /images/variations takes multipart/form-data",
+                              reason="UNSUPPORTED_CONTENT_TYPE")
+    parts = [p for p in read_form(content_type, body) if p.name in VARIATION_FIELDS]
+    asked = _from_form(parts)
+    if len(asked.image) > 1:
+        raise InvalidArgument("a variation takes one image", param="image",
+                              reason="TOO_MANY_IMAGES")
+    return replace(asked, prompt=VARIATION_PROMPT, variation=True,
+                   fingerprint=fingerprint("variation", asked.fingerprint.encode()))
 
 
 def read_form(content_type: str, body: bytes) -> list[Part]:

@@ -30,6 +30,7 @@ class ImageRequest:
     partial_images: int | None = None
     mask: str | bytes | None = None  # as `image`; None: no mask
     input_fidelity: str = ""
+    variation: bool = False  # `POST /images/variations`: a model that cannot edit names `model`
     fingerprint: str = ""
 
 

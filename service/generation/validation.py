@@ -185,6 +185,10 @@ def _image_sources(request: ImageRequest, spec: ModelSpec) -> tuple[str | bytes,
     sources = tuple(request.image)
     if not sources:
         return ()
+    if not spec.edits and request.variation:
+        raise InvalidArgument(f"{spec.name} cannot make variations (it cannot edit images); "
+                              "name a model with edits: true in GET /api/models",
+                              param="model", reason="UNSUPPORTED_VALUE")
     if not spec.edits:
         raise InvalidArgument(f"{spec.name} cannot edit images; leave image out",
                               param="image", reason="UNSUPPORTED_VALUE")

@@ -67,6 +67,15 @@ type ImageServiceClient interface {
 	// `image_edit.completed`), one message per event. An error before the first event is an
 	// HTTP error with the usual JSON body.
 	EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error)
+	// VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+	// SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+	// the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+	// edit of that image with a fixed prompt, so it is served by a model that can edit
+	// (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+	// OpenAI provider is configured, else the local renderer); a model that cannot edit is
+	// refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+	// clients call Generate with `image` and a prompt of their own.
+	VariationHttp(ctx context.Context, in *VariationHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -75,6 +84,10 @@ type ImageServiceClient interface {
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
 	// is also what the openai SDKs' `models.list()` reads.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
+	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error)
 }
 
 type imageServiceClient struct {
@@ -231,6 +244,15 @@ func (x *imageServiceEditHttpClient) Recv() (*httpbody.HttpBody, error) {
 	return m, nil
 }
 
+func (c *imageServiceClient) VariationHttp(ctx context.Context, in *VariationHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/VariationHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
 	out := new(httpbody.HttpBody)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetImage", in, out, opts...)
@@ -243,6 +265,15 @@ func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, 
 func (c *imageServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
 	out := new(ListModelsResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageServiceClient) GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error) {
+	out := new(Model)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetModel", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -302,6 +333,15 @@ type ImageServiceServer interface {
 	// `image_edit.completed`), one message per event. An error before the first event is an
 	// HTTP error with the usual JSON body.
 	EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error
+	// VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+	// SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+	// the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+	// edit of that image with a fixed prompt, so it is served by a model that can edit
+	// (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+	// OpenAI provider is configured, else the local renderer); a model that cannot edit is
+	// refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+	// clients call Generate with `image` and a prompt of their own.
+	VariationHttp(context.Context, *VariationHttpRequest) (*httpbody.HttpBody, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -310,6 +350,10 @@ type ImageServiceServer interface {
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
 	// is also what the openai SDKs' `models.list()` reads.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
+	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	GetModel(context.Context, *GetModelRequest) (*Model, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -335,11 +379,17 @@ func (UnimplementedImageServiceServer) StreamGenerateHttp(*StreamGenerateHttpReq
 func (UnimplementedImageServiceServer) EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error {
 	return status.Errorf(codes.Unimplemented, "method EditHttp not implemented")
 }
+func (UnimplementedImageServiceServer) VariationHttp(context.Context, *VariationHttpRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VariationHttp not implemented")
+}
 func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetImage not implemented")
 }
 func (UnimplementedImageServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedImageServiceServer) GetModel(context.Context, *GetModelRequest) (*Model, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetModel not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 
@@ -474,6 +524,24 @@ func (x *imageServiceEditHttpServer) Send(m *httpbody.HttpBody) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _ImageService_VariationHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VariationHttpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).VariationHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/VariationHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).VariationHttp(ctx, req.(*VariationHttpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ImageService_GetImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetImageRequest)
 	if err := dec(in); err != nil {
@@ -510,6 +578,24 @@ func _ImageService_ListModels_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_GetModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).GetModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/GetModel",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).GetModel(ctx, req.(*GetModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ImageService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.ImageService",
 	HandlerType: (*ImageServiceServer)(nil),
@@ -523,12 +609,20 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _ImageService_GenerateHttp_Handler,
 		},
 		{
+			MethodName: "VariationHttp",
+			Handler:    _ImageService_VariationHttp_Handler,
+		},
+		{
 			MethodName: "GetImage",
 			Handler:    _ImageService_GetImage_Handler,
 		},
 		{
 			MethodName: "ListModels",
 			Handler:    _ImageService_ListModels_Handler,
+		},
+		{
+			MethodName: "GetModel",
+			Handler:    _ImageService_GetModel_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

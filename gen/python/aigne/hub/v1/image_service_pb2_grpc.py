@@ -85,6 +85,11 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.VariationHttp = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/VariationHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetImage = channel.unary_unary(
                 '/aigne.hub.v1.ImageService/GetImage',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.SerializeToString,
@@ -94,6 +99,11 @@ class ImageServiceStub:
                 '/aigne.hub.v1.ImageService/ListModels',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/GetModel',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
                 _registered_method=True)
 
 
@@ -199,6 +209,20 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VariationHttp(self, request, context):
+        """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+        SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+        the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+        edit of that image with a fixed prompt, so it is served by a model that can edit
+        (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+        OpenAI provider is configured, else the local renderer); a model that cannot edit is
+        refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+        clients call Generate with `image` and a prompt of their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImage(self, request, context):
         """GetImage serves a stored image by the signed URL a `url` answer gave out.
         It needs no API key: the signature is the capability. The answer carries the
@@ -212,6 +236,15 @@ class ImageServiceServicer:
         """ListModels lists every model name this server knows, with its capabilities, its
         upstream lifecycle, and whether its provider is configured here. Over REST the answer
         is also what the openai SDKs' `models.list()` reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+        answers the Model itself (AIP-131), as `models.retrieve` expects it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +283,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
+            'VariationHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.VariationHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'GetImage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImage,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetImageRequest.FromString,
@@ -259,6 +297,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.FromString,
+                    response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +497,33 @@ class ImageService:
             _registered_method=True)
 
     @staticmethod
+    def VariationHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/VariationHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetImage(request,
             target,
             options=(),
@@ -497,6 +567,33 @@ class ImageService:
             '/aigne.hub.v1.ImageService/ListModels',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/GetModel',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

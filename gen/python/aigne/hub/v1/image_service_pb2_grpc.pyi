@@ -109,6 +109,16 @@ class ImageServiceStub:
     `image_edit.completed`), one message per event. An error before the first event is an
     HTTP error with the usual JSON body.
     """
+    VariationHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.VariationHttpRequest, _httpbody_pb2.HttpBody]
+    """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+    SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+    the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+    edit of that image with a fixed prompt, so it is served by a model that can edit
+    (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+    OpenAI provider is configured, else the local renderer); a model that cannot edit is
+    refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+    clients call Generate with `image` and a prompt of their own.
+    """
     GetImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -118,6 +128,11 @@ class ImageServiceStub:
     """ListModels lists every model name this server knows, with its capabilities, its
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
     is also what the openai SDKs' `models.list()` reads.
+    """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]
+    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+    answers the Model itself (AIP-131), as `models.retrieve` expects it.
     """
 
 @_typing.type_check_only
@@ -200,6 +215,16 @@ class ImageServiceAsyncStub(ImageServiceStub):
     `image_edit.completed`), one message per event. An error before the first event is an
     HTTP error with the usual JSON body.
     """
+    VariationHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.VariationHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+    SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+    the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+    edit of that image with a fixed prompt, so it is served by a model that can edit
+    (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+    OpenAI provider is configured, else the local renderer); a model that cannot edit is
+    refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+    clients call Generate with `image` and a prompt of their own.
+    """
     GetImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -209,6 +234,11 @@ class ImageServiceAsyncStub(ImageServiceStub):
     """ListModels lists every model name this server knows, with its capabilities, its
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
     is also what the openai SDKs' `models.list()` reads.
+    """
+    GetModel: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]  # type: ignore[assignment]
+    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+    answers the Model itself (AIP-131), as `models.retrieve` expects it.
     """
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -326,6 +356,22 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def VariationHttp(
+        self,
+        request: _image_service_pb2.VariationHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+        SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+        the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+        edit of that image with a fixed prompt, so it is served by a model that can edit
+        (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+        OpenAI provider is configured, else the local renderer); a model that cannot edit is
+        refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+        clients call Generate with `image` and a prompt of their own.
+        """
+
+    @_abc_1.abstractmethod
     def GetImage(
         self,
         request: _image_service_pb2.GetImageRequest,
@@ -345,6 +391,17 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListModels lists every model name this server knows, with its capabilities, its
         upstream lifecycle, and whether its provider is configured here. Over REST the answer
         is also what the openai SDKs' `models.list()` reads.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _image_service_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_image_service_pb2.Model, _abc.Awaitable[_image_service_pb2.Model]]:
+        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+        answers the Model itself (AIP-131), as `models.retrieve` expects it.
         """
 
 def add_ImageServiceServicer_to_server(servicer: ImageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

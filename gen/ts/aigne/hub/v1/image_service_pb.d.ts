@@ -679,6 +679,46 @@ export declare type EditHttpRequest = Message<"aigne.hub.v1.EditHttpRequest"> & 
 export declare const EditHttpRequestSchema: GenMessage<EditHttpRequest>;
 
 /**
+ * VariationHttpRequest carries the raw body of `POST /api/images/variations`.
+ *
+ * @generated from message aigne.hub.v1.VariationHttpRequest
+ */
+export declare type VariationHttpRequest = Message<"aigne.hub.v1.VariationHttpRequest"> & {
+  /**
+   * The HTTP body: a multipart form, as its `content_type` says. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.VariationHttpRequest.
+ * Use `create(VariationHttpRequestSchema)` to create a new message.
+ */
+export declare const VariationHttpRequestSchema: GenMessage<VariationHttpRequest>;
+
+/**
+ * GetModelRequest names one model.
+ *
+ * @generated from message aigne.hub.v1.GetModelRequest
+ */
+export declare type GetModelRequest = Message<"aigne.hub.v1.GetModelRequest"> & {
+  /**
+   * The model's name, as clients send it in `model`, e.g. `gpt-image-2`. Required.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message aigne.hub.v1.GetModelRequest.
+ * Use `create(GetModelRequestSchema)` to create a new message.
+ */
+export declare const GetModelRequestSchema: GenMessage<GetModelRequest>;
+
+/**
  * GetImageRequest names a stored image and carries the signature of its URL.
  *
  * @generated from message aigne.hub.v1.GetImageRequest
@@ -1230,6 +1270,23 @@ export declare const ImageService: GenService<{
     output: typeof HttpBodySchema;
   },
   /**
+   * VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+   * SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+   * the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+   * edit of that image with a fixed prompt, so it is served by a model that can edit
+   * (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+   * OpenAI provider is configured, else the local renderer); a model that cannot edit is
+   * refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+   * clients call Generate with `image` and a prompt of their own.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.VariationHttp
+   */
+  variationHttp: {
+    methodKind: "unary";
+    input: typeof VariationHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * GetImage serves a stored image by the signed URL a `url` answer gave out.
    * It needs no API key: the signature is the capability. The answer carries the
    * image bytes with their `Content-Type`.
@@ -1252,6 +1309,18 @@ export declare const ImageService: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * GetModel describes one model name as ListModels does; over REST it is what the `openai`
+   * SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+   * answers the Model itself (AIP-131), as `models.retrieve` expects it.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.GetModel
+   */
+  getModel: {
+    methodKind: "unary";
+    input: typeof GetModelRequestSchema;
+    output: typeof ModelSchema;
   },
 }>;
 
