@@ -14,6 +14,7 @@ is an InvalidArgument naming the field.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,6 +27,9 @@ from service.contract import json_codec
 from service.contract.images import fingerprint, image_request
 from service.errors import InvalidArgument
 from service.generation.request import ImageRequest
+
+# The parser logs each malformed body at WARNING before it raises; the client's 400 says it.
+logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 
 MAX_IMAGES = 16
 MAX_PARTS = 64
@@ -174,10 +178,7 @@ def _text(part: Part) -> Any:
 def _from_json(obj: dict[str, Any]) -> ImageRequest:
     images = tuple(_image_url(item, f"images[{i}]")
                    for i, item in enumerate(_list(obj.pop("images", None))))
-    if "image" in obj:  # the generations door's field: kept working here too
-        extra = obj.pop("image")
-        images += tuple(extra) if isinstance(extra, list) else (extra,)
-    mask = obj.pop("mask", None)
+    mask = obj.pop("mask", None)  # (`image`, the generations door's field, is read too)
     return _request(obj, images, None if mask is None else _image_url(mask, "mask"),
                     files=False)
 
@@ -193,6 +194,8 @@ def _list(value: Any) -> list[Any]:
 
 def _image_url(item: Any, where: str) -> str:
     param = "mask" if where == "mask" else "images"
+    if isinstance(item, str) and item.strip():  # the plain form GenerateRequest takes
+        return item
     if isinstance(item, dict) and item.get("file_id") is not None:
         raise InvalidArgument(f"{where}.file_id is not supported here (this server keeps no "
                               "files); send image_url: an http(s) URL or a data URL",
@@ -206,6 +209,8 @@ def _image_url(item: Any, where: str) -> str:
 
 def _request(fields: dict[str, Any], images: tuple[str | bytes, ...],
              mask: str | bytes | None, *, files: bool) -> ImageRequest:
+    message = json_codec.from_object(fields, pb.GenerateRequest)
+    images += tuple(message.image)
     if not images:
         raise InvalidArgument("image is required: give one to 16 source images"
                               + (" as files `image` or `image[]`" if files else
@@ -214,7 +219,6 @@ def _request(fields: dict[str, Any], images: tuple[str | bytes, ...],
     if len(images) > MAX_IMAGES:
         raise InvalidArgument(f"at most {MAX_IMAGES} images; got {len(images)}", param="image",
                               reason="TOO_MANY_IMAGES")
-    message = json_codec.from_object(fields, pb.GenerateRequest)
     asked = image_request(message)
     same = pb.GenerateRequest()
     same.CopyFrom(message)
