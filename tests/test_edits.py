@@ -139,6 +139,9 @@ def test_gemini_refuses_a_mask_naming_mask(provider_stack: Stack, fakes) -> None
     (b'{"prompt": "x", "images": [{"image_url": "data:image/png;base64,AAAA"}], '
      b'"mask": {"file_id": "file-1"}}', "application/json", "mask", "unsupported_value"),
     (b'{"prompt": "x", "images": "nope"}', "application/json", "images", "invalid_type"),
+    (b'{"prompt": "x", "image": 5}', "application/json", "image", "invalid_type"),
+    (b'{"prompt": "x", "images": [{"image_url": 5}]}', "application/json", "images",
+     "invalid_type"),
     (b"{not json", "application/json", None, "invalid_json"),
     (b"prompt=x", "text/plain", None, "unsupported_content_type"),
 ])
