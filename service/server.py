@@ -65,7 +65,6 @@ from service.routing.policy import routing_policy
 from service.routing.router import Router
 from service.routing.secretbox import SecretBox
 from service.rpc.interceptor import HubInterceptor
-from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
@@ -207,10 +206,9 @@ async def build_parts(settings: Settings) -> Parts:
                         fan_out_concurrency=settings.fan_out_concurrency)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage)
-    housekeeping = Housekeeping([Sweep("quota reservations", RESERVATION_SWEEP_SECONDS,
-                                       quotas.sweep),
-                                 Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
-                                       idempotency.sweep)])
+    housekeeping = Housekeeping([
+        Sweep("quota reservations", RESERVATION_SWEEP_SECONDS, quotas.sweep),
+        Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS, idempotency.sweep)])
     return Parts(database, writer, keys, KeyCache(keys, settings.db_url, database), registry,
                  metrics, admission, deployments, router,
                  await choose_default_model(settings, registry, router), loader, quotas,
@@ -264,9 +262,8 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
     assert settings.webhook_secret is not None
     webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
                         settings.webhook_url_hosts, settings.webhook_timeout_seconds)
-    signer: UrlSigner = storage.urls
     jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
-                signer=signer, concurrency=settings.job_concurrency,
+                signer=storage.urls, concurrency=settings.job_concurrency,
                 lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
                 max_attempts=settings.job_max_attempts,
                 run_seconds=settings.request_timeout_seconds,

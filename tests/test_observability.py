@@ -54,7 +54,7 @@ def test_request_id_travels_from_envoy_to_the_provider_and_back(
 
     line = request_line(provider_stack, request_id)
     image_bytes = len(base64.b64decode(answer.json()["data"][0]["b64_json"]))
-    assert line["method"] == "GenerateHttp" and line["door"] == "rest"
+    assert line["method"] == "GenerateOrStreamHttp" and line["door"] == "rest"
     assert line["status"] == "OK" and line["level"] == "info"
     assert (line["model"], line["served"], line["response_format"]) == (
         "gpt-image-2", "gpt-image-2", "b64_json")
@@ -124,10 +124,12 @@ def test_metrics_count_requests_latency_images_and_upstream_errors(
     sizes = sum(len(base64.b64decode(d["b64_json"])) for d in answer.json()["data"])
     rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x", "n": 11})
     fakes[0].script("generations", error(500, "boom", kind="server_error"))
-    assert rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"}).status_code == 200
+    assert rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x",
+                                        "response_format": "url"}).status_code == 200
     with grpc.insecure_channel(provider_stack.server_target) as channel:
         image_service_pb2_grpc.ImageServiceStub(channel).Generate(
-            pb.GenerateRequest(model="gpt-image-2", prompt="x"), metadata=GRPC_AUTH, timeout=30)
+            pb.GenerateRequest(model="gpt-image-2", prompt="x", response_format="url"),
+            metadata=GRPC_AUTH, timeout=30)
 
     assert m("aigne_hub_requests_total", **ok) == before["ok"] + 2
     assert m("aigne_hub_requests_total", door="grpc", model="gpt-image-2") == before["grpc"] + 1

@@ -40,6 +40,7 @@ def image_request(request: pb.GenerateRequest) -> ImageRequest:
         background=request.background, moderation=request.moderation, user=request.user,
         stream=request.stream,
         partial_images=request.partial_images if request.HasField("partial_images") else None,
+        mask=request.mask or None, input_fidelity=request.input_fidelity,
         fingerprint=generation_fingerprint(request))
 
 

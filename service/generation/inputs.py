@@ -1,5 +1,6 @@
-"""Source images for edits: base64 (raw or a data URL) decoded, or an http(s) URL fetched
-under a guard against server-side request forgery; either way checked to be an image.
+"""Source images for edits: an uploaded file's bytes, base64 (raw or a data URL) decoded, or
+an http(s) URL fetched under a guard against server-side request forgery; either way checked
+to be an image. A mask is loaded the same way, then checked to fit the first image.
 
 The guard: only http and https; the host is resolved first and refused if any address is
 not public (loopback, private, link-local, cloud metadata, reserved...) unless the host is
@@ -48,14 +49,33 @@ class ImageLoader:
         self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                        timeout=limits.timeout_seconds)
 
-    async def load(self, sources: tuple[str, ...]) -> tuple[InputImage, ...]:
+    async def load(self, sources: tuple[str | bytes, ...]) -> tuple[InputImage, ...]:
         return tuple(await asyncio.gather(*(self._load_one(s, i) for i, s in enumerate(sources))))
+
+    async def load_mask(self, source: str | bytes, image: InputImage) -> InputImage:
+        """The mask of an edit of `image`: a PNG with an alpha channel, `image`'s size."""
+        try:
+            mask = await self._load_one(source, 0)
+        except InvalidArgument as error:
+            raise InvalidArgument(error.message.replace("image[0]", "mask", 1), param="mask",
+                                  reason=error.reason) from None
+        if mask.mime_type != "image/png" or not mask.alpha:
+            raise InvalidArgument("mask must be a PNG with an alpha channel (transparent where "
+                                  "the image is to be edited)", param="mask",
+                                  reason="INVALID_MASK")
+        if (mask.width, mask.height) != (image.width, image.height):
+            raise InvalidArgument(f"mask is {mask.width}x{mask.height}; it must be the size of "
+                                  f"the first image, {image.width}x{image.height}",
+                                  param="mask", reason="INVALID_MASK")
+        return mask
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _load_one(self, source: str, index: int) -> InputImage:
-        if source[:8].lower().startswith(("http://", "https://")):
+    async def _load_one(self, source: str | bytes, index: int) -> InputImage:
+        if isinstance(source, bytes):  # an uploaded file
+            data = source
+        elif source[:8].lower().startswith(("http://", "https://")):
             data = await self._fetch(source, index)
         else:
             data = decode_base64(source, index)
@@ -185,6 +205,7 @@ def inspect(data: bytes, index: int) -> InputImage:
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
+            alpha = "A" in image.getbands() or "transparency" in image.info
             if width * height > MAX_PIXELS:
                 raise _bad(index, f"the image is too large ({width}x{height})")
             image.verify()
@@ -192,4 +213,5 @@ def inspect(data: bytes, index: int) -> InputImage:
         raise _bad(index, "not a PNG, JPEG, WebP or GIF image") from None
     if kind not in FORMATS:
         raise _bad(index, f"a {kind} image; send PNG, JPEG or WebP")
-    return InputImage(data=data, mime_type=FORMATS[kind], width=width, height=height)
+    return InputImage(data=data, mime_type=FORMATS[kind], width=width, height=height,
+                      alpha=alpha)

@@ -2,7 +2,7 @@
 
     plan (route the model, check the request against it and the caller's key)
     → claim the idempotency key (or replay its answer) → reserve quota (the Charge)
-    → load input images → fan out to the provider → as each call is done: conform its
+    → load input images (and a mask) → fan out to the provider → as each call is done: conform its
     images, store them (url, or kept for replays and jobs) or embed them (b64_json), tell
     the events → answer
 
@@ -30,7 +30,7 @@ from service.generation.inputs import ImageLoader
 from service.generation.lifecycle import Lifecycles
 from service.generation.request import Answer, AnswerImage, ImageRequest
 from service.generation.validation import GenerationPlan
-from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.providers.base import GeneratedImage, Generation, ImageJob, InputImage
 from service.routing.router import Router
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
@@ -139,8 +139,9 @@ class Pipeline:
                 data[index], names[index], made[index] = self._image(image, name, plan), name, image
                 await events.image(index, data[index], len(image.data))
 
-        job = replace(plan.job, images=await self._loader.load(plan.image_sources),
-                      deadline=context.deadline, request_id=context.request_id,
+        images, mask = await self._inputs(plan)
+        job = replace(plan.job, images=images, mask=mask, deadline=context.deadline,
+                      request_id=context.request_id,
                       on_partial=self._previews(plan, events) if events.previews else None)
         await events.started(plan, int(context.accepted_at), "generating")
         generation = await fan_out(
@@ -152,6 +153,14 @@ class Pipeline:
             output_format=plan.output_format,
             background=plan.job.background if plan.job.background != "auto" else None)
         return answer, names, [image for image in made if image is not None]
+
+    async def _inputs(self, plan: GenerationPlan
+                      ) -> tuple[tuple[InputImage, ...], InputImage | None]:
+        """The edit's source images and its mask, loaded and checked."""
+        images = await self._loader.load(plan.image_sources)
+        if plan.mask_source is None:
+            return images, None
+        return images, await self._loader.load_mask(plan.mask_source, images[0])
 
     def _previews(self, plan: GenerationPlan, events: GenerationEvents
                   ) -> Callable[[int, int, GeneratedImage], Awaitable[None]]:

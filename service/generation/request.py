@@ -15,7 +15,7 @@ class ImageRequest:
 
     prompt: str = ""
     model: str = ""
-    image: tuple[str, ...] = ()
+    image: tuple[str | bytes, ...] = ()  # URL or base64 text, or a file's bytes (edits)
     n: int | None = None
     size: str = ""
     response_format: str = ""
@@ -28,6 +28,9 @@ class ImageRequest:
     user: str = ""
     stream: bool = False
     partial_images: int | None = None
+    mask: str | bytes | None = None  # as `image`; None: no mask
+    input_fidelity: str = ""
+    variation: bool = False  # `POST /images/variations`: a model that cannot edit names `model`
     fingerprint: str = ""
 
 

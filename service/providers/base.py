@@ -26,6 +26,7 @@ class InputImage:
     mime_type: str
     width: int
     height: int
+    alpha: bool = False  # it has an alpha channel (or a transparent colour)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ImageJob:
     moderation: str | None = None
     user: str | None = None
     images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None  # edits: alpha 0 where the first image is edited
+    input_fidelity: str | None = None
     first_index: int = 0  # the position of this call's first image among the request's n
     deadline: float | None = None  # time.monotonic() by which the call must be answered
     request_id: str = ""

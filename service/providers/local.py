@@ -3,7 +3,8 @@
 It draws a picture of the prompt with Pillow: a gradient, shapes and the prompt's text,
 all chosen from a hash of the prompt and the image's index, so the same request gives the
 same bytes and each of the n images differs. Given source images it draws over the first
-one (an edit). It honours size, output_format, output_compression and background.
+one (an edit); with a mask, only where the mask is transparent, the rest of the first image
+kept as it was. It honours size, output_format, output_compression and background.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def render(job: ImageJob, index: int) -> GeneratedImage:
     canvas = _cover(job.images[0], size) if job.images else _gradient(size, rng, transparent)
     _draw_shapes(canvas, rng, faint=bool(job.images))
     _draw_caption(canvas, job.prompt, index, edited=bool(job.images))
+    if job.mask is not None:
+        canvas = _masked(canvas, job.images[0], job.mask, size)
     return GeneratedImage(data=encode(canvas, job.output_format, job.output_compression),
                           mime_type=MIME_TYPES[job.output_format])
 
@@ -71,6 +74,15 @@ def _gradient(size: Size, rng: random.Random, transparent: bool) -> Image.Image:
 def _cover(source: InputImage, size: Size) -> Image.Image:
     with Image.open(io.BytesIO(source.data)) as image:
         return ImageOps.fit(image.convert("RGBA"), (size.width, size.height))
+
+
+def _masked(edited: Image.Image, source: InputImage, mask: InputImage,
+            size: Size) -> Image.Image:
+    """`edited` where `mask` is transparent, the source image elsewhere (as OpenAI edits)."""
+    original = _cover(source, size)
+    with Image.open(io.BytesIO(mask.data)) as opened:
+        alpha = ImageOps.fit(opened.convert("RGBA"), (size.width, size.height)).getchannel("A")
+    return Image.composite(original, edited, alpha)
 
 
 def _draw_shapes(canvas: Image.Image, rng: random.Random, faint: bool) -> None:

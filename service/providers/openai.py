@@ -3,8 +3,8 @@ base URL (AsyncOpenAI), and Azure OpenAI (AsyncAzureOpenAI: endpoint, API versio
 deployment name per model from the deployment's `model_map`).
 
 Generations go to `images.generate`; a job with source images goes to `images.edit`
-(multipart: one file as `image`, several as `image[]`); the raw answer is read by
-openai_answer.py beside this module. The SDK's own retries are off: the service retries in
+(multipart: one file as `image`, several as `image[]`, and the `mask`); the raw answer is read
+by openai_answer.py beside this module. The SDK's own retries are off: the service retries in
 one place, the router (service/routing/router.py), which moves on to the next deployment
 and goes round again. Every SDK error is mapped to a HubError here (`hub_error`; `generate`
 maps the few that are not APIErrors), and nothing outside this module sees the SDK.
@@ -192,7 +192,12 @@ def edit_args(job: ImageJob, model: str) -> dict[str, Any]:
     """The `images.edit` arguments: files as (name, bytes, type), the only form OpenAI takes."""
     files = [(f"image{i}.{image.mime_type.split('/')[-1]}", image.data, image.mime_type)
              for i, image in enumerate(job.images)]
-    return {**_common_args(job, model), "image": files[0] if len(files) == 1 else files}
+    args = {**_common_args(job, model), "image": files[0] if len(files) == 1 else files}
+    if job.mask is not None:
+        args["mask"] = ("mask.png", job.mask.data, job.mask.mime_type)
+    if job.input_fidelity:
+        args["input_fidelity"] = job.input_fidelity
+    return args
 
 
 def _common_args(job: ImageJob, model: str) -> dict[str, Any]:
