@@ -54,15 +54,19 @@ from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.db.batch import BatchWriter
 from service.generation.inputs import FetchLimits, ImageLoader
-from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.generation.pipeline import Pipeline, startup_default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
+from service.ops.tracing import Tracing
+from service.ops.tracing import start as start_tracing
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router, RoutingPolicy
+from service.routing.policy import policy_of
+from service.routing.router import Router
 from service.routing.secretbox import SecretBox
+from service.rpc import transport
 from service.rpc.interceptor import HubInterceptor
 from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
@@ -85,6 +89,7 @@ class Hub:
     interceptor: HubInterceptor
     grace: float
     stop_metrics: Callable[[], None]
+    tracing: Tracing | None = None
 
     @property
     def keys(self) -> KeyStore:
@@ -134,13 +139,16 @@ class Hub:
         await parts.storage.aclose()
         await parts.database.dispose()
         self.stop_metrics()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
+    tracing = start_tracing(settings)  # before the SDK clients exist: they get traced
     parts = await build_parts(settings)
-    server, interceptor, health_servicer = grpc_server(settings, parts)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    server, interceptor, health_servicer = grpc_server(settings, parts, tracing)
+    port = transport.bind(server, settings)
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -149,7 +157,7 @@ async def create_server(settings: Settings) -> Hub:
     stop_metrics = (parts.metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
     return Hub(server, port, health_servicer, parts, interceptor,
-               settings.shutdown_grace_seconds, stop_metrics)
+               settings.shutdown_grace_seconds, stop_metrics, tracing)
 
 
 @dataclass
@@ -187,7 +195,7 @@ async def build_parts(settings: Settings) -> Parts:
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
     deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
-    router = Router(deployments, environment_deployments(settings), routing_policy(settings),
+    router = Router(deployments, environment_deployments(settings), policy_of(settings),
                     instrument=metrics.instrument)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
@@ -210,13 +218,14 @@ async def build_parts(settings: Settings) -> Parts:
                                  Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
                                        idempotency.sweep)])
     return Parts(database, writer, keys, registry, metrics, admission, deployments, router,
-                 await choose_default_model(settings, registry, router), loader, quotas,
+                 await startup_default_model(settings, registry, router), loader, quotas,
                  usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
 
 
-def grpc_server(settings: Settings, parts: Parts
+def grpc_server(settings: Settings, parts: Parts, tracing: Tracing | None = None
                 ) -> tuple[grpc.aio.Server, HubInterceptor, health.aio.HealthServicer]:
-    """The server with its interceptor and every servicer, health and reflection."""
+    """The server with its interceptors (tracing's first, when on) and every servicer,
+    health and reflection."""
     interceptor = HubInterceptor(
         KeyCache(parts.keys, settings.db_url), parts.usage, quotas=parts.quotas,
         public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
@@ -224,7 +233,7 @@ def grpc_server(settings: Settings, parts: Parts
         admission=parts.admission, metrics=parts.metrics, quiet_methods=QUIET_METHODS,
         log_prompts=settings.log_prompts)
     server = grpc.aio.server(
-        interceptors=[interceptor],
+        interceptors=[interceptor] if tracing is None else [tracing.interceptor, interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
     add_servicers(server, settings, parts)
@@ -271,30 +280,6 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 webhook_retries=settings.webhook_retries,
                 webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
     return webhooks, jobs
-
-
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def choose_default_model(settings: Settings, registry: ModelRegistry,
-                               router: Router) -> str:
-    """The model of requests that name none, as things stand at start-up (it follows the
-    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
-    if settings.default_model:
-        registry.get(settings.default_model)
-        return settings.default_model
-    model = await default_model(registry, router)
-    if model == LOCAL_MODEL:
-        log.warning("no provider key is set: requests that name no model go to the local "
-                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return model
 
 
 async def serve(settings: Settings) -> None:

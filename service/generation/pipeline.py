@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
+from opentelemetry import trace
 
 from service.accounting.idempotency import REPLAYED_HEADER, Claim, Idempotency
 from service.catalog.models import ModelRegistry
+from service.config import Settings
 from service.generation import answers, validation
 from service.generation.answers import KeptAnswer
 from service.generation.context import RequestContext
@@ -35,6 +37,7 @@ from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 
 CONTRACT_DEFAULT_MODEL = "dall-e-2"
 LOCAL_MODEL = "local"
@@ -186,8 +189,11 @@ class Pipeline:
         """The store names of `images` when `store`, else empty names."""
         if not store:
             return [""] * len(images)
-        return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
-                                           for i in images)))
+        with _tracer.start_as_current_span("image store", attributes={
+                "aigne.hub.images": len(images),
+                "aigne.hub.image_bytes": sum(len(i.data) for i in images)}):
+            return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
+                                               for i in images)))
 
     def _image(self, image: GeneratedImage, name: str, plan: GenerationPlan) -> AnswerImage:
         if plan.response_format == "b64_json":
@@ -201,3 +207,17 @@ async def default_model(registry: ModelRegistry, router: Router) -> str:
     if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
         return CONTRACT_DEFAULT_MODEL
     return LOCAL_MODEL
+
+
+async def startup_default_model(settings: Settings, registry: ModelRegistry,
+                                router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
+    if settings.default_model:
+        registry.get(settings.default_model)
+        return settings.default_model
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model
