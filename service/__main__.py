@@ -99,8 +99,8 @@ async def run(settings: Settings) -> None:
         hub = await create_server(settings)
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
-              f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
-              f"  Console  http://{settings.host}:{settings.http_port}/console/\n"
+              f"  REST  POST {settings.edge_url}/api/images/generations\n"
+              f"  Console  {settings.edge_url}/console/\n"
               f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"

@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     # holds envoy/hub.lua and gen/descriptor/ where Envoy runs (unset: this checkout).
     envoy_upstreams: str = ""
     envoy_assets_root: Path | None = None
+    # Where Envoy finds the files beside its config (the SDS files of its TLS secrets): its
+    # ConfigMap's mount in Kubernetes; unset: var_dir, where `run` writes them.
+    envoy_config_dir: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -258,6 +261,15 @@ class Settings(BaseSettings):
             raise ValueError("mTLS to the servers needs AIGNE_HUB_UPSTREAM_TLS_CERT_FILE, "
                              "_CLIENT_CERT_FILE and _CA_FILE (with their keys)")
         return self
+
+    @property
+    def edge_url(self) -> str:
+        """Envoy's own address, as clients on this machine reach it: https with TLS."""
+        return f"{'https' if self.edge_tls else 'http'}://{self.host}:{self.http_port}"
+
+    @property
+    def envoy_dir(self) -> Path:
+        return self.envoy_config_dir or self.var_dir
 
     @property
     def tracing(self) -> bool:
