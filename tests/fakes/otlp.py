@@ -1,0 +1,77 @@
+"""An OpenTelemetry collector for the tests: a real OTLP/gRPC trace receiver on 127.0.0.1
+(the collector's own service, from opentelemetry-proto) that keeps every span it is sent,
+Envoy's and the server's alike, with the service name of the resource that sent it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Span:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    kind: int
+    attributes: dict[str, Any]
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Collector:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
+               context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
+        found = []
+        for resource_spans in request.resource_spans:
+            service = next((a.value.string_value for a in resource_spans.resource.attributes
+                            if a.key == "service.name"), "")
+            for scope in resource_spans.scope_spans:
+                found += [Span(service, s.name, s.trace_id.hex(), s.span_id.hex(),
+                               s.parent_span_id.hex(), s.kind,
+                               {a.key: _value(a.value) for a in s.attributes})
+                          for s in scope.spans]
+        with self._lock:
+            self.spans += found
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self._lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 20) -> None:
+        """Both exporters batch (about every 5 s): wait until `condition` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"spans never came: {self.spans}"
+            time.sleep(0.1)
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
