@@ -20,10 +20,15 @@ import grpc
 import httpx
 import openai
 import pytest
+import yaml
 from cryptography import x509
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
+from service.config import Settings
+from service.ops import envoy, envoy_edges, tracing
 from tests.certs import CertificateAuthority, Issued
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, ImageHost, provider_env
 from tests.fakes.google_fake import FakeGoogle
@@ -277,3 +282,34 @@ def test_client_certificates_when_the_edge_asks_for_them(
             httpx.get(url, verify=strange)
         verify.load_cert_chain(caller.cert, caller.key)
         assert httpx.get(url, verify=verify).status_code == 200
+
+
+def test_unset_otel_variables_mean_no_sdk_and_a_plain_untraced_envoy(tmp_path: Path) -> None:
+    """The defaults: no exporter, no tracer provider (the API's no-op one stays), no tracer
+    or collector in Envoy's config, no TLS anywhere."""
+    settings = Settings(var_dir=tmp_path)
+    assert tracing.start(settings) is None
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+    config = envoy.render(settings)
+    for absent in ("envoy.tracers.opentelemetry", "otel_collector", "transport_socket"):
+        assert absent not in config
+    assert settings.public_base.startswith("http://")
+
+
+def test_sampler_settings_follow_opentelemetry_s_variables() -> None:
+    ratio = Settings(otel_exporter_otlp_endpoint="http://collector:4318",
+                     otel_traces_sampler="parentbased_traceidratio", otel_traces_sampler_arg=0.25)
+    assert tracing.sampler(ratio).get_description() == (
+        "ParentBased{root:TraceIdRatioBased{0.25},remoteParentSampled:AlwaysOnSampler,"
+        "remoteParentNotSampled:AlwaysOffSampler,localParentSampled:AlwaysOnSampler,"
+        "localParentNotSampled:AlwaysOffSampler}")
+    assert envoy_edges.sampling_percent(ratio) == 25.0
+    config = yaml.safe_load(envoy.render(ratio))  # OTLP/HTTP: Envoy's http_service
+    [hcm] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    provider = hcm["typed_config"]["tracing"]["provider"]["typed_config"]
+    assert provider["http_service"]["http_uri"]["uri"] == "http://collector:4318/v1/traces"
+    collector = config["static_resources"]["clusters"][-1]
+    address = collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert address["address"]["socket_address"] == {"address": "collector", "port_value": 4318}
+    with pytest.raises(ValueError, match="go together"):
+        Settings(tls_cert_file=Path("tls.crt"))
