@@ -263,6 +263,23 @@ def test_a_grpc_call_without_traceparent_starts_its_trace_at_envoy(edge: Edge) -
     assert rpc.service == SERVICE
 
 
+def test_a_background_job_runs_in_one_trace_of_its_own(edge: Edge) -> None:
+    created = httpx.post(f"{edge.stack.base_url}/api/images/jobs", verify=edge.verify(),
+                         headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=60,
+                         json={"model": "local", "prompt": PROMPT, "size": "256x256"})
+    assert created.status_code == 200, created.text
+    job_id = created.json()["job"]["id"]
+
+    def job_span() -> list[Span]:
+        return [s for s in edge.collector.spans if s.name == "job"
+                and s.attributes.get("aigne.hub.job_id") == job_id]
+    edge.collector.wait_for(lambda: bool(job_span()) and {"image store", "generate_content local"}
+                            <= {s.name for s in edge.collector.trace(job_span()[0].trace_id)})
+    [job] = job_span()
+    steps = edge.collector.trace(job.trace_id)
+    assert all(s.parent_id for s in steps if s is not job)  # nothing left as a root of its own
+
+
 def test_client_certificates_when_the_edge_asks_for_them(
         tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "ca")
