@@ -280,6 +280,26 @@ def test_a_background_job_runs_in_one_trace_of_its_own(edge: Edge) -> None:
     assert all(s.parent_id for s in steps if s is not job)  # nothing left as a root of its own
 
 
+def test_otlp_over_http_the_default_protocol_reaches_the_collector_from_both(
+        tmp_path: Path) -> None:
+    collector = Collector().start()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
+               "OTEL_SERVICE_NAME": "hub-http"}
+        with Stack(tmp_path / "var", env) as stack:
+            trace_id = secrets.token_hex(16)
+            answer = httpx.post(
+                f"{stack.api_url}/images/generations", timeout=60,
+                headers={"Authorization": f"Bearer {TEST_KEY}",
+                         "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+                json={"model": "local", "prompt": PROMPT, "size": "256x256"})
+            assert answer.status_code == 200, answer.text
+            collector.wait_for(lambda: {"hub-http", "hub-http-envoy"} <= {
+                s.service for s in collector.trace(trace_id)})
+    finally:
+        collector.stop()
+
+
 def test_client_certificates_when_the_edge_asks_for_them(
         tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "ca")
