@@ -106,7 +106,8 @@ async def run(settings: Settings) -> None:
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST {settings.edge_url}/api/images/generations\n"
               f"  Console  {settings.edge_url}/console/\n"
-              f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
+              f"  gRPC  {settings.host}:{settings.http_port} (Envoy"
+              f"{', TLS' if settings.edge_tls else ''}), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"
               f"  Ctrl-C stops both.\n", flush=True)
