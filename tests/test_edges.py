@@ -263,6 +263,24 @@ def test_a_grpc_call_without_traceparent_starts_its_trace_at_envoy(edge: Edge) -
     assert rpc.service == SERVICE
 
 
+def test_a_stream_over_tls_is_traced_as_one_call(edge: Edge) -> None:
+    trace_id = secrets.token_hex(16)
+    with httpx.stream("POST", f"{edge.stack.base_url}{GENERATIONS}:stream", timeout=60,
+                      verify=edge.verify(),
+                      headers={"Authorization": f"Bearer {TEST_KEY}",
+                               "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+                      json={"model": "local", "prompt": PROMPT, "size": "256x256"}) as answer:
+        assert answer.status_code == 200
+        lines = list(answer.iter_lines())
+    events = [line for line in lines if line.startswith("event: ")]
+    assert events[-1] == "event: image_generation.done"
+    completed = next(line for line in lines if '"image_generation.completed"' in line)
+    assert f'"url":"https://127.0.0.1:{edge.port}/api/images/files/' in completed
+    spans = spans_of(edge, trace_id, "auth", "quota reserve", "image store", "usage record")
+    [rpc] = [s for s in spans if s.kind == 2 and s.service == SERVICE]
+    assert "Stream" in rpc.attributes["rpc.method"]
+
+
 def test_a_background_job_runs_in_one_trace_of_its_own(edge: Edge) -> None:
     created = httpx.post(f"{edge.stack.base_url}/api/images/jobs", verify=edge.verify(),
                          headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=60,
