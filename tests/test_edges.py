@@ -248,6 +248,24 @@ def test_one_trace_per_request_from_the_caller_through_envoy_and_the_server_to_t
     assert line["trace_id"] == trace_id and line["span_id"] == rpc.span_id
 
 
+def test_the_google_sdk_s_call_carries_the_traceparent_too(
+        edge: Edge, fake_google: FakeGoogle) -> None:
+    fake_google.clear()
+    trace_id = secrets.token_hex(16)
+    answer = httpx.post(
+        f"{edge.stack.base_url}{GENERATIONS}", verify=edge.verify(), timeout=60,
+        headers={"Authorization": f"Bearer {TEST_KEY}",
+                 "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        json={"model": "gemini-3.1-flash-image", "prompt": PROMPT, "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    [received] = fake_google.received
+    assert received.headers["traceparent"].split("-")[1] == trace_id
+    spans = spans_of(edge, trace_id, "generate_content gemini-3.1-flash-image")
+    attempt = next(s for s in spans if s.name.startswith("generate_content"))
+    assert attempt.attributes["gen_ai.provider.name"] == "gemini"
+    assert any(s.parent_id == attempt.span_id for s in spans)  # the SDK's HTTP call
+
+
 def test_a_grpc_call_without_traceparent_starts_its_trace_at_envoy(edge: Edge) -> None:
     credentials = grpc.ssl_channel_credentials(edge.ca.cert.read_bytes())
     with grpc.secure_channel(edge.stack.envoy_target, credentials, GRPC_OPTIONS) as channel:
