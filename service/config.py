@@ -238,6 +238,7 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    tls_client_certificate: Literal["required", "optional"] = "required"
     upstream_tls_cert_file: Path | None = None
     upstream_tls_key_file: Path | None = None
     upstream_tls_client_cert_file: Path | None = None

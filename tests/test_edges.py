@@ -336,26 +336,39 @@ def test_otlp_over_http_the_default_protocol_reaches_the_collector_from_both(
         collector.stop()
 
 
-def test_client_certificates_when_the_edge_asks_for_them(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["required", "optional"])
+def test_client_certificates_when_the_edge_asks_for_them(tmp_path: Path, mode: str) -> None:
+    """`required`: no connection without a certificate the CA signed. `optional`: a caller
+    may come without one; one that shows a certificate must show a good one, and the server
+    learns its subject (the log line's `client_cert`), never one a client made up."""
     ca = CertificateAuthority(tmp_path / "ca")
     edge_cert, caller = ca.issue("edge"), ca.issue("caller", client=True)
     stranger = CertificateAuthority(tmp_path / "other").issue("stranger", client=True)
     env = {"AIGNE_HUB_TLS_CERT_FILE": str(edge_cert.cert),
            "AIGNE_HUB_TLS_KEY_FILE": str(edge_cert.key),
-           "AIGNE_HUB_TLS_CLIENT_CA_FILE": str(ca.cert)}
+           "AIGNE_HUB_TLS_CLIENT_CA_FILE": str(ca.cert),
+           "AIGNE_HUB_TLS_CLIENT_CERTIFICATE": mode}
+    forged = {"Authorization": f"Bearer {TEST_KEY}",
+              "x-forwarded-client-cert": 'Subject="CN=forged"'}
     with Stack(tmp_path / "var", env) as stack:
-        url = f"{stack.base_url}/healthz"
-        verify = ssl.create_default_context(cafile=str(ca.cert))
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(url, verify=verify)
+        url = f"{stack.api_url}/models"
+        anonymous = ssl.create_default_context(cafile=str(ca.cert))
+        if mode == "required":
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(url, verify=anonymous, headers=forged)
+        else:
+            answer = httpx.get(url, verify=anonymous, headers=forged)
+            assert answer.status_code == 200
+            assert "client_cert" not in request_line(stack, answer.headers["x-request-id"])
         strange = ssl.create_default_context(cafile=str(ca.cert))
         strange.load_cert_chain(stranger.cert, stranger.key)
         with pytest.raises(httpx.HTTPError):
-            httpx.get(url, verify=strange)
-        verify.load_cert_chain(caller.cert, caller.key)
-        assert httpx.get(url, verify=verify).status_code == 200
-
+            httpx.get(url, verify=strange, headers=forged)
+        known = ssl.create_default_context(cafile=str(ca.cert))
+        known.load_cert_chain(caller.cert, caller.key)
+        answer = httpx.get(url, verify=known, headers=forged)
+        assert answer.status_code == 200
+        assert request_line(stack, answer.headers["x-request-id"])["client_cert"] == "CN=caller"
 
 def test_unset_otel_variables_mean_no_sdk_and_a_plain_untraced_envoy(tmp_path: Path) -> None:
     """The defaults: no exporter, no tracer provider (the API's no-op one stays), no tracer

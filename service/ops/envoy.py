@@ -76,6 +76,7 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
                                * len(upstreams or settings.upstreams) + OTHER_CALLS),
         listener_tls=envoy_edges.listener_tls(settings),
         tracing=envoy_edges.tracing(settings),
+        client_certificates=envoy_edges.client_certificates(settings),
         upstream_tls=envoy_edges.upstream_tls(settings),
         collector_cluster=envoy_edges.collector_cluster(settings),
     )

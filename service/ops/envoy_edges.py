@@ -65,7 +65,7 @@ def listener_tls(settings: Settings) -> str:
         "        name: envoy.transport_sockets.tls",
         "        typed_config:",
         f'          "@type": {TLS}DownstreamTlsContext',
-        f"          require_client_certificate: {json.dumps(bool(settings.tls_client_ca_file))}",
+        f"          require_client_certificate: {json.dumps(_required(settings))}",
         "          common_tls_context:",
         "            alpn_protocols: [h2, http/1.1]",
         "            tls_params:",
@@ -78,6 +78,21 @@ def listener_tls(settings: Settings) -> str:
         lines += ["            validation_context_sds_secret_config:",
                   *_sds_reference(settings, EDGE_CLIENT_CA, "              ")]
     return "\n".join(lines)
+
+
+def _required(settings: Settings) -> bool:
+    return bool(settings.tls_client_ca_file) and settings.tls_client_certificate == "required"
+
+
+def client_certificates(settings: Settings) -> str:
+    """With client certificates (AIGNE_HUB_TLS_CLIENT_CA_FILE), the connection manager tells
+    the server who the verified caller is (`x-forwarded-client-cert`, its subject, URI and DNS
+    names), replacing whatever a client sent in that header (Envoy strips it otherwise)."""
+    if not settings.tls_client_ca_file:
+        return ""
+    return "\n".join(["          forward_client_cert_details: SANITIZE_SET",
+                      "          set_current_client_cert_details: {subject: true, uri: true, "
+                      "dns: true}"])
 
 
 def _sds_reference(settings: Settings, name: str, first: str) -> list[str]:
