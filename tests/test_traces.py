@@ -178,3 +178,19 @@ def test_sampler_settings_follow_opentelemetry_s_variables() -> None:
     assert address["address"]["socket_address"] == {"address": "collector", "port_value": 4318}
     with pytest.raises(ValueError, match="go together"):
         Settings(tls_cert_file=Path("tls.crt"))
+
+
+def test_a_signed_url_s_signature_stays_out_of_the_trace(edge: Edge) -> None:
+    made = httpx.post(f"{edge.stack.base_url}{GENERATIONS}", verify=edge.verify(), timeout=60,
+                      headers={"Authorization": f"Bearer {TEST_KEY}"},
+                      json={"model": "local", "prompt": PROMPT, "size": "256x256",
+                            "response_format": "url"})
+    url = made.json()["data"][0]["url"]
+    trace_id = secrets.token_hex(16)
+    image = httpx.get(url, verify=edge.verify(),
+                      headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+    assert image.status_code == 200  # the server still got the signature
+    spans = spans_of(edge, trace_id)
+    [ingress] = [s for s in spans if s.service == f"{SERVICE}-envoy"]
+    assert ingress.attributes["http.url"].endswith(url.split("?")[0].split("/")[-1])
+    assert "signature" not in repr(spans) and url.split("signature=")[1] not in repr(spans)

@@ -79,6 +79,7 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         client_certificates=envoy_edges.client_certificates(settings),
         upstream_tls=envoy_edges.upstream_tls(settings),
         collector_cluster=envoy_edges.collector_cluster(settings),
+        trace_redaction=envoy_edges.trace_redaction(settings),
     )
 
 

@@ -169,6 +169,30 @@ def tracing(settings: Settings) -> str:
     ])
 
 
+# After the transcoder, which kept the client's path in x-envoy-original-path: the path of a
+# signed image URL without its query (expiry and signature) for the span's `http.url`.
+REDACT_SIGNED_URLS = """\
+function envoy_on_request(h)
+  local path = h:headers():get("x-envoy-original-path")
+  if path and path:find("^/api/images/files/") then
+    h:headers():replace("x-envoy-original-path", (path:gsub("%?.*$", "")))
+  end
+end"""
+
+
+def trace_redaction(settings: Settings) -> str:
+    """With tracing, a filter that keeps signed image URLs' signatures out of Envoy's spans
+    (Envoy's `http.url` tag is the client's path, query included)."""
+    if not settings.tracing:
+        return ""
+    code = "".join(f"\n                  {line}" for line in REDACT_SIGNED_URLS.splitlines())
+    return "\n".join([
+        "          - name: envoy.filters.http.lua",
+        "            typed_config:",
+        '              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua',
+        f"              default_source_code:\n                inline_string: |{code}"])
+
+
 def collector_cluster(settings: Settings) -> str:
     """The cluster of the OTLP collector (OTEL_EXPORTER_OTLP_ENDPOINT): HTTP/2 for gRPC,
     TLS (the system's CAs) for an https endpoint."""
