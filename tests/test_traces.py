@@ -18,7 +18,7 @@ from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
 from service.config import Settings
 from service.ops import envoy, envoy_edges, tracing
-from tests.conftest import GRPC_AUTH, GRPC_OPTIONS
+from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, ImageHost
 from tests.edges import GENERATIONS, PROMPT, SERVICE, Edge, edge_stack, request_line, spans_of  # noqa: F401  (the fixture)
 from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI
@@ -194,3 +194,24 @@ def test_a_signed_url_s_signature_stays_out_of_the_trace(edge: Edge) -> None:
     [ingress] = [s for s in spans if s.service == f"{SERVICE}-envoy"]
     assert ingress.attributes["http.url"].endswith(url.split("?")[0].split("/")[-1])
     assert "signature" not in repr(spans) and url.split("signature=")[1] not in repr(spans)
+
+
+def test_outgoing_calls_are_traced_without_their_query(
+        edge: Edge, image_host: ImageHost) -> None:
+    """A source image given as a presigned URL: its fetch is a span, its signature is not
+    in it (nor in the trace at all)."""
+    trace_id = secrets.token_hex(16)
+    source = f"{image_host.url}/300x200.png?X-Amz-Signature=topsecret&X-Amz-Expires=60"
+    answer = httpx.post(
+        f"{edge.stack.base_url}{GENERATIONS}", verify=edge.verify(), timeout=60,
+        headers={"Authorization": f"Bearer {TEST_KEY}",
+                 "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        json={"model": "gpt-image-2", "prompt": PROMPT, "image": source,
+              "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    spans_of(edge, trace_id, "generate_content gpt-image-2")
+    edge.collector.wait_for(lambda: any(
+        f"{image_host.url}/300x200.png" in repr(s.attributes)
+        for s in edge.collector.trace(trace_id)))
+    spans = edge.collector.trace(trace_id)
+    assert "topsecret" not in repr(spans)

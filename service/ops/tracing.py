@@ -12,8 +12,10 @@ and httpx clients get theirs, so every upstream call is a CLIENT span that sends
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import yarl
 from opentelemetry import trace
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
@@ -69,6 +71,24 @@ def exporter(settings: Settings) -> SpanExporter:
     return HttpExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
 
 
+def _without_query(url: yarl.URL) -> str:
+    """An outgoing call's URL as its span tells it: no query, where signatures and tokens
+    of presigned source images or webhook URLs would be (the instrumentations redact only a
+    few parameter names, not SigV4's X-Amz-Signature)."""
+    return str(url.with_query(None).with_fragment(None))
+
+
+def _httpx_url(span: Any, request: Any) -> None:
+    """httpx's spans (source images, webhooks): their URL without its query, as above."""
+    if span.is_recording():
+        url = _without_query(yarl.URL(str(request.url)))
+        span.set_attributes({"http.url": url, "url.full": url})
+
+
+async def _httpx_async(span: Any, request: Any) -> None:
+    _httpx_url(span, request)
+
+
 def start(settings: Settings) -> Tracing | None:
     """The SDK, running and installed as the global tracer provider; None (and nothing set
     up) when no endpoint is configured."""
@@ -78,8 +98,9 @@ def start(settings: Settings) -> Tracing | None:
                               resource=Resource.create({SERVICE_NAME: settings.otel_service_name}))
     provider.add_span_processor(BatchSpanProcessor(exporter(settings)))
     trace.set_tracer_provider(provider)
-    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
-    HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider, url_filter=_without_query)
+    HTTPXClientInstrumentor().instrument(tracer_provider=provider,
+                                         request_hook=_httpx_url, async_request_hook=_httpx_async)
     interceptor = aio_server_interceptor(tracer_provider=provider,
                                          filter_=filters.negate(filters.health_check()))
     return Tracing(provider, interceptor)
