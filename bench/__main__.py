@@ -38,7 +38,7 @@ import httpx
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from bench import burst, litellm_proxy, load, pieces, processes
+from bench import burst, litellm_proxy, load, pieces, processes, tracing
 from service.config import Settings
 from service.ops import envoy
 from tests.stack import TEST_KEY, Stack, free_port
@@ -95,6 +95,7 @@ def main() -> int:
     print_pieces(costs, small)
     print_bursts(bursts)
     print_targets(small, big, bursts)
+    print(tracing.measure(SECONDS, database_env), flush=True)  # bench/tracing.py
     return 0
 
 

@@ -18,7 +18,9 @@
                    [--disabled|--enabled]
     credentials add DEPLOYMENT [--name N] [--weight N] [--secret-env VAR] (secret on stdin)
         | credentials set ID [--weight N] [--disable] | credentials remove ID
-    envoy-config   print the Envoy config rendered from the settings
+    envoy-config [--sds]
+                   print the Envoy config rendered from the settings (--sds: the SDS files
+                   of its TLS secrets, as JSON, for a ConfigMap beside it)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -41,7 +44,7 @@ from service.cli import deployments as deployments_cli
 from service.cli import keys as cli
 from service.config import Settings
 from service.errors import HubError
-from service.ops import envoy, logs, replicas
+from service.ops import envoy, envoy_edges, logs, replicas
 from service.server import Hub, create_server, serve
 
 log = structlog.get_logger("aigne.hub")
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     run_command.add_argument("--replicas", type=int, default=1, metavar="N",
                              help="server processes behind Envoy, on ports from "
                                   "AIGNE_HUB_GRPC_PORT up (default 1)")
-    commands.add_parser("envoy-config", help="print the rendered Envoy config")
+    envoy_config = commands.add_parser("envoy-config", help="print the rendered Envoy config")
+    envoy_config.add_argument("--sds", action="store_true",
+                              help="print the SDS files of its TLS secrets instead (JSON)")
     cli.add_commands(commands)
     deployments_cli.add_commands(commands)
     args = parser.parse_args(argv)
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         asyncio.run(run(settings))
     elif args.command == "envoy-config":
-        print(envoy.render(settings))
+        print(json.dumps(envoy_edges.sds_files(settings)) if args.sds else envoy.render(settings))
     else:
         command = {"keys": cli.keys_command, "usage": cli.usage_command,
                    "deployments": deployments_cli.deployments_command,
@@ -99,9 +104,10 @@ async def run(settings: Settings) -> None:
         hub = await create_server(settings)
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
-              f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
-              f"  Console  http://{settings.host}:{settings.http_port}/console/\n"
-              f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
+              f"  REST  POST {settings.edge_url}/api/images/generations\n"
+              f"  Console  {settings.edge_url}/console/\n"
+              f"  gRPC  {settings.host}:{settings.http_port} (Envoy"
+              f"{', TLS' if settings.edge_tls else ''}), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"
               f"  Ctrl-C stops both.\n", flush=True)

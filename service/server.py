@@ -60,10 +60,13 @@ from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
+from service.ops.tracing import Tracing
+from service.ops.tracing import start as start_tracing
 from service.routing.deployments import DeploymentStore, environment_deployments
 from service.routing.policy import routing_policy
 from service.routing.router import Router
 from service.routing.secretbox import SecretBox
+from service.rpc import transport
 from service.rpc.interceptor import HubInterceptor
 from service.store.storage import ImageStorage, open_storage
 
@@ -85,6 +88,7 @@ class Hub:
     interceptor: HubInterceptor
     grace: float
     stop_metrics: Callable[[], None]
+    tracing: Tracing | None = None
 
     @property
     def keys(self) -> KeyStore:
@@ -134,13 +138,16 @@ class Hub:
         await parts.storage.aclose()
         await parts.database.dispose()
         self.stop_metrics()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 async def create_server(settings: Settings) -> Hub:
     settings = settings.with_generated_secrets()
+    tracing = start_tracing(settings)  # before the SDK clients exist: they get traced
     parts = await build_parts(settings)
-    server, interceptor, health_servicer = grpc_server(settings, parts)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    server, interceptor, health_servicer = grpc_server(settings, parts, tracing)
+    port = transport.bind(server, settings)
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -149,7 +156,7 @@ async def create_server(settings: Settings) -> Hub:
     stop_metrics = (parts.metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
     return Hub(server, port, health_servicer, parts, interceptor,
-               settings.shutdown_grace_seconds, stop_metrics)
+               settings.shutdown_grace_seconds, stop_metrics, tracing)
 
 
 @dataclass
@@ -215,9 +222,10 @@ async def build_parts(settings: Settings) -> Parts:
                  usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
 
 
-def grpc_server(settings: Settings, parts: Parts
+def grpc_server(settings: Settings, parts: Parts, tracing: Tracing | None = None
                 ) -> tuple[grpc.aio.Server, HubInterceptor, health.aio.HealthServicer]:
-    """The server with its interceptor and every servicer, health and reflection."""
+    """The server with its interceptors (tracing's first, when on) and every servicer,
+    health and reflection."""
     interceptor = HubInterceptor(
         parts.key_cache, parts.usage, quotas=parts.quotas,
         public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
@@ -225,7 +233,7 @@ def grpc_server(settings: Settings, parts: Parts
         admission=parts.admission, metrics=parts.metrics, quiet_methods=QUIET_METHODS,
         log_prompts=settings.log_prompts)
     server = grpc.aio.server(
-        interceptors=[interceptor],
+        interceptors=[interceptor] if tracing is None else [tracing.interceptor, interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_response_bytes)])
     add_servicers(server, settings, parts)

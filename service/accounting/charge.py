@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +24,8 @@ from service.accounting.quotas import Quotas, Reservation
 from service.catalog.models import ModelSpec, Route, Size
 from service.providers.base import GeneratedImage, Generation
 from service.routing.router import Attempt
+
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 
 
 class Ledger(Protocol):
@@ -112,7 +115,9 @@ class Charge:
         """Reserve `images` in the key's quota windows (429 naming a full one); `tracked`
         False for a job's, which its job row keeps (Quotas.reserve)."""
         assert self.quotas is not None and self.key is not None
-        self.reservation = await self.quotas.reserve(self.key, images, tracked=tracked)
+        with _tracer.start_as_current_span("quota reserve",
+                                           attributes={"aigne.hub.images": images}):
+            self.reservation = await self.quotas.reserve(self.key, images, tracked=tracked)
         return self.reservation
 
     def generated(self, generation: Generation) -> None:
@@ -133,7 +138,9 @@ class Charge:
         if self.settled or not self.record or self.key is None or self.ledger is None:
             return
         self.settled = True
-        await self.ledger.finish(self, status, http_status)
+        with _tracer.start_as_current_span("usage record",
+                                           attributes={"aigne.hub.status": status}):
+            await self.ledger.finish(self, status, http_status)
 
     async def settle_in(self, session: AsyncSession, status: str, http_status: int) -> None:
         """`settle`, in the caller's transaction (a job's ending)."""

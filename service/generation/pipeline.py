@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
+from opentelemetry import trace
 
 from service.accounting.idempotency import REPLAYED_HEADER, Claim, Idempotency
 from service.catalog.models import ModelRegistry
@@ -36,6 +37,7 @@ from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 
 CONTRACT_DEFAULT_MODEL = "dall-e-2"
 LOCAL_MODEL = "local"
@@ -196,8 +198,11 @@ class Pipeline:
         """The store names of `images` when `store`, else empty names."""
         if not store:
             return [""] * len(images)
-        return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
-                                           for i in images)))
+        with _tracer.start_as_current_span("image store", attributes={
+                "aigne.hub.images": len(images),
+                "aigne.hub.image_bytes": sum(len(i.data) for i in images)}):
+            return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
+                                               for i in images)))
 
     def _image(self, image: GeneratedImage, name: str, plan: GenerationPlan) -> AnswerImage:
         if plan.response_format == "b64_json":

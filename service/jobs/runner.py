@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
@@ -68,6 +69,7 @@ from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets it up
 
 
 
@@ -195,11 +197,12 @@ class Jobs:
             return
         renewal = asyncio.create_task(self._renew(job_id, asyncio.current_task()))
         lapse = False
-        try:
-            if row.status in (QUEUED, RUNNING):
-                row = await self._run(row)
-            if row.webhook_status == PENDING:
-                await self._deliver(row)
+        try:  # one trace per job run: its steps' spans, its webhook's POST
+            with _tracer.start_as_current_span("job", attributes={"aigne.hub.job_id": job_id}):
+                if row.status in (QUEUED, RUNNING):
+                    row = await self._run(row)
+                if row.webhook_status == PENDING:
+                    await self._deliver(row)
         except ClaimLost:
             log.warning("job claim lost", job_id=job_id)
         except Exception:  # the claim is left to lapse: the job is tried again after it

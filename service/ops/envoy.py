@@ -20,6 +20,7 @@ from typing import IO
 import httpx
 
 from service.config import Settings
+from service.ops import envoy_edges
 from service.ops.upstreams import discovery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,12 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         upstream_discovery=discovery(upstreams or settings.upstreams),
         max_upstream_requests=(settings.max_in_flight_generations
                                * len(upstreams or settings.upstreams) + OTHER_CALLS),
+        listener_tls=envoy_edges.listener_tls(settings),
+        tracing=envoy_edges.tracing(settings),
+        client_certificates=envoy_edges.client_certificates(settings),
+        upstream_tls=envoy_edges.upstream_tls(settings),
+        collector_cluster=envoy_edges.collector_cluster(settings),
+        trace_redaction=envoy_edges.trace_redaction(settings),
     )
 
 
@@ -95,7 +102,14 @@ def _local_reply_mappers(values: dict[str, int]) -> str:
 
 def write_config(settings: Settings, path: Path,
                  upstreams: list[tuple[str, int]] | None = None) -> Path:
+    """Envoy's config at `path`, and the SDS files of its TLS secrets where it names them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for name, text in envoy_edges.sds_files(settings).items():
+        sds = envoy_edges.sds_path(settings, name)
+        sds.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sds.with_name(f".{sds.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(sds)  # a move into the watched directory: a running Envoy reloads it
     path.write_text(render(settings, upstreams))
     return path
 

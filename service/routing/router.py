@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 from service.catalog.deployments import NEEDS_SECRET, Credential, Deployment
 from service.catalog.models import ModelSpec
 from service.errors import (
@@ -41,6 +43,10 @@ from service.routing.policy import RoutingPolicy
 # Failures that say nothing against the request: another deployment may well succeed.
 MOVE_ON = {"UPSTREAM_RATE_LIMITED", "UPSTREAM_AUTH_FAILED", "UPSTREAM_MODEL_NOT_FOUND",
            "ATTEMPT_TIMEOUT"}
+
+# A proxy until the SDK is set up (ops/tracing), the API's no-op tracer when it never is.
+_tracer = trace.get_tracer("aigne.hub")
+GENAI_OPERATION = "generate_content"  # OpenTelemetry GenAI's name for a model making output
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ class Router:
                 break  # the upstream's own failure says more than "nothing left to try"
             for target in targets:
                 try:
-                    return await self._attempt(target, job, attempts)
+                    return await self._attempt(target, job, attempts, round_)
                 except HubError as error:
                     last = error
                     if not (error.retryable or error.reason in MOVE_ON):
@@ -138,24 +144,33 @@ class Router:
         assert last is not None
         raise last
 
-    async def _attempt(self, target: Target, job: ImageJob, attempts: list[Attempt]
-                       ) -> Generation:
+    async def _attempt(self, target: Target, job: ImageJob, attempts: list[Attempt],
+                       round_: int = 0) -> Generation:
+        """One upstream call, in a span of its own (deployment, model, outcome, retry
+        round); the SDK's HTTP call is its child and carries `traceparent` upstream."""
         started = time.monotonic()
         cap = self._policy.attempt_timeout
         capped = cap > 0 and (job.deadline is None or started + cap < job.deadline)
-        try:  # the provider turns the job's deadline into its SDK timeout; this is a backstop
-            async with asyncio.timeout(cap + 1 if capped else None):
-                generation = await target.provider.generate(
-                    replace(job, deadline=started + cap) if capped else job)
-        except (TimeoutError, HubError) as exc:
-            error = exc if isinstance(exc, HubError) else None
-            if error is None or (capped and error.reason == "TIMEOUT"):
-                error = Unavailable(f"The deployment '{target.deployment.name}' did not answer "
-                                    f"within {cap:g} s.", reason="ATTEMPT_TIMEOUT")
-            attempts.append(_attempt(target, error.reason, started))
-            await self._health.failed(target.deployment, target.credential, error)
-            raise error from None
-        attempts.append(_attempt(target, "OK", started))
+        with _tracer.start_as_current_span(
+                f"{GENAI_OPERATION} {job.model.upstream}",
+                attributes=_attempt_attributes(target, job, round_)) as span:
+            try:  # the provider turns the job's deadline into its SDK timeout; a backstop
+                async with asyncio.timeout(cap + 1 if capped else None):
+                    generation = await target.provider.generate(
+                        replace(job, deadline=started + cap) if capped else job)
+            except (TimeoutError, HubError) as exc:
+                error = exc if isinstance(exc, HubError) else None
+                if error is None or (capped and error.reason == "TIMEOUT"):
+                    error = Unavailable(f"The deployment '{target.deployment.name}' did not "
+                                        f"answer within {cap:g} s.", reason="ATTEMPT_TIMEOUT")
+                attempts.append(_attempt(target, error.reason, started))
+                span.set_attributes({"error.type": error.reason,
+                                     "aigne.hub.upstream.outcome": error.reason})
+                span.set_status(trace.StatusCode.ERROR, error.reason)
+                await self._health.failed(target.deployment, target.credential, error)
+                raise error from None
+            attempts.append(_attempt(target, "OK", started))
+            span.set_attribute("aigne.hub.upstream.outcome", "OK")
         await self._health.succeeded(target.deployment)
         return generation
 
@@ -233,6 +248,17 @@ def _no_target(spec: ModelSpec, serving: list[Deployment], now: datetime) -> Hub
             retry_after=max(1.0, (min(resting) - now).total_seconds()))
     return Unavailable(f"No enabled deployment with a usable credential serves '{spec.name}'; "
                        "an operator must enable one.", reason="NO_USABLE_DEPLOYMENT")
+
+
+def _attempt_attributes(target: Target, job: ImageJob, round_: int) -> dict[str, str | int]:
+    """An attempt's span attributes: OpenTelemetry's GenAI conventions where they fit,
+    ours (`aigne.hub.*`) for the routing; never a prompt, a key or an image."""
+    return {"gen_ai.operation.name": GENAI_OPERATION,
+            "gen_ai.provider.name": target.deployment.kind,
+            "gen_ai.request.model": job.model.upstream,
+            "aigne.hub.model": job.model.name,
+            "aigne.hub.deployment": target.deployment.name,
+            "aigne.hub.retry": round_, "aigne.hub.images": job.n}
 
 
 def _attempt(target: Target, outcome: str, started: float) -> Attempt:

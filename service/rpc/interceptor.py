@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from service.accounting.charge import Charge
 from service.accounting.key_cache import KeyCache
@@ -35,6 +36,7 @@ from service.rpc import log_line, wire
 from service.rpc.call import Call, arrived, bound, metadata
 from service.rpc.status import abort, unexpected
 
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
@@ -232,7 +234,8 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         """The caller's key and rights; a request whose bytes did not decode is refused
         after that, so an anonymous caller learns only that it needs a key."""
         if method not in self._public:
-            call.key = await self._keys.authenticate(metadata(context, "authorization"))
+            with _tracer.start_as_current_span("auth"):
+                call.key = await self._keys.authenticate(metadata(context, "authorization"))
         if method.startswith(self._admin) and not (call.key and call.key.admin):
             raise PermissionDenied("This API key may not call the admin API.",
                                    reason="ADMIN_KEY_REQUIRED")
