@@ -46,6 +46,7 @@ from service.api.methods import (
     METERED_METHODS,
     PUBLIC_METHODS,
     QUIET_METHODS,
+    REFLECTED_SERVICES,
     SERVICES,
 )
 from service.api.probes import ProbeServicer
@@ -231,7 +232,7 @@ def grpc_server(settings: Settings, parts: Parts
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (*REFLECTED_SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     return server, interceptor, health_servicer
 
 
