@@ -1,4 +1,4 @@
--- AIGNE Hub: the two small jobs Envoy's built-in filters cannot do.
+-- AIGNE Hub: the small jobs Envoy's built-in filters cannot do.
 --
 -- On the way in, mark each request with the door it came through (`x-hub-door`), so the
 -- server knows whether to describe an error for a REST client too. A client cannot forge it:
@@ -16,6 +16,12 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- HEAD is GET without the body (load balancers and caches use it): the routes and the
+  -- transcoder know GET; the answer's body is dropped on the way out (envoy_on_response).
+  if headers:get(":method") == "HEAD" then
+    headers:replace(":method", "GET")
+    handle:streamInfo():dynamicMetadata():set("hub", "head", "1")
+  end
   if is_grpc(headers:get("content-type")) then
     headers:replace("x-hub-door", "grpc")
     return
@@ -34,7 +40,23 @@ function envoy_on_request(handle)
   end
 end
 
+-- The answer to a HEAD: the GET's headers, its length, no body.
+local function without_body(handle)
+  local body = handle:body()
+  local length = 0
+  if body ~= nil then
+    length = body:length()
+    body:setBytes("")
+  end
+  handle:headers():replace("content-length", tostring(length))
+end
+
 function envoy_on_response(handle)
+  local head = handle:streamInfo():dynamicMetadata():get("hub")
+  if head ~= nil and head["head"] == "1" then
+    without_body(handle)
+    return
+  end
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     return

@@ -55,7 +55,7 @@ from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.db.batch import BatchWriter
 from service.generation.inputs import FetchLimits, ImageLoader
-from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.generation.pipeline import Pipeline, choose_default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.ops.admission import Admission
@@ -70,7 +70,6 @@ from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
 
-RESERVATION_SWEEP_SECONDS = 60.0
 IDEMPOTENCY_SWEEP_SECONDS = 600.0
 CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
@@ -188,14 +187,15 @@ async def build_parts(settings: Settings) -> Parts:
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
     deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
-    router = Router(deployments, environment_deployments(settings), routing_policy(settings),
+    router = Router(deployments, environment_deployments(settings), RoutingPolicy.of(settings),
                     instrument=metrics.instrument)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
                                      settings.image_fetch_timeout_seconds))
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
     # A reservation unsettled a minute past the longest a request may take is a dead
     # process's: the sweep gives it back.
-    quotas = Quotas(database, writer, lease_seconds=settings.request_timeout_seconds + 60)
+    quotas = Quotas(database, writer, lease_seconds=settings.reservation_lease_seconds
+                    or settings.request_timeout_seconds + 60)
     usage = UsageRecorder(database, settings.credits_per_usd, writer)
     idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds,
                               writer=writer)
@@ -206,7 +206,7 @@ async def build_parts(settings: Settings) -> Parts:
                         fan_out_concurrency=settings.fan_out_concurrency)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage)
-    housekeeping = Housekeeping([Sweep("quota reservations", RESERVATION_SWEEP_SECONDS,
+    housekeeping = Housekeeping([Sweep("quota reservations", settings.reservation_sweep_seconds,
                                        quotas.sweep),
                                  Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
                                        idempotency.sweep)])
@@ -227,7 +227,11 @@ def grpc_server(settings: Settings, parts: Parts
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
-                 ("grpc.max_send_message_length", settings.max_response_bytes)])
+                 ("grpc.max_send_message_length", settings.max_response_bytes),
+                 # Above Envoy's header limit (max_header_bytes): what Envoy passes on is
+                 # taken whole, never refused at random (gRPC's soft limit) as a 429.
+                 ("grpc.max_metadata_size", settings.grpc_metadata_bytes),
+                 ("grpc.absolute_max_metadata_size", settings.grpc_metadata_bytes)])
     add_servicers(server, settings, parts)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -272,30 +276,6 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 webhook_retries=settings.webhook_retries,
                 webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
     return webhooks, jobs
-
-
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def choose_default_model(settings: Settings, registry: ModelRegistry,
-                               router: Router) -> str:
-    """The model of requests that name none, as things stand at start-up (it follows the
-    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
-    if settings.default_model:
-        registry.get(settings.default_model)
-        return settings.default_model
-    model = await default_model(registry, router)
-    if model == LOCAL_MODEL:
-        log.warning("no provider key is set: requests that name no model go to the local "
-                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return model
 
 
 async def serve(settings: Settings) -> None:

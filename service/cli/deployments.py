@@ -20,9 +20,8 @@ from service.catalog.models import load_registry
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router
+from service.routing.router import Router, RoutingPolicy
 from service.routing.secretbox import SecretBox
-from service.server import routing_policy
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,7 +78,7 @@ async def _servicer(settings: Settings
     assert settings.credentials_key is not None
     database = db.Database.open(settings.db_url)
     store = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
-    router = Router(store, environment_deployments(settings), routing_policy(settings))
+    router = Router(store, environment_deployments(settings), RoutingPolicy.of(settings))
     try:
         await db.migrate(database.engine)
         yield DeploymentServicer(store, router, load_registry(settings.models_file)), store

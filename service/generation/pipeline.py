@@ -20,6 +20,7 @@ import structlog
 
 from service.accounting.idempotency import REPLAYED_HEADER, Claim, Idempotency
 from service.catalog.models import ModelRegistry
+from service.config import Settings
 from service.generation import answers, validation
 from service.generation.answers import KeptAnswer
 from service.generation.context import RequestContext
@@ -201,3 +202,17 @@ async def default_model(registry: ModelRegistry, router: Router) -> str:
     if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
         return CONTRACT_DEFAULT_MODEL
     return LOCAL_MODEL
+
+
+async def choose_default_model(settings: Settings, registry: ModelRegistry,
+                               router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
+    if settings.default_model:
+        registry.get(settings.default_model)
+        return settings.default_model
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model
