@@ -274,7 +274,8 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 run_seconds=settings.request_timeout_seconds,
                 stop_grace_seconds=settings.job_stop_grace_seconds,
                 webhook_retries=settings.webhook_retries,
-                webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
+                webhook_retry_base_seconds=settings.webhook_retry_base_seconds,
+                webhook_concurrency=settings.webhook_concurrency)
     return webhooks, jobs
 
 
