@@ -98,11 +98,12 @@ class Settings(BaseSettings):
     # how long a connection may sit idle with no request in progress.
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
     client_idle_timeout_seconds: float = Field(default=60.0, gt=0)
-    # Image work (decoding sources, drawing and encoding images): CPU-heavy, so it runs off
-    # the event loop on this many threads per process; and the decoded pixels one request may
-    # hold (its sources and outputs), refused with a 400 above that.
+    # Image work (the local renderer's decoding, drawing and encoding): CPU-heavy, so it runs
+    # off the event loop on this many threads per process; and the pixels one request may
+    # take (its source images together; with the local renderer, and the images it asks
+    # for), refused with a 400 above that.
     image_work_threads: int = Field(default=2, ge=1)
-    max_request_pixels: int = Field(default=48_000_000, ge=1_000_000)
+    max_request_pixels: int = Field(default=64_000_000, ge=1_000_000)
     # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
     upstream_retries: int = Field(default=2, ge=0)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)

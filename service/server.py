@@ -190,7 +190,8 @@ async def build_parts(settings: Settings) -> Parts:
     router = Router(deployments, environment_deployments(settings), RoutingPolicy.of(settings),
                     instrument=metrics.instrument)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
-                                     settings.image_fetch_timeout_seconds))
+                                     settings.image_fetch_timeout_seconds,
+                                     settings.max_request_pixels))
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
     # A reservation unsettled a minute past the longest a request may take is a dead
     # process's: the sweep gives it back.

@@ -38,6 +38,7 @@ class FetchLimits:
     allowed_hosts: frozenset[str]  # `host` or `host:port`, lower case
     max_bytes: int
     timeout_seconds: float
+    max_pixels: int = MAX_PIXELS  # the source images of one request together
 
 
 class ImageLoader:
@@ -49,7 +50,14 @@ class ImageLoader:
                                        timeout=limits.timeout_seconds)
 
     async def load(self, sources: tuple[str, ...]) -> tuple[InputImage, ...]:
-        return tuple(await asyncio.gather(*(self._load_one(s, i) for i, s in enumerate(sources))))
+        images = tuple(await asyncio.gather(*(self._load_one(s, i)
+                                              for i, s in enumerate(sources))))
+        pixels = sum(image.width * image.height for image in images)
+        if pixels > self._limits.max_pixels:
+            raise InvalidArgument(
+                f"The source images come to {pixels:,} pixels; a request may send at most "
+                f"{self._limits.max_pixels:,}.", param="image", reason="IMAGE_TOO_LARGE")
+        return images
 
     async def aclose(self) -> None:
         await self._http.aclose()
