@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import TEST_KEY, Stack
+from tests.stack import ROOT, TEST_KEY, Stack
 from tests.test_bad_input import assert_error
 
 PUBLIC_BASE = "https://hub.example.test"
@@ -130,3 +132,30 @@ def test_a_key_taken_out_of_the_settings_stops_working(tmp_path: Path) -> None:
     with Stack(var, {"AIGNE_HUB_API_KEYS": kept}) as stack:
         assert status(stack, kept) == 200
         assert status(stack, removed) in (401, 403)
+
+
+def test_run_fails_naming_the_variable_when_a_port_is_taken(tmp_path: Path) -> None:
+    """It once printed its banner, then Envoy's bind error, and exited 0."""
+    env = Stack(tmp_path / "var").env  # not started: its settings, on free ports
+
+    def run(**settings: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service", "run"], cwd=ROOT,
+                              env={**env, **settings}, capture_output=True, text=True,
+                              timeout=90)
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        for variable in ("AIGNE_HUB_HTTP_PORT", "AIGNE_HUB_GRPC_PORT",
+                         "AIGNE_HUB_ENVOY_ADMIN_PORT", "AIGNE_HUB_METRICS_PORT"):
+            done = run(**{variable: port})
+            assert done.returncode == 1, done
+            assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+            assert f"set {variable} to another port" in done.stderr
+            assert "AIGNE Hub image service" not in done.stdout
+    # A part that fails to start (Envoy without its Lua filter): no banner, status 1.
+    done = run(AIGNE_HUB_ENVOY_ASSETS_ROOT=str(tmp_path / "nowhere"))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Envoy did not start" in done.stderr
+    assert "AIGNE Hub image service" not in done.stdout

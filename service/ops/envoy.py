@@ -7,6 +7,7 @@ descriptor set the transcoder reads is the one `make gen` writes to gen/descript
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ipaddress
 import json
@@ -159,6 +160,20 @@ async def drain(admin_port: int) -> None:
     async with httpx.AsyncClient(timeout=2) as admin:
         await admin.post(f"http://127.0.0.1:{admin_port}/drain_listeners",
                          params={"graceful": "", "inboundonly": ""})
+
+
+async def wait_ready(admin_port: int, proxy: subprocess.Popen[bytes]) -> bool:
+    """Whether Envoy comes up (its admin `/ready` answers 200) before it exits, within a
+    minute."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60), httpx.AsyncClient(timeout=1) as admin:
+            while proxy.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = await admin.get(f"http://127.0.0.1:{admin_port}/ready")
+                    if ready.status_code == 200:
+                        return True
+                await asyncio.sleep(0.1)
+    return False
 
 
 async def wait_idle(admin_port: int) -> None:
