@@ -52,11 +52,8 @@ local function without_body(handle)
 end
 
 function envoy_on_response(handle)
-  local head = handle:streamInfo():dynamicMetadata():get("hub")
-  if head ~= nil and head["head"] == "1" then
-    without_body(handle)
-    return
-  end
+  local hub = handle:streamInfo():dynamicMetadata():get("hub")
+  local head = hub ~= nil and hub["head"] == "1"
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     return
@@ -68,6 +65,9 @@ function envoy_on_response(handle)
     headers:remove(name)
   end
   if error_body == nil then
+    if head then
+      without_body(handle)
+    end
     return
   end
   local body = handle:body()
@@ -75,6 +75,9 @@ function envoy_on_response(handle)
   headers:replace(":status", status or "500")
   headers:replace("content-type", "application/json")
   if body ~= nil then
-    body:setBytes(error_body)
+    body:setBytes(head and "" or error_body)
+  end
+  if head then
+    headers:replace("content-length", tostring(#error_body))
   end
 end

@@ -83,6 +83,12 @@ def test_head_answers_like_get_without_a_body(http: httpx.Client) -> None:
     assert image.status_code == head.status_code == 200
     assert head.content == b"" and head.headers["content-type"] == "image/png"
     assert int(head.headers["content-length"]) == len(image.content)
+    forged = url.replace("signature=", "signature=0")
+    refused, head = http.get(forged), http.head(forged)
+    assert refused.status_code == head.status_code and refused.status_code >= 400
+    assert head.content == b"" and "grpc-status" not in head.headers
+    assert int(head.headers["content-length"]) == len(refused.content)
+    assert head.headers["content-type"] == "application/json"
 
 
 def test_a_forged_host_does_not_redirect_browsers_elsewhere(http: httpx.Client) -> None:
