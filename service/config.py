@@ -94,10 +94,12 @@ class Settings(BaseSettings):
     # Request headers: the most Envoy accepts (431 above it); the gRPC server's metadata
     # limit is set above it, so whatever Envoy passes on, the server takes.
     max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024, le=96 * 1024)
-    # Slow clients at the public edge (Envoy): the time to send a request's headers, and
-    # how long a connection may sit idle with no request in progress.
+    # Slow clients at the public edge (Envoy): the time to send a request's headers, how
+    # long a connection may sit idle with no request in progress...
     client_header_timeout_seconds: float = Field(default=10.0, gt=0)
     client_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    # ...and the time to send a whole request, body included (not the answer's wait).
+    client_request_timeout_seconds: float = Field(default=120.0, gt=0)
     # Image work (the local renderer's decoding, drawing and encoding): CPU-heavy, so it runs
     # off the event loop on this many threads per process; and the pixels one request may
     # take (its source images together; with the local renderer, and the images it asks

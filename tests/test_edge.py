@@ -5,6 +5,7 @@ private files, and keys taken out of the settings no longer valid."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import stat
 import subprocess
@@ -21,12 +22,14 @@ from tests.test_bad_input import assert_error
 
 PUBLIC_BASE = "https://hub.example.test"
 HEADER_TIMEOUT_SECONDS = 2
+REQUEST_TIMEOUT_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"AIGNE_HUB_PUBLIC_BASE_URL": PUBLIC_BASE,
-           "AIGNE_HUB_CLIENT_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_SECONDS)}
+           "AIGNE_HUB_CLIENT_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT_SECONDS),
+           "AIGNE_HUB_CLIENT_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS)}
     with Stack(tmp_path_factory.mktemp("edge") / "var", env) as stack:
         yield stack
 
@@ -53,21 +56,36 @@ def test_headers_over_the_limit_get_431_in_the_json_error_shape(http: httpx.Clie
         assert "x-hub" not in answer.text and "grpc" not in answer.text.lower()
 
 
-def test_a_slowloris_connection_is_cut(edge: Stack) -> None:
+def drip(edge: Stack, start: bytes, drops: int) -> tuple[bytes, float]:
+    """Send `start`, then a byte every 0.3 s (`drops` of them, or until cut off); the
+    answer, read until the connection closes, and how long it all took."""
     with socket.create_connection(("127.0.0.1", edge.http_port), timeout=30) as slow:
         started = time.monotonic()
-        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")  # never ends its headers
-        for _ in range(5):
+        slow.sendall(start)
+        for _ in range(drops):
             time.sleep(0.3)
             try:
-                slow.sendall(b"x-drip: 1\r\n")
+                slow.sendall(b"x")
             except OSError:
                 break
         answer = b""
-        while chunk := slow.recv(4096):
-            answer += chunk
-        waited = time.monotonic() - started
+        with contextlib.suppress(OSError):
+            while chunk := slow.recv(4096):
+                answer += chunk
+        return answer, time.monotonic() - started
+
+
+def test_a_slowloris_connection_is_cut(edge: Stack) -> None:
+    # Headers that never end...
+    answer, waited = drip(edge, b"GET /healthz HTTP/1.1\r\nHost: hub\r\nx-drip: ", 100)
     assert waited < HEADER_TIMEOUT_SECONDS + 10, waited
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b'"code":"request_timeout"' in answer
+    # ...and a body that never ends.
+    answer, waited = drip(edge, b"POST /api/images/generations HTTP/1.1\r\nHost: hub\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 100000\r\n"
+                          b"Authorization: Bearer " + TEST_KEY.encode() + b"\r\n\r\n", 100)
+    assert waited < REQUEST_TIMEOUT_SECONDS + 10, waited
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b'"code":"request_timeout"' in answer
 

@@ -41,7 +41,8 @@ LOCAL_REPLIES = {
     404: ("invalid_request_error", "not_found", "%LOCAL_REPLY_BODY%"),
     405: ("invalid_request_error", "method_not_allowed", "%LOCAL_REPLY_BODY%"),
     408: ("invalid_request_error", "request_timeout",
-          "The request's headers did not arrive in time ({header_timeout:g} s)."),
+          "The request did not arrive in time (its headers within {header_timeout:g} s, "
+          "all of it within {request_timeout:g} s)."),
     413: ("invalid_request_error", "request_too_large",
           "The request body is larger than this server accepts ({max_request_bytes} bytes)."),
     431: ("invalid_request_error", "headers_too_large",
@@ -65,7 +66,8 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
     route_timeout = int(settings.request_timeout_seconds) + ROUTE_MARGIN_SECONDS
     values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout,
               "max_header_bytes": settings.max_header_bytes,
-              "header_timeout": settings.client_header_timeout_seconds}
+              "header_timeout": settings.client_header_timeout_seconds,
+              "request_timeout": settings.client_request_timeout_seconds}
     assets = settings.envoy_assets_root or ROOT
     return Template(TEMPLATE.read_text()).substitute(
         admin_port=settings.envoy_admin_port,
@@ -81,6 +83,7 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         console_redirect=_console_redirect(settings.public_base),
         header_timeout=f"{settings.client_header_timeout_seconds:g}",
         idle_timeout=f"{settings.client_idle_timeout_seconds:g}",
+        request_receive_timeout=f"{settings.client_request_timeout_seconds:g}",
         max_header_kb=settings.max_header_bytes // 1024,
         upstream_discovery=discovery(upstreams or settings.upstreams),
         max_upstream_requests=(settings.max_in_flight_generations
