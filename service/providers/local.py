@@ -110,7 +110,7 @@ def _cover(source: InputImage, size: Size) -> Image.Image:
     """The source decoded (a JPEG at a reduced scale where it can) and fitted to `size`,
     made RGBA at that size rather than at its own."""
     with Image.open(io.BytesIO(source.data)) as opened:
-        opened.draft("RGB", (size.width, size.height))
+        opened.draft(opened.mode, (size.width, size.height))
         image: Image.Image = opened
         if image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGBA")
