@@ -1,4 +1,4 @@
--- AIGNE Hub: the two small jobs Envoy's built-in filters cannot do.
+-- AIGNE Hub: the small jobs Envoy's built-in filters cannot do.
 --
 -- On the way in, mark each request with the door it came through (`x-hub-door`), so the
 -- server knows whether to describe an error for a REST client too. A client cannot forge it:
@@ -16,6 +16,12 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  -- HEAD is GET without the body (load balancers and caches use it): the routes and the
+  -- transcoder know GET; the answer's body is dropped on the way out (envoy_on_response).
+  if headers:get(":method") == "HEAD" then
+    headers:replace(":method", "GET")
+    handle:streamInfo():dynamicMetadata():set("hub", "head", "1")
+  end
   if is_grpc(headers:get("content-type")) then
     headers:replace("x-hub-door", "grpc")
     return
@@ -34,7 +40,20 @@ function envoy_on_request(handle)
   end
 end
 
+-- The answer to a HEAD: the GET's headers, its length, no body.
+local function without_body(handle)
+  local body = handle:body()
+  local length = 0
+  if body ~= nil then
+    length = body:length()
+    body:setBytes("")
+  end
+  handle:headers():replace("content-length", tostring(length))
+end
+
 function envoy_on_response(handle)
+  local hub = handle:streamInfo():dynamicMetadata():get("hub")
+  local head = hub ~= nil and hub["head"] == "1"
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     return
@@ -46,6 +65,9 @@ function envoy_on_response(handle)
     headers:remove(name)
   end
   if error_body == nil then
+    if head then
+      without_body(handle)
+    end
     return
   end
   local body = handle:body()
@@ -53,6 +75,9 @@ function envoy_on_response(handle)
   headers:replace(":status", status or "500")
   headers:replace("content-type", "application/json")
   if body ~= nil then
-    body:setBytes(error_body)
+    body:setBytes(head and "" or error_body)
+  end
+  if head then
+    headers:replace("content-length", tostring(#error_body))
   end
 end

@@ -44,7 +44,7 @@ from service.cli import deployments as deployments_cli
 from service.cli import keys as cli
 from service.config import Settings
 from service.errors import HubError
-from service.ops import envoy, envoy_edges, logs, replicas
+from service.ops import envoy, envoy_edges, logs, ports, replicas
 from service.server import Hub, create_server, serve
 
 log = structlog.get_logger("aigne.hub")
@@ -69,12 +69,15 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     logs.configure(settings.log_level)
+    if args.command == "run" and (problems := ports.taken(settings, args.replicas)):
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        return 1
     if args.command == "serve":
         asyncio.run(serve(settings))
     elif args.command == "run" and args.replicas > 1:
         asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
-        asyncio.run(run(settings))
+        return asyncio.run(run(settings))
     elif args.command == "envoy-config":
         print(json.dumps(envoy_edges.sds_files(settings)) if args.sds else envoy.render(settings))
     else:
@@ -92,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def run(settings: Settings) -> None:
-    """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after."""
+async def run(settings: Settings) -> int:
+    """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after. The
+    exit status: 1 if a part failed to start or stopped by itself (Envoy exited)."""
     settings = settings.with_generated_secrets()
     # Envoy first, while this process has no threads yet (its child dies with us).
     proxy = envoy.start(envoy.write_config(settings, settings.var_dir / "envoy.yaml"),
@@ -102,6 +106,9 @@ async def run(settings: Settings) -> None:
     hub = None
     try:
         hub = await create_server(settings)
+        if not await envoy.wait_ready(settings.envoy_admin_port, proxy):
+            print("error: Envoy did not start: see its log above", file=sys.stderr)
+            return 1
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST {settings.edge_url}/api/images/generations\n"
@@ -111,7 +118,7 @@ async def run(settings: Settings) -> None:
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"
               f"  Ctrl-C stops both.\n", flush=True)
-        await _until_stopped(proxy)
+        return 0 if await _until_stopped(proxy) else 1
     finally:
         await _shut_down(hub, proxy, settings)
 
@@ -143,7 +150,8 @@ async def _shut_down(hub: Hub | None, proxy: subprocess.Popen[bytes],
     log.info("stopped")
 
 
-async def _until_stopped(proxy: object) -> None:
+async def _until_stopped(proxy: object) -> bool:
+    """Wait for SIGTERM or SIGINT (True), or for Envoy to exit by itself (False)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,7 +164,9 @@ async def _until_stopped(proxy: object) -> None:
 
     watcher = asyncio.create_task(watch_envoy())
     await stop.wait()
+    envoy_exited = watcher.done()
     watcher.cancel()
+    return not envoy_exited
 
 
 async def ensure_first_key(keys: KeyStore, settings: Settings) -> str:

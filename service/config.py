@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MIB, ge=MIB)
     max_response_bytes: int = Field(default=256 * MIB, ge=MIB)
     fan_out_concurrency: int = Field(default=4, ge=1)
+    # Request headers: the most Envoy accepts (431 above it); the gRPC server's metadata
+    # limit is set above it, so whatever Envoy passes on, the server takes.
+    max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024, le=96 * 1024)
+    # Slow clients at the public edge (Envoy): the time to send a request's headers, how
+    # long a connection may sit idle with no request in progress...
+    client_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    client_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    # ...and the time to send a whole request, body included (not the answer's wait).
+    client_request_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Image work (the local renderer's decoding, drawing and encoding): CPU-heavy, so it runs
+    # off the event loop on this many threads per process; and the pixels one request may
+    # take (its source images together; with the local renderer, and the images it asks
+    # for), refused with a 400 above that.
+    image_work_threads: int = Field(default=2, ge=1)
+    max_request_pixels: int = Field(default=64_000_000, ge=1_000_000)
     # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
     upstream_retries: int = Field(default=2, ge=0)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
@@ -160,6 +175,13 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_retries: int = Field(default=8, ge=0)
     webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    # Webhooks are posted by their own pool, never holding a job's slot: deliveries at once.
+    webhook_concurrency: int = Field(default=8, ge=1)
+    # Quota reservations whose request died with its process (SIGKILL) are given back: how
+    # often each process sweeps, and how long a reservation may stay unsettled (default: the
+    # request budget plus a minute).
+    reservation_sweep_seconds: float = Field(default=60.0, gt=0)
+    reservation_lease_seconds: float | None = Field(default=None, gt=0)
 
     # Logs.
     log_level: str = "INFO"
@@ -291,6 +313,12 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'hub.db'}"
+
+    @property
+    def grpc_metadata_bytes(self) -> int:
+        """The gRPC server's metadata limit: twice Envoy's header limit, room for the
+        headers Envoy adds and gRPC's overhead of 32 bytes per entry."""
+        return 2 * self.max_header_bytes + 16 * 1024
 
     @property
     def public_base(self) -> str:

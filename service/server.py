@@ -46,6 +46,7 @@ from service.api.methods import (
     METERED_METHODS,
     PUBLIC_METHODS,
     QUIET_METHODS,
+    REFLECTED_SERVICES,
     SERVICES,
 )
 from service.api.probes import ProbeServicer
@@ -72,7 +73,6 @@ from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
 
-RESERVATION_SWEEP_SECONDS = 60.0
 IDEMPOTENCY_SWEEP_SECONDS = 600.0
 CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
@@ -198,11 +198,12 @@ async def build_parts(settings: Settings) -> Parts:
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
                     instrument=metrics.instrument)
     loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
-                                     settings.image_fetch_timeout_seconds))
+                                     settings.image_fetch_timeout_seconds,
+                                     settings.max_request_pixels))
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
-    # A reservation unsettled a minute past the longest a request may take is a dead
-    # process's: the sweep gives it back.
-    quotas = Quotas(database, writer, lease_seconds=settings.request_timeout_seconds + 60)
+    # Unsettled a minute past the longest a request takes: a dead process's, swept back.
+    quotas = Quotas(database, writer, lease_seconds=settings.reservation_lease_seconds
+                    or settings.request_timeout_seconds + 60)
     usage = UsageRecorder(database, settings.credits_per_usd, writer)
     idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds,
                               writer=writer)
@@ -214,7 +215,7 @@ async def build_parts(settings: Settings) -> Parts:
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
                                      storage=storage)
     housekeeping = Housekeeping([
-        Sweep("quota reservations", RESERVATION_SWEEP_SECONDS, quotas.sweep),
+        Sweep("quota reservations", settings.reservation_sweep_seconds, quotas.sweep),
         Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS, idempotency.sweep)])
     return Parts(database, writer, keys, KeyCache(keys, settings.db_url, database), registry,
                  metrics, admission, deployments, router,
@@ -235,12 +236,16 @@ def grpc_server(settings: Settings, parts: Parts, tracing: Tracing | None = None
     server = grpc.aio.server(
         interceptors=[interceptor] if tracing is None else [tracing.interceptor, interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
-                 ("grpc.max_send_message_length", settings.max_response_bytes)])
+                 ("grpc.max_send_message_length", settings.max_response_bytes),
+                 # Above Envoy's header limit (max_header_bytes): what Envoy passes on is
+                 # taken whole, never refused at random (gRPC's soft limit) as a 429.
+                 ("grpc.max_metadata_size", settings.grpc_metadata_bytes),
+                 ("grpc.absolute_max_metadata_size", settings.grpc_metadata_bytes)])
     add_servicers(server, settings, parts)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (*REFLECTED_SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     return server, interceptor, health_servicer
 
 
@@ -277,7 +282,8 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
                 run_seconds=settings.request_timeout_seconds,
                 stop_grace_seconds=settings.job_stop_grace_seconds,
                 webhook_retries=settings.webhook_retries,
-                webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
+                webhook_retry_base_seconds=settings.webhook_retry_base_seconds,
+                webhook_concurrency=settings.webhook_concurrency)
     return webhooks, jobs
 
 

@@ -3,6 +3,7 @@ request carrying the request id end to end, and Envoy's stats on its admin port.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -11,9 +12,13 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
+import structlog.testing
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
+from service.accounting.charge import Charge
+from service.rpc.call import Call
+from service.rpc.interceptor import OK, HubInterceptor
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, ImageHost, http_client, provider_env
 from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI, error
@@ -190,3 +195,22 @@ def test_prompts_are_logged_when_configured(prompt_logging_stack: Stack, fakes) 
     assert TEST_KEY not in prompt_logging_stack.log_path.read_text()
     with pytest.raises(httpx.HTTPError):  # port 0: no metrics endpoint at all
         httpx.get(prompt_logging_stack.metrics_url, timeout=1)
+
+
+async def test_the_logged_duration_includes_writing_the_usage_record() -> None:
+    """`duration_ms` was taken before the usage record was written (issue 18)."""
+    method = "/aigne.hub.v1.ImageService/Generate"
+    interceptor = HubInterceptor(None, None, public_methods=frozenset(),  # type: ignore[arg-type]
+                                 admin_prefixes=(), metered_methods=frozenset({method}),
+                                 request_timeout=10)
+    call = Call(charge=Charge(request_id="slow-record", door="rest", accepted_at=time.time()),
+                method="Generate", deadline=asyncio.get_running_loop().time() + 10)
+
+    async def slow_record(status: str, http_status: int) -> None:
+        await asyncio.sleep(0.3)  # a database that takes its time
+
+    call.charge.settle = slow_record  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logged:
+        await interceptor._end(method, call, OK)
+    [line] = [entry for entry in logged if entry.get("request_id") == "slow-record"]
+    assert line["duration_ms"] >= 300

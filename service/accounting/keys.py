@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -199,6 +199,22 @@ class KeyStore:
 
         return await self._changing(set_them)
 
+    async def revoke_unconfigured(self, configured: Sequence[str]) -> int:
+        """Revoke the keys of source "env" other than `configured` (ids): a key taken out of
+        AIGNE_HUB_API_KEYS stops working. How many were revoked."""
+        async def revoke_them(session: AsyncSession) -> int:
+            revoked = await session.execute(
+                update(ApiKeyRow).where(ApiKeyRow.source == "env",
+                                        ApiKeyRow.revoked_at.is_(None),
+                                        ApiKeyRow.id.not_in(configured))
+                .values(revoked_at=utcnow()))
+            count = int(revoked.rowcount or 0)  # type: ignore[attr-defined]
+            if count:
+                await _changed(session)
+            return count
+
+        return await self._db.write(revoke_them)
+
     async def revoke(self, id_or_prefix: str) -> ApiKey:
         """Revoke by id or by shown prefix; takes effect on the key's next request."""
         async def revoke_it(session: AsyncSession) -> ApiKey:
@@ -283,10 +299,14 @@ def _bearer_token(authorization: str | None) -> str:
 
 async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
     """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
-    have ids, usage and limits like any key); a key's admin flag follows the setting."""
+    have ids, usage and limits like any key); a key's admin flag follows the setting. Keys
+    that came from these settings and are no longer in them are revoked."""
+    configured = []
     for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
                                     ("AIGNE_HUB_ADMIN_API_KEYS",
                                      settings.static_admin_api_keys, True)):
         for token in tokens:
-            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
-                              source="env")
+            key = await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
+                                    source="env")
+            configured.append(key.id)
+    await keys.revoke_unconfigured(configured)

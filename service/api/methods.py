@@ -52,3 +52,5 @@ GENERATION_METHODS = frozenset(f"/{SERVICE_NAME}/{m}" for m in GENERATIONS)
 # Every service of the server (health aside), for health checks and reflection.
 SERVICES = (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
             JOB_SERVICE, PROBE_SERVICE)
+# What server reflection lists: it answers without a key, so not the admin services.
+REFLECTED_SERVICES = tuple(s for s in SERVICES if s not in (ADMIN_SERVICE, DEPLOYMENT_SERVICE))

@@ -39,6 +39,7 @@ class FetchLimits:
     allowed_hosts: frozenset[str]  # `host` or `host:port`, lower case
     max_bytes: int
     timeout_seconds: float
+    max_pixels: int = MAX_PIXELS  # the source images of one request together
 
 
 class ImageLoader:
@@ -50,7 +51,14 @@ class ImageLoader:
                                        timeout=limits.timeout_seconds)
 
     async def load(self, sources: tuple[str | bytes, ...]) -> tuple[InputImage, ...]:
-        return tuple(await asyncio.gather(*(self._load_one(s, i) for i, s in enumerate(sources))))
+        images = tuple(await asyncio.gather(*(self._load_one(s, i)
+                                              for i, s in enumerate(sources))))
+        pixels = sum(image.width * image.height for image in images)
+        if pixels > self._limits.max_pixels:
+            raise InvalidArgument(
+                f"The source images come to {pixels:,} pixels; a request may send at most "
+                f"{self._limits.max_pixels:,}.", param="image", reason="IMAGE_TOO_LARGE")
+        return images
 
     async def load_mask(self, source: str | bytes, image: InputImage) -> InputImage:
         """The mask of an edit of `image`: a PNG with an alpha channel, `image`'s size."""

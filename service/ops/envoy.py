@@ -7,7 +7,9 @@ descriptor set the transcoder reads is the one `make gen` writes to gen/descript
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import ipaddress
 import json
 import math
 import signal
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 from string import Template
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,9 +41,13 @@ LOCAL_REPLIES = {
     400: ("invalid_request_error", "invalid_request", "%LOCAL_REPLY_BODY%"),
     404: ("invalid_request_error", "not_found", "%LOCAL_REPLY_BODY%"),
     405: ("invalid_request_error", "method_not_allowed", "%LOCAL_REPLY_BODY%"),
+    408: ("invalid_request_error", "request_timeout",
+          "The request did not arrive in time (its headers within {header_timeout:g} s, "
+          "all of it within {request_timeout:g} s)."),
     413: ("invalid_request_error", "request_too_large",
           "The request body is larger than this server accepts ({max_request_bytes} bytes)."),
-    431: ("invalid_request_error", "headers_too_large", "The request headers are too large."),
+    431: ("invalid_request_error", "headers_too_large",
+          "The request headers are larger than this server accepts ({max_header_bytes} bytes)."),
     502: ("server_error", "upstream_error", "The image service answered badly; try again."),
     503: ("server_error", "service_unavailable",
           "The image service is not reachable right now; try again shortly."),
@@ -58,7 +65,10 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
     """The Envoy config for `settings`, balancing over `upstreams` (default: the settings'
     AIGNE_HUB_ENVOY_UPSTREAMS, else our server)."""
     route_timeout = int(settings.request_timeout_seconds) + ROUTE_MARGIN_SECONDS
-    values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout}
+    values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout,
+              "max_header_bytes": settings.max_header_bytes,
+              "header_timeout": settings.client_header_timeout_seconds,
+              "request_timeout": settings.client_request_timeout_seconds}
     assets = settings.envoy_assets_root or ROOT
     return Template(TEMPLATE.read_text()).substitute(
         admin_port=settings.envoy_admin_port,
@@ -71,6 +81,11 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         max_request_bytes=settings.max_request_bytes,
         max_response_bytes=settings.max_response_bytes,
         local_reply_mappers=_local_reply_mappers(values),
+        console_redirect=_console_redirect(settings.public_base),
+        header_timeout=f"{settings.client_header_timeout_seconds:g}",
+        idle_timeout=f"{settings.client_idle_timeout_seconds:g}",
+        request_receive_timeout=f"{settings.client_request_timeout_seconds:g}",
+        max_header_kb=settings.max_header_bytes // 1024,
         upstream_discovery=discovery(upstreams or settings.upstreams),
         max_upstream_requests=(settings.max_in_flight_generations
                                * len(upstreams or settings.upstreams) + OTHER_CALLS),
@@ -83,7 +98,28 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
     )
 
 
-def _local_reply_mappers(values: dict[str, int]) -> str:
+def _console_redirect(public_base: str) -> str:
+    """Envoy's redirect to the console at the public URL (AIGNE_HUB_PUBLIC_BASE_URL), so a
+    forged Host header cannot send a browser elsewhere."""
+    base = urlsplit(public_base)
+    host = base.hostname or "0.0.0.0"  # noqa: S104
+    if ipaddress_unspecified(host):  # no public URL configured, listening on every address
+        return 'path_redirect: "/console/"'
+    host = f"[{host}]" if ":" in host else host
+    # host_redirect with its port (or none): the request's own port is dropped either way.
+    return (f"scheme_redirect: {base.scheme}, "
+            f"host_redirect: {json.dumps(host + (f':{base.port}' if base.port else ''))}, "
+            f"path_redirect: {json.dumps(base.path.rstrip('/') + '/console/')}")
+
+
+def ipaddress_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _local_reply_mappers(values: dict[str, float]) -> str:
     lines = []
     for status, (error_type, code, message) in LOCAL_REPLIES.items():
         body = {"error": {"message": message.format(**values), "type": error_type,
@@ -141,6 +177,20 @@ async def drain(admin_port: int) -> None:
     async with httpx.AsyncClient(timeout=2) as admin:
         await admin.post(f"http://127.0.0.1:{admin_port}/drain_listeners",
                          params={"graceful": "", "inboundonly": ""})
+
+
+async def wait_ready(admin_port: int, proxy: subprocess.Popen[bytes]) -> bool:
+    """Whether Envoy comes up (its admin `/ready` answers 200) before it exits, within a
+    minute."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60), httpx.AsyncClient(timeout=1) as admin:
+            while proxy.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = await admin.get(f"http://127.0.0.1:{admin_port}/ready")
+                    if ready.status_code == 200:
+                        return True
+                await asyncio.sleep(0.1)
+    return False
 
 
 async def wait_idle(admin_port: int) -> None:

@@ -15,7 +15,7 @@ from service.providers import google, local, openai
 from service.providers.base import Provider
 
 BUILDERS: dict[str, Callable[[Deployment, str], Provider]] = {
-    "local": lambda deployment, secret: local.LocalProvider(),
+    "local": local.LocalProvider.build,
     "openai": openai.OpenAIProvider.build,
     "azure": openai.OpenAIProvider.build,
     "gemini": google.GoogleProvider.build,

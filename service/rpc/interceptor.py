@@ -247,11 +247,13 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         """Record a metered call's usage, count it and write the log line, before the answer
         leaves (so a client that has its answer finds the record, and its quota settled)."""
         quiet = method in self._quiet
-        if not quiet:
-            self._metrics.finished(call, outcome.status)
-        log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
-        if method in self._metered:
-            await call.charge.settle(outcome.status, outcome.http_status)
+        try:
+            if method in self._metered:
+                await call.charge.settle(outcome.status, outcome.http_status)
+        finally:  # the duration then includes writing the record
+            if not quiet:
+                self._metrics.finished(call, outcome.status)
+            log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         call = arrived(method, context, self._timeout, self._open_charge)
