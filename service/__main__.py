@@ -109,7 +109,7 @@ async def run(settings: Settings) -> int:
         if not await envoy.wait_ready(settings.envoy_admin_port, proxy):
             print("error: Envoy did not start: see its log above", file=sys.stderr)
             return 1
-        key_note = await ensure_first_key(hub.keys, settings)
+        key_note = await ensure_first_key(hub.parts.keys, settings)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST {settings.edge_url}/api/images/generations\n"
               f"  Console  {settings.edge_url}/console/\n"

@@ -91,10 +91,6 @@ class Hub:
     tracing: Tracing | None = None
 
     @property
-    def keys(self) -> KeyStore:
-        return self.parts.keys
-
-    @property
     def default_model(self) -> str:
         return self.parts.default_model
 
