@@ -51,7 +51,7 @@ log = structlog.get_logger("aigne.hub")
 ENVOY_FLUSH_SECONDS = 0.5  # at least this long for Envoy to write answers just sent
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser_of_commands() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                               help="print the SDS files of its TLS secrets instead (JSON)")
     cli.add_commands(commands)
     deployments_cli.add_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser_of_commands().parse_args(argv)
     settings = Settings()
     logs.configure(settings.log_level)
     if args.command == "run" and (problems := ports.taken(settings, args.replicas)):

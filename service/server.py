@@ -28,9 +28,10 @@ from aigne.hub.v1 import (
     usage_service_pb2_grpc,
 )
 from service import db
+from service.accounting.configured_keys import ensure_configured_keys
 from service.accounting.idempotency import Idempotency
 from service.accounting.key_cache import KeyCache
-from service.accounting.keys import KeyStore, ensure_configured_keys
+from service.accounting.keys import KeyStore
 from service.accounting.quotas import Quotas
 from service.accounting.usage import UsageRecorder, UsageReports
 from service.api.admin import AdminServicer

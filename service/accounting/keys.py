@@ -25,7 +25,6 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.config import Settings
 from service.db import ApiKeyRow, Database, KeyGenerationRow, utcnow
 from service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
@@ -295,18 +294,3 @@ def _bearer_token(authorization: str | None) -> str:
         raise Unauthenticated("The Authorization header must be 'Bearer <key>'.",
                               reason="MISSING_API_KEY")
     return token
-
-
-async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
-    """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
-    have ids, usage and limits like any key); a key's admin flag follows the setting. Keys
-    that came from these settings and are no longer in them are revoked."""
-    configured = []
-    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
-                                    ("AIGNE_HUB_ADMIN_API_KEYS",
-                                     settings.static_admin_api_keys, True)):
-        for token in tokens:
-            key = await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
-                                    source="env")
-            configured.append(key.id)
-    await keys.revoke_unconfigured(configured)
