@@ -40,7 +40,7 @@ from service.accounting.keys import KeyStore
 from service.cli import deployments as deployments_cli
 from service.cli import keys as cli
 from service.config import Settings
-from service.errors import HubError
+from service.errors import HubError, KnownSecrets
 from service.ops import envoy, logs, replicas
 from service.server import Hub, create_server, serve
 
@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    logs.configure(settings.log_level)
+    secrets = KnownSecrets()  # provider credentials, masked in the log and in answers
+    logs.configure(settings.log_level, secrets)
     if args.command == "serve":
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
         asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, secrets))
     elif args.command == "envoy-config":
         print(envoy.render(settings))
     else:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, secrets: KnownSecrets | None = None) -> None:
     """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after."""
     settings = settings.with_generated_secrets()
     # Envoy first, while this process has no threads yet (its child dies with us).
@@ -96,7 +97,7 @@ async def run(settings: Settings) -> None:
                         drain_seconds=settings.shutdown_grace_seconds)
     hub = None
     try:
-        hub = await create_server(settings)
+        hub = await create_server(settings, secrets)
         key_note = await ensure_first_key(hub.keys, settings)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"

@@ -53,15 +53,19 @@ from service.api.usage import UsageServicer
 from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.db.batch import BatchWriter
-from service.generation.inputs import FetchLimits, ImageLoader
-from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.errors import KnownSecrets
+from service.generation.inputs import ImageLoader
+from service.generation.pipeline import Pipeline, starting_default_model
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
+from service.net.fetch import GuardedFetcher, image_fetch_limits
 from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
+from service.providers.base import ProviderDeps
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router, RoutingPolicy
+from service.routing.policy import routing_policy
+from service.routing.router import Router
 from service.routing.secretbox import SecretBox
 from service.rpc.interceptor import HubInterceptor
 from service.store.signing import UrlSigner
@@ -136,9 +140,9 @@ class Hub:
         self.stop_metrics()
 
 
-async def create_server(settings: Settings) -> Hub:
+async def create_server(settings: Settings, secrets: KnownSecrets | None = None) -> Hub:
     settings = settings.with_generated_secrets()
-    parts = await build_parts(settings)
+    parts = await build_parts(settings, secrets)
     server, interceptor, health_servicer = grpc_server(settings, parts)
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
@@ -176,7 +180,7 @@ class Parts:
     housekeeping: Housekeeping
 
 
-async def build_parts(settings: Settings) -> Parts:
+async def build_parts(settings: Settings, secrets: KnownSecrets | None = None) -> Parts:
     assert settings.key_hash_secret and settings.credentials_key
     database = db.Database.open(settings.db_url)
     await db.migrate(database.engine)
@@ -187,10 +191,11 @@ async def build_parts(settings: Settings) -> Parts:
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
     deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
+    # One guarded fetcher for every image fetched by URL: source images, provider answers.
+    fetcher = GuardedFetcher(image_fetch_limits(settings))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
-                    instrument=metrics.instrument)
-    loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
-                                     settings.image_fetch_timeout_seconds))
+                    ProviderDeps(fetcher, secrets or KnownSecrets()), instrument=metrics.instrument)
+    loader = ImageLoader(fetcher)
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
     # A reservation unsettled a minute past the longest a request may take is a dead
     # process's: the sweep gives it back.
@@ -209,9 +214,10 @@ async def build_parts(settings: Settings) -> Parts:
                                        quotas.sweep),
                                  Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS,
                                        idempotency.sweep)])
+    default = await starting_default_model(settings.default_model, registry, router)
     return Parts(database, writer, keys, registry, metrics, admission, deployments, router,
-                 await choose_default_model(settings, registry, router), loader, quotas,
-                 usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
+                 default, loader, quotas, usage, storage, idempotency, pipeline, webhooks, jobs,
+                 housekeeping)
 
 
 def grpc_server(settings: Settings, parts: Parts
@@ -273,33 +279,9 @@ def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore
     return webhooks, jobs
 
 
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def choose_default_model(settings: Settings, registry: ModelRegistry,
-                               router: Router) -> str:
-    """The model of requests that name none, as things stand at start-up (it follows the
-    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
-    if settings.default_model:
-        registry.get(settings.default_model)
-        return settings.default_model
-    model = await default_model(registry, router)
-    if model == LOCAL_MODEL:
-        log.warning("no provider key is set: requests that name no model go to the local "
-                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return model
-
-
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, secrets: KnownSecrets | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
-    hub = await create_server(settings)
+    hub = await create_server(settings, secrets)
     log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -201,3 +201,17 @@ async def default_model(registry: ModelRegistry, router: Router) -> str:
     if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
         return CONTRACT_DEFAULT_MODEL
     return LOCAL_MODEL
+
+
+async def starting_default_model(configured: str | None, registry: ModelRegistry,
+                                 router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
+    if configured:
+        registry.get(configured)
+        return configured
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model
