@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.errors import InvalidArgument
+from service.jobs.webhooks import Webhooks
 from service.net.guard import UrlRefused, checked_address, is_public
 from tests.fuzzing import examples
 
@@ -117,3 +119,16 @@ def test_an_allowed_host_may_be_private() -> None:
     address = asyncio.run(checked_address("http://127.0.0.1:8080/x.png",
                                           frozenset({"127.0.0.1:8080"})))
     assert address == "127.0.0.1"
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://a..b/hook", "http://[::ffff:0:a9fe:a9fe]/",
+                                 f"https://{'h' * 64}.example/hook"])
+def test_webhook_urls_take_the_same_guard(url: str) -> None:
+    webhooks = Webhooks(b"secret", frozenset(), timeout=1)
+    try:
+        with pytest.raises(InvalidArgument) as refused:
+            asyncio.run(webhooks.check(url))
+    finally:
+        asyncio.run(webhooks.aclose())
+    assert refused.value.param == "webhook_url"
+    assert refused.value.reason in ("INVALID_WEBHOOK_URL", "WEBHOOK_URL_FORBIDDEN")

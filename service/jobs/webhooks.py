@@ -85,7 +85,7 @@ class Webhooks:
         try:
             answer = await self._http.post(target, content=body, headers=headers,
                                            extensions=extensions)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return f"{type(exc).__name__}"
         if 200 <= answer.status_code < 300:
             return None

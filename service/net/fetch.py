@@ -64,7 +64,7 @@ class GuardedFetcher:
         except TimeoutError:
             raise FetchFailed(f"fetching {shown(url)} took longer than "
                               f"{limits.timeout_seconds:g} s", "FETCH_TIMEOUT") from None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise FetchFailed(f"could not fetch {shown(url)}: {type(exc).__name__}",
                               "FETCH_FAILED") from None
         raise FetchFailed(f"{shown(url)} redirects more than {MAX_REDIRECTS} times",
