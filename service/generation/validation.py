@@ -8,6 +8,7 @@ successor for and what the client must get back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from service.catalog.models import ModelSpec, Route, Size
@@ -35,6 +36,7 @@ class GenerationPlan:
     output_format: str
     output_compression: int | None
     image_sources: tuple[str, ...]
+    identity: str = ""  # what makes two requests one, for idempotency keys (`identity`)
 
 
 def plan(request: ImageRequest, route: Route) -> GenerationPlan:
@@ -60,11 +62,31 @@ def plan(request: ImageRequest, route: Route) -> GenerationPlan:
                    output_format=output_format, output_compression=compression,
                    background=background, moderation=moderation, user=request.user or None,
                    partial_images=_partial_images(request))
+    same = identity(job, response_format, images)
     if route.translated:
         job = _translate(job, route.served)
     return GenerationPlan(route=route, job=job, size=size, response_format=response_format,
                           output_format=output_format, output_compression=compression,
-                          image_sources=images)
+                          image_sources=images, identity=same)
+
+
+def identity(job: ImageJob, response_format: str, sources: tuple[str, ...]) -> str:
+    """What makes two generations the same request, for idempotency keys: every field as
+    planned in the requested model's terms, defaults filled in (the contract's, per model:
+    no model is the server's default, no n is 1, no size, quality or style the model's,
+    no response_format `url`, no output_format the model's first, no background or
+    moderation `auto`; output_compression has no default), so a field left out and the
+    same field sent with its default are one request. How the answer is told (stream,
+    partial_images) and where it is served from (successors) are not part of it."""
+    digest = hashlib.sha256()
+    background, moderation = ({None: None, "auto": None}.get(v, v)
+                              for v in (job.background, job.moderation))
+    for value in (job.model.name, job.prompt, job.n, str(job.size), job.quality, job.style,
+                  job.output_format, job.output_compression, background, moderation,
+                  job.user, response_format, *sources):
+        text = repr(value).encode()
+        digest.update(len(text).to_bytes(8, "big") + text)
+    return digest.hexdigest()
 
 
 def _prompt(prompt: str, spec: ModelSpec) -> str:
