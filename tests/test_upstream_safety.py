@@ -54,6 +54,7 @@ def test_url_answer_pointing_at_loopback_is_refused_unfetched(provider_rest: htt
     error_body = assert_error(provider_rest.post(GENERATIONS, json={
         "model": "gpt-image-2", "prompt": "x"}), 502, None, "upstream_image_url_forbidden")
     assert "did not fetch" in error_body["message"]
+    assert str(fake_openai.port) not in error_body["message"], "the URL is not repeated"
     assert [r.method for r in fake_openai.received] == ["POST"]  # the generation alone
 
 

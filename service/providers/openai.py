@@ -37,7 +37,7 @@ from service.errors import (
 from service.net.fetch import FetchFailed
 from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
 from service.providers.imaging import verified_mime_type
-from service.providers.openai_answer import _decode, _json, token_usage
+from service.providers.openai_answer import _decode, _json, token_usage, url_answer_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
@@ -102,11 +102,7 @@ class OpenAIProvider:
         except openai.APIError as exc:
             raise hub_error(exc, job, self.name, self._secrets) from None
         except FetchFailed as failed:  # a `url` answer the guard refused or could not fetch
-            raise UpstreamFailed(
-                f"The image provider answered a URL this server did not fetch: "
-                f"{redact(failed.message, self._secrets)}",
-                reason=f"UPSTREAM_{failed.reason}", retryable=failed.reason == "FETCH_TIMEOUT"
-            ) from None
+            raise url_answer_error(failed) from None
         except ValueError:  # the SDK met a body that is not the JSON it expects
             raise UpstreamFailed("The image provider answered something that is not the JSON "
                                  "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
