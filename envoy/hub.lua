@@ -1,6 +1,7 @@
 -- AIGNE Hub: the small jobs Envoy's built-in filters cannot do.
 --
--- On the way in, mark each request with the door it came through (`x-hub-door`), so the
+-- On the way in, replace a request id the server would refuse with a fresh one (below), and
+-- mark each request with the door it came through (`x-hub-door`), so the
 -- server knows whether to describe an error for a REST client too. A client cannot forge it:
 -- the header is always overwritten here. REST requests lose any `grpc-*` header.
 --
@@ -14,8 +15,29 @@ local function is_grpc(content_type)
   return content_type ~= nil and content_type:sub(1, #GRPC) == GRPC
 end
 
+-- A request id the server would refuse (service/rpc/call.py REQUEST_ID: 1 to 128 of
+-- A-Z a-z 0-9 . _ : / + = -) is replaced here by a fresh one, so that the client, Envoy's
+-- access log, the server's log and the usage record all carry the same id. Each worker's
+-- Lua state is seeded apart (the time, and the address of a table of its own).
+math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 2147483647))
+
+local function fresh_request_id()
+  local parts = {}
+  for i = 1, 8 do
+    parts[i] = string.format("%04x", math.random(0, 65535))
+  end
+  return table.concat(parts)
+end
+
+local function valid_request_id(id)
+  return id ~= nil and #id >= 1 and #id <= 128 and id:match("^[%w%._:/%+=%-]+$") ~= nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  if not valid_request_id(headers:get("x-request-id")) then
+    headers:replace("x-request-id", fresh_request_id())
+  end
   -- HEAD is GET without the body (load balancers and caches use it): the routes and the
   -- transcoder know GET; the answer's body is dropped on the way out (envoy_on_response).
   if headers:get(":method") == "HEAD" then

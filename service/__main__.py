@@ -43,7 +43,7 @@ from service.accounting.keys import KeyStore
 from service.cli import deployments as deployments_cli
 from service.cli import keys as cli
 from service.config import Settings
-from service.errors import HubError
+from service.errors import HubError, KnownSecrets
 from service.ops import envoy, envoy_edges, logs, ports, replicas
 from service.server import Hub, create_server, serve
 
@@ -71,16 +71,17 @@ def parser_of_commands() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser_of_commands().parse_args(argv)
     settings = Settings()
-    logs.configure(settings.log_level)
+    secrets = KnownSecrets()  # provider credentials, masked in the log and in answers
+    logs.configure(settings.log_level, secrets)
     if args.command == "run" and (problems := ports.taken(settings, args.replicas)):
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 1
     if args.command == "serve":
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
         asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, secrets))
     elif args.command == "envoy-config":
         print(json.dumps(envoy_edges.sds_files(settings)) if args.sds else envoy.render(settings))
     else:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def run(settings: Settings) -> int:
+async def run(settings: Settings, secrets: KnownSecrets | None = None) -> int:
     """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after. The
     exit status: 1 if a part failed to start or stopped by itself (Envoy exited)."""
     settings = settings.with_generated_secrets()
@@ -108,7 +109,7 @@ async def run(settings: Settings) -> int:
                         drain_seconds=settings.shutdown_grace_seconds)
     hub = None
     try:
-        hub = await create_server(settings)
+        hub = await create_server(settings, secrets)
         if not await envoy.wait_ready(settings.envoy_admin_port, proxy):
             print("error: Envoy did not start: see its log above", file=sys.stderr)
             return 1

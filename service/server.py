@@ -55,15 +55,19 @@ from service.api.usage import UsageServicer
 from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
 from service.db.batch import BatchWriter
-from service.generation.inputs import FetchLimits, ImageLoader
+from service.errors import KnownSecrets
+from service.generation.inputs import ImageLoader
 from service.generation.pipeline import Pipeline, choose_default_model
 from service.jobs.runner import Jobs
+from service.jobs.setup import background_jobs
 from service.jobs.webhooks import Webhooks
+from service.net.fetch import GuardedFetcher, image_fetch_limits
 from service.ops.admission import Admission
 from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
 from service.ops.tracing import Tracing
 from service.ops.tracing import start as start_tracing
+from service.providers.base import ProviderDeps
 from service.routing.deployments import DeploymentStore, environment_deployments
 from service.routing.policy import routing_policy
 from service.routing.router import Router
@@ -139,10 +143,10 @@ class Hub:
             self.tracing.shutdown()
 
 
-async def create_server(settings: Settings) -> Hub:
+async def create_server(settings: Settings, secrets: KnownSecrets | None = None) -> Hub:
     settings = settings.with_generated_secrets()
     tracing = start_tracing(settings)  # before the SDK clients exist: they get traced
-    parts = await build_parts(settings)
+    parts = await build_parts(settings, secrets)
     server, interceptor, health_servicer = grpc_server(settings, parts, tracing)
     port = transport.bind(server, settings)
     await server.start()
@@ -181,7 +185,7 @@ class Parts:
     housekeeping: Housekeeping
 
 
-async def build_parts(settings: Settings) -> Parts:
+async def build_parts(settings: Settings, secrets: KnownSecrets | None = None) -> Parts:
     assert settings.key_hash_secret and settings.credentials_key
     database = db.Database.open(settings.db_url)
     await db.migrate(database.engine)
@@ -192,11 +196,11 @@ async def build_parts(settings: Settings) -> Parts:
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
     deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
+    # One guarded fetcher for every image fetched by URL: source images, provider answers.
+    fetcher = GuardedFetcher(image_fetch_limits(settings))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
-                    instrument=metrics.instrument)
-    loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
-                                     settings.image_fetch_timeout_seconds,
-                                     settings.max_request_pixels))
+                    ProviderDeps(fetcher, secrets or KnownSecrets()), instrument=metrics.instrument)
+    loader = ImageLoader(fetcher, settings.max_request_pixels)
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
     # Unsettled a minute past the longest a request takes: a dead process's, swept back.
     quotas = Quotas(database, writer, lease_seconds=settings.reservation_lease_seconds
@@ -266,27 +270,9 @@ def add_servicers(server: grpc.aio.Server, settings: Settings, parts: Parts) -> 
         database=parts.database, store=storage.store, admission=parts.admission), server)
 
 
-def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore,
-                    usage: UsageRecorder, storage: ImageStorage) -> tuple[Webhooks, Jobs]:
-    """JobService's parts: the webhook sender and the job runner."""
-    assert settings.webhook_secret is not None
-    webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
-                        settings.webhook_url_hosts, settings.webhook_timeout_seconds)
-    jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
-                signer=storage.urls, concurrency=settings.job_concurrency,
-                lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
-                max_attempts=settings.job_max_attempts,
-                run_seconds=settings.request_timeout_seconds,
-                stop_grace_seconds=settings.job_stop_grace_seconds,
-                webhook_retries=settings.webhook_retries,
-                webhook_retry_base_seconds=settings.webhook_retry_base_seconds,
-                webhook_concurrency=settings.webhook_concurrency)
-    return webhooks, jobs
-
-
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, secrets: KnownSecrets | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
-    hub = await create_server(settings)
+    hub = await create_server(settings, secrets)
     log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -95,6 +95,33 @@ def test_a_request_id_the_client_sends_is_kept_on_both_doors(rest: httpx.Client,
         assert request_line(provider_stack, f"grpc-{target}")["door"] == "grpc"
 
 
+@pytest.mark.parametrize("given", ["x" * 500, "has spaces in it", "semi;colon", "é-accent"])
+def test_a_request_id_the_server_refuses_is_replaced_by_one_id_end_to_end(
+        rest: httpx.Client, provider_stack: Stack, fakes, given: str) -> None:
+    """Envoy does not echo an id the server would refuse while the logs and the usage record
+    carry another: the client, Envoy's access log, the server's log line and the upstream
+    all see the same fresh id."""
+    answer = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"},
+                       headers={"x-request-id": given.encode()})
+    assert answer.status_code == 200, answer.text
+    fresh = answer.headers["x-request-id"]
+    assert fresh != given and len(fresh) == 32, fresh
+    assert fakes[0].requests_to("generations")[0].headers["x-request-id"] == fresh
+    assert request_line(provider_stack, fresh)["door"] == "rest"
+    deadline = time.monotonic() + 10  # Envoy flushes its access log about once a second
+    while not [line for line in provider_stack.log_lines()
+               if line.get("source") == "envoy" and line.get("request_id") == fresh]:
+        assert time.monotonic() < deadline, "no access log line with the fresh id"
+        time.sleep(0.1)
+    with grpc.insecure_channel(provider_stack.envoy_target, options=GRPC_OPTIONS) as channel:
+        _, call = image_service_pb2_grpc.ImageServiceStub(channel).Generate.with_call(
+            pb.GenerateRequest(model="gpt-image-2", prompt="x"),
+            metadata=(*GRPC_AUTH, ("x-request-id", "x" * 500)), timeout=30)
+    ids = [v for k, v in call.initial_metadata() if k == "x-request-id"]
+    assert len(set(ids)) == 1 and ids[0] != "x" * 500, ids
+    assert request_line(provider_stack, ids[0])["door"] == "grpc"
+
+
 def test_a_request_id_that_is_not_one_is_replaced(provider_stack: Stack, fakes) -> None:
     with grpc.insecure_channel(provider_stack.server_target) as channel:
         _, call = image_service_pb2_grpc.ImageServiceStub(channel).Generate.with_call(

@@ -24,7 +24,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from service.contract import json_codec
-from service.contract.images import fingerprint, image_request
+from service.contract.images import image_request
 from service.errors import InvalidArgument
 from service.generation.request import ImageRequest
 
@@ -76,8 +76,7 @@ def variation_request(content_type: str, body: bytes) -> ImageRequest:
     if len(asked.image) > 1:
         raise InvalidArgument("a variation takes one image", param="image",
                               reason="TOO_MANY_IMAGES")
-    return replace(asked, prompt=VARIATION_PROMPT, variation=True,
-                   fingerprint=fingerprint("variation", asked.fingerprint.encode()))
+    return replace(asked, prompt=VARIATION_PROMPT, variation=True)
 
 
 def read_form(content_type: str, body: bytes) -> list[Part]:
@@ -219,15 +218,9 @@ def _request(fields: dict[str, Any], images: tuple[str | bytes, ...],
     if len(images) > MAX_IMAGES:
         raise InvalidArgument(f"at most {MAX_IMAGES} images; got {len(images)}", param="image",
                               reason="TOO_MANY_IMAGES")
-    asked = image_request(message)
-    same = pb.GenerateRequest()
-    same.CopyFrom(message)
-    same.ClearField("stream")
-    same.ClearField("partial_images")
-    parts = [same.SerializeToString(deterministic=True),
-             *(i if isinstance(i, bytes) else i.encode() for i in images),
-             b"" if mask is None else mask if isinstance(mask, bytes) else mask.encode()]
-    return replace(asked, image=images, mask=mask, fingerprint=fingerprint("edit", *parts))
+    # Its idempotency key's identity is the planned request's, files by their content
+    # (generation/validation.py `identity`).
+    return replace(image_request(message), image=images, mask=mask)
 
 
 def _malformed(why: str) -> InvalidArgument:

@@ -18,16 +18,6 @@ def fingerprint(operation: str, *parts: bytes) -> str:
     return digest.hexdigest()
 
 
-def generation_fingerprint(request: pb.GenerateRequest) -> str:
-    """A generation's fingerprint. `stream` and `partial_images` say how the answer is told,
-    not what is asked: a stream may retry a plain request, and the other way round."""
-    same = pb.GenerateRequest()
-    same.CopyFrom(request)
-    same.ClearField("stream")
-    same.ClearField("partial_images")
-    return fingerprint("generate", same.SerializeToString(deterministic=True))
-
-
 def image_request(request: pb.GenerateRequest) -> ImageRequest:
     """The request's fields, `None` where an optional field was not sent."""
     return ImageRequest(
@@ -40,8 +30,7 @@ def image_request(request: pb.GenerateRequest) -> ImageRequest:
         background=request.background, moderation=request.moderation, user=request.user,
         stream=request.stream,
         partial_images=request.partial_images if request.HasField("partial_images") else None,
-        mask=request.mask or None, input_fidelity=request.input_fidelity,
-        fingerprint=generation_fingerprint(request))
+        mask=request.mask or None, input_fidelity=request.input_fidelity)
 
 
 def generate_response(answer: Answer) -> pb.GenerateResponse:

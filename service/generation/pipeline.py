@@ -66,7 +66,7 @@ class Pipeline:
         client goes away, so that a retry finds its answer."""
         plan, pin = await self.plan(context, request, refuse_streams)
         claim = await self._idempotency.claim(
-            context.caller.id, context.idempotency_key, "generate", request.fingerprint,
+            context.caller.id, context.idempotency_key, "generate", plan.identity,
             context.request_id, context.remaining())
         if claim.answer is not None:
             return await self._replay(context, plan, KeptAnswer.from_json(claim.answer), events)

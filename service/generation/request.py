@@ -10,8 +10,9 @@ from service.catalog.pricing import TokenUsage
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """A GenerateRequest's fields. `None`: the field was not sent (so its default applies);
-    `fingerprint`: what makes two requests the same, for idempotency keys."""
+    """A GenerateRequest's fields. `None`: the field was not sent (so its default applies).
+    What makes two requests the same, for idempotency keys, is decided once they are
+    planned, defaults filled in (validation.identity)."""
 
     prompt: str = ""
     model: str = ""
@@ -31,7 +32,6 @@ class ImageRequest:
     mask: str | bytes | None = None  # as `image`; None: no mask
     input_fidelity: str = ""
     variation: bool = False  # `POST /images/variations`: a model that cannot edit names `model`
-    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ successor for and what the client must get back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from service.catalog.models import ModelSpec, Route, Size
@@ -36,6 +37,7 @@ class GenerationPlan:
     output_compression: int | None
     image_sources: tuple[str | bytes, ...]
     mask_source: str | bytes | None = None
+    identity: str = ""  # what makes two requests one, for idempotency keys (`identity`)
 
 
 def plan(request: ImageRequest, route: Route) -> GenerationPlan:
@@ -68,11 +70,34 @@ def plan(request: ImageRequest, route: Route) -> GenerationPlan:
                    output_format=output_format, output_compression=compression,
                    background=background, moderation=moderation, user=request.user or None,
                    partial_images=_partial_images(request), input_fidelity=fidelity)
+    same = identity(job, response_format, images, mask)
     if route.translated:
         job = _translate(job, route.served)
     return GenerationPlan(route=route, job=job, size=size, response_format=response_format,
                           output_format=output_format, output_compression=compression,
-                          image_sources=images, mask_source=mask)
+                          image_sources=images, mask_source=mask, identity=same)
+
+
+# Long: the list of what makes a request, with the reasons its defaults are what they are.
+def identity(job: ImageJob, response_format: str, sources: tuple[str | bytes, ...],
+             mask: str | bytes | None = None) -> str:
+    """What makes two generations the same request, for idempotency keys: every field as
+    planned in the requested model's terms, defaults filled in (the contract's, per model:
+    no model is the server's default, no n is 1, no size, quality or style the model's,
+    no response_format the model's, no output_format the model's first, no background or
+    moderation `auto`; output_compression has no default), so a field left out and the
+    same field sent with its default are one request. How the answer is told (stream,
+    partial_images) and where it is served from (successors) are not part of it. Uploaded
+    files (bytes) count by their content."""
+    digest = hashlib.sha256()
+    background, moderation = ({None: None, "auto": None}.get(v, v)
+                              for v in (job.background, job.moderation))
+    for value in (job.model.name, job.prompt, job.n, str(job.size), job.quality, job.style,
+                  job.output_format, job.output_compression, background, moderation,
+                  job.user, response_format, job.input_fidelity, mask, *sources):
+        text = value if isinstance(value, bytes) else repr(value).encode()
+        digest.update(len(text).to_bytes(8, "big") + text)
+    return digest.hexdigest()
 
 
 def _prompt(prompt: str, spec: ModelSpec) -> str:

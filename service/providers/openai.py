@@ -28,14 +28,16 @@ from service.errors import (
     DeadlineExceeded,
     HubError,
     InvalidArgument,
+    KnownSecrets,
     ResourceExhausted,
     Unavailable,
     UpstreamFailed,
     redact,
 )
-from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.net.fetch import FetchFailed
+from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
 from service.providers.imaging import verified_mime_type
-from service.providers.openai_answer import _decode, _json, token_usage
+from service.providers.openai_answer import _decode, _json, token_usage, url_answer_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
@@ -47,15 +49,16 @@ REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "
 
 
 class OpenAIProvider:
-    def __init__(self, name: str, client: AsyncOpenAI, http: httpx2.AsyncClient,
+    def __init__(self, name: str, client: AsyncOpenAI, deps: ProviderDeps,
                  model_map: dict[str, str] | None = None) -> None:
         self.name = name  # the deployment's
         self._client = client
-        self._http = http  # the SDK's connection pool, also used to fetch `url` answers
+        self._fetcher = deps.fetcher  # `url` answers: the source images' guard and limits
+        self._secrets = deps.secrets
         self._model_map = model_map or {}
 
     @classmethod
-    def build(cls, deployment: Deployment, secret: str) -> OpenAIProvider:
+    def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> OpenAIProvider:
         """A client of `deployment` (kind `openai` or `azure`) holding `secret`."""
         # One client per deployment and credential, on the SDK's aiohttp transport (its
         # cheapest: docs/performance.md), its pool sized for thousands of waiting requests.
@@ -70,7 +73,7 @@ class OpenAIProvider:
         else:
             client = AsyncOpenAI(api_key=secret, base_url=deployment.base_url or DEFAULT_BASE_URL,
                                  max_retries=0, http_client=http)
-        return cls(deployment.label, client, http, deployment.model_map)
+        return cls(deployment.label, client, deps, deployment.model_map)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -97,9 +100,9 @@ class OpenAIProvider:
             body = _json(content)
             made = await self._images(body, job)
         except openai.APIError as exc:
-            raise hub_error(exc, job, self.name) from None
-        except httpx2.HTTPError as exc:  # fetching a `url` answer
-            raise UpstreamFailed(f"Could not fetch the image OpenAI made: {exc}") from None
+            raise hub_error(exc, job, self.name, self._secrets) from None
+        except FetchFailed as failed:  # a `url` answer the guard refused or could not fetch
+            raise url_answer_error(failed) from None
         except ValueError:  # the SDK met a body that is not the JSON it expects
             raise UpstreamFailed("The image provider answered something that is not the JSON "
                                  "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
@@ -160,11 +163,11 @@ class OpenAIProvider:
                 for f, m, item in zip(files, mime_types, items, strict=True)]
 
     async def _fetch(self, url: str | None) -> bytes:
-        if not url:
+        """An image answered as a URL: fetched through the guard, as source images are (an
+        upstream must not make this server reach loopback or private addresses)."""
+        if not isinstance(url, str) or not url:
             raise UpstreamFailed("OpenAI answered an image with neither b64_json nor url.")
-        answer = await self._http.get(url)
-        answer.raise_for_status()
-        return answer.content
+        return await self._fetcher.fetch(url)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -233,8 +236,10 @@ def _dropped(exc: BaseException) -> bool:
     return False
 
 
-def hub_error(exc: openai.APIError, job: ImageJob, deployment: str) -> HubError:
-    """What the caller should hear about an OpenAI failure. Never the key, never our config."""
+def hub_error(exc: openai.APIError, job: ImageJob, deployment: str,
+              secrets: KnownSecrets | None = None) -> HubError:
+    """What the caller should hear about an OpenAI failure. Never a key (`secrets` are the
+    credentials this server holds), never our config."""
     model = job.model.upstream
     if isinstance(exc, openai.APITimeoutError) and not _dropped(exc):
         return DeadlineExceeded(f"{model} did not answer within the request's time budget.")
@@ -245,7 +250,7 @@ def hub_error(exc: openai.APIError, job: ImageJob, deployment: str) -> HubError:
         return UpstreamFailed("The image provider could not be reached.",
                               reason="UPSTREAM_UNREACHABLE")
     status = getattr(exc, "status_code", None)
-    message = redact(_upstream_message(exc))
+    message = redact(_upstream_message(exc), secrets)
     if exc.code in CONTENT_REFUSALS:
         return ContentPolicyViolation(f"The provider's safety system refused this request: "
                                       f"{message}", param="prompt")

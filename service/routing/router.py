@@ -35,7 +35,7 @@ from service.errors import (
     Unavailable,
 )
 from service.providers import BUILDERS, SETUP_HINTS
-from service.providers.base import Generation, ImageJob, Provider
+from service.providers.base import Generation, ImageJob, Provider, ProviderDeps
 from service.routing.deployments import DeploymentStore
 from service.routing.health import DeploymentHealth
 from service.routing.policy import RoutingPolicy
@@ -69,16 +69,21 @@ class Attempt:
 
 class Router:
     def __init__(self, store: DeploymentStore | None, builtin: list[Deployment],
-                 policy: RoutingPolicy,
+                 policy: RoutingPolicy, deps: ProviderDeps,
                  instrument: Callable[[Provider, Deployment], Provider] | None = None) -> None:
         self._policy = policy
+        self._deps = deps  # lent to every provider; its secrets kept current here
+        deps.secrets.update(_secrets_of(builtin))
         self._instrument = instrument  # e.g. metrics around every upstream call
         self._health = DeploymentHealth(store, builtin, policy)
         self._providers: dict[tuple[str, str | None], tuple[tuple[object, ...], Provider]] = {}
 
     async def deployments(self) -> list[Deployment]:
-        """Every deployment, with its health as this process last read or saw it."""
-        return await self._health.deployments()
+        """Every deployment, with its health as this process last read or saw it. Their
+        credentials join the secrets providers mask in what upstreams say."""
+        deployments = await self._health.deployments()
+        self._deps.secrets.update(_secrets_of(deployments))
+        return deployments
 
     def forget_snapshot(self) -> None:
         """Re-read stored deployments on next use (after an admin change)."""
@@ -186,7 +191,7 @@ class Router:
             return cached[1]
         if cached is not None:
             asyncio.get_running_loop().create_task(cached[1].aclose())
-        provider = BUILDERS[deployment.kind](deployment, secret)
+        provider = BUILDERS[deployment.kind](deployment, secret, self._deps)
         if self._instrument is not None:
             provider = self._instrument(provider, deployment)
         self._providers[key] = (fingerprint, provider)
@@ -221,6 +226,10 @@ class Router:
     async def aclose(self) -> None:
         for _, provider in self._providers.values():
             await provider.aclose()
+
+
+def _secrets_of(deployments: Iterable[Deployment]) -> list[str]:
+    return [c.secret for d in deployments for c in d.credentials if c.secret]
 
 
 def _weighted_order(deployments: Iterable[Deployment]) -> list[Deployment]:

@@ -25,6 +25,8 @@ from service.errors import HubError
 from service.generation.context import RequestContext
 
 # A request id a caller (or Envoy) gave is kept if it looks like one; else a new one is made.
+# Envoy applies the same rule first (envoy/hub.lua), so that behind it the id it answers and
+# logs is the one the server uses: keep the two in step.
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 # The subject of a client certificate Envoy verified, in the x-forwarded-client-cert it sets
 # (and strips from what clients send) when AIGNE_HUB_TLS_CLIENT_CA_FILE is set.
