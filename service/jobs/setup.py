@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.accounting.keys import KeyStore
 from service.accounting.usage import UsageRecorder
 from service.config import Settings
+from service.db import Database
 from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.store.storage import ImageStorage
