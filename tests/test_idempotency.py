@@ -218,7 +218,7 @@ def test_bad_idempotency_keys_are_refused(hub: Hub, key: Key) -> None:
 @pytest.mark.parametrize(("sent", "then"), [
     ({"model": "gpt-image-2"}, {"model": "gpt-image-2", "n": 1, "size": "1024x1024",
                                 "quality": "auto", "output_format": "png", "background": "auto",
-                                "moderation": "auto", "response_format": "url"}),
+                                "moderation": "auto", "response_format": "b64_json"}),
     ({"model": "dall-e-3", "n": 1, "style": "vivid", "quality": "standard"},
      {"model": "dall-e-3"}),
     ({}, {"model": "dall-e-2", "n": 1, "size": "1024x1024", "quality": "standard"}),

@@ -41,7 +41,7 @@ def test_one_trace_per_request_from_the_caller_through_envoy_and_the_server_to_t
     spans = spans_of(edge, trace_id, *steps)
     by_id = {s.span_id: s for s in spans}
     [ingress] = [s for s in spans if s.service == f"{SERVICE}-envoy" and s.parent_id == caller_span]
-    [rpc] = [s for s in spans if s.attributes.get("rpc.method") == "GenerateHttp"]
+    [rpc] = [s for s in spans if s.attributes.get("rpc.method") == "GenerateOrStreamHttp"]
     assert rpc.service == SERVICE and by_id[rpc.parent_id].service == f"{SERVICE}-envoy"
     assert rpc.attributes["rpc.service"] == "aigne.hub.v1.ImageService"
     attempt = next(s for s in spans if s.name == "generate_content gpt-image-2")

@@ -201,12 +201,15 @@ class KeyStore:
     async def revoke_unconfigured(self, configured: Sequence[str]) -> int:
         """Revoke the keys of source "env" other than `configured` (ids): a key taken out of
         AIGNE_HUB_API_KEYS stops working. How many were revoked."""
+        unconfigured = (ApiKeyRow.source == "env", ApiKeyRow.revoked_at.is_(None),
+                        ApiKeyRow.id.not_in(configured))
+        async with self._db.read() as session:  # most starts revoke nothing: write nothing
+            if await session.scalar(select(ApiKeyRow.id).where(*unconfigured).limit(1)) is None:
+                return 0
+
         async def revoke_them(session: AsyncSession) -> int:
             revoked = await session.execute(
-                update(ApiKeyRow).where(ApiKeyRow.source == "env",
-                                        ApiKeyRow.revoked_at.is_(None),
-                                        ApiKeyRow.id.not_in(configured))
-                .values(revoked_at=utcnow()))
+                update(ApiKeyRow).where(*unconfigured).values(revoked_at=utcnow()))
             count = int(revoked.rowcount or 0)  # type: ignore[attr-defined]
             if count:
                 await _changed(session)

@@ -193,6 +193,9 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 # GeneratorExit: grpc stopped reading, so the client went away mid-send.
                 except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
                     outcome = outcome_of(exc, call)
+                    if (outcome.client_left and admitted and self._admission.cutting_off
+                            and not started and not isinstance(exc, GeneratorExit)):
+                        outcome = _cut_off()  # the REST door streams: its 503 too
                     await self._settle(method, call, context, outcome)
                     if outcome.reraise:
                         raise
