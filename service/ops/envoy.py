@@ -38,7 +38,8 @@ PR_SET_PDEATHSIG = 1
 
 # Envoy's own replies, by HTTP status: the OpenAI error `type`, `code` and message.
 LOCAL_REPLIES = {
-    400: ("invalid_request_error", "invalid_request", "%LOCAL_REPLY_BODY%"),
+    400: ("invalid_request_error", "invalid_request",
+          "The request could not be read: %LOCAL_REPLY_BODY%"),
     404: ("invalid_request_error", "not_found", "%LOCAL_REPLY_BODY%"),
     405: ("invalid_request_error", "method_not_allowed", "%LOCAL_REPLY_BODY%"),
     408: ("invalid_request_error", "request_timeout",
@@ -129,6 +130,10 @@ def _local_reply_mappers(values: dict[str, float]) -> str:
             "                status_code_filter:",
             f"                  comparison: {{op: EQ, value: {{default_value: {status}, "
             f"runtime_key: hub.local_reply.{status}}}}}",
+            # Every reply names itself, also one Envoy gave before any filter ran.
+            "              headers_to_add:",
+            '              - header: {key: x-request-id, value: "%UNIQUE_ID%"}',
+            "                append_action: ADD_IF_ABSENT",
             "              body_format_override:",
             f"                json_format: {json.dumps(body)}",
             "                content_type: application/json",
