@@ -43,11 +43,19 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml gen/python/pyproject.toml const
 install: $(VENV)/.installed
 
 # Debian packages: installs only what is missing (a no-op on a prepared machine).
+# PostgreSQL: only its binaries are used (tests/postgres.py starts a throwaway cluster as an
+# unprivileged user on a free port), so the package must not create and start the usual
+# `main` cluster: the createcluster.d setting says so before it is installed.
 system-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	@missing=$$(for p in $(DEBIAN_PACKAGES) postgresql; do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
+	  if echo "$$missing" | grep -qw postgresql; then \
+	    $(SUDO) mkdir -p /etc/postgresql-common/createcluster.d && \
+	    echo "create_main_cluster = false" \
+	      | $(SUDO) tee /etc/postgresql-common/createcluster.d/aigne-hub.conf >/dev/null; \
+	  fi; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi

@@ -9,11 +9,17 @@ In one run, same requests, same concurrency, same load generators (wrk, h2load):
 p50/p99 latency added over the baseline and requests per second at concurrency 1, 16 and 64;
 then n=10 1024x1024 `b64_json` (~2.4 MB noise PNGs, ~33 MB of JSON): time, and peak RSS of
 the server and Envoy; then the CPU cost of each piece of our request path, measured alone.
-Figures are printed, not asserted. BENCH_SECONDS sets each run's length (default 5).
+then the burst case: BURST_N (1,000) generations at once against a provider that takes
+BURST_DELAY (3) seconds, ours with `make run`'s defaults and LiteLLM: how many were served,
+what each waited beyond the provider's time, and the memory per waiting request.
+Figures are printed, not asserted. BENCH_SECONDS sets each run's length (default 5);
+BENCH_DATABASE=postgres runs our server on a throwaway PostgreSQL cluster (the tests' own)
+instead of SQLite.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -32,13 +38,16 @@ import httpx
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from bench import litellm_proxy, load, pieces, processes
+from bench import burst, litellm_proxy, load, pieces, processes, tracing
 from service.config import Settings
 from service.ops import envoy
 from tests.stack import TEST_KEY, Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
+BURST_N = int(os.environ.get("BURST_N", "1000"))
+BURST_DELAY = float(os.environ.get("BURST_DELAY", "3"))
 CONCURRENCY = (1, 16, 64)
 REQUEST = {"model": "gpt-image-2", "prompt": "a lighthouse at dawn", "size": "1024x1024",
            "response_format": "b64_json"}
@@ -71,16 +80,71 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"(other work on this machine skews the figures); Python {platform.python_version()},"
           f" Envoy {envoy_version()}, "
-          f"LiteLLM {litellm_proxy.VERSION}; {SECONDS:g} s per run\n", flush=True)
+          f"LiteLLM {litellm_proxy.VERSION}; {SECONDS:g} s per run; our database: "
+          f"{DATABASE}\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="aigne-bench-") as tmp, \
             contextlib.ExitStack() as running:
-        paths = running.enter_context(started(Path(tmp)))
+        database = database_env(running)
+        paths = running.enter_context(started(Path(tmp), database))
         small = small_requests(paths)
         big = big_requests(paths)
         costs = pieces.measure(paths[0].url.rsplit("/v1/", 1)[0], PROVIDER_KEY)
+    with tempfile.TemporaryDirectory(prefix="aigne-burst-") as tmp, \
+            contextlib.ExitStack() as running:
+        bursts = burst_case(running, Path(tmp), database_env(running))
     print_pieces(costs, small)
-    print_targets(small, big)
+    print_bursts(bursts)
+    print_targets(small, big, bursts)
+    print(tracing.measure(SECONDS, database_env), flush=True)  # bench/tracing.py
     return 0
+
+
+def database_env(running: contextlib.ExitStack) -> dict[str, str]:
+    """Our server's database: SQLite under its var dir, or a fresh PostgreSQL database."""
+    if DATABASE != "postgres":
+        return {}
+    from tests.postgres import PostgresServer
+
+    server = running.enter_context(PostgresServer())
+    return {"AIGNE_HUB_DATABASE_URL": server.create_database(f"bench_{os.getpid()}_{id(running)}")}
+
+
+def burst_case(running: contextlib.ExitStack, tmp: Path,
+               database: dict[str, str]) -> dict[str, burst.BurstResult]:
+    """BURST_N generations at once, against a provider that answers after BURST_DELAY s:
+    ours as `make run` starts it (its defaults, not the tests' bounds), then LiteLLM."""
+    fake_port = free_port()
+    fake = popen(running, [sys.executable, "-m", "bench.fake_provider", str(fake_port),
+                           str(BURST_DELAY)], tmp / "slow-fake.log")
+    wait_for_line(tmp / "slow-fake.log", "ready", fake)
+    provider = f"http://127.0.0.1:{fake_port}"
+    defaults = Settings()
+    ours = Stack(tmp / "ours", {
+        "OPENAI_API_KEY": PROVIDER_KEY, "OPENAI_BASE_URL": f"{provider}/v1",
+        "AIGNE_HUB_MAX_IN_FLIGHT_GENERATIONS": str(defaults.max_in_flight_generations),
+        **database}).start()
+    running.callback(ours.stop)
+    assert ours.process is not None
+    ours_pids = [ours.process.pid, *processes.children(ours.process.pid)]
+    results = {"ours, REST": asyncio.run(burst.burst(
+        f"{ours.api_url}/images/generations", f"Bearer {TEST_KEY}", REQUEST, BURST_N,
+        BURST_DELAY, ours_pids))}
+    ours.stop()
+    lite_port = free_port()
+    lite = litellm_proxy.start(tmp, lite_port, provider)
+    running.callback(stop, lite)
+    lite_pids = [lite.pid, *processes.children(lite.pid)]
+    results["LiteLLM proxy"] = asyncio.run(burst.burst(
+        f"http://127.0.0.1:{lite_port}/v1/images/generations",
+        f"Bearer {litellm_proxy.MASTER_KEY}", REQUEST, BURST_N, BURST_DELAY, lite_pids))
+    return results
+
+
+def print_bursts(bursts: dict[str, burst.BurstResult]) -> None:
+    print(f"\nburst: {BURST_N} generations at once, the provider answering each after "
+          f"{BURST_DELAY:g} s")
+    for name, result in bursts.items():
+        print("  " + result.line(name))
 
 
 def envoy_version() -> str:
@@ -91,7 +155,7 @@ def envoy_version() -> str:
 
 
 @contextlib.contextmanager
-def started(tmp: Path) -> Iterator[list[Contender]]:
+def started(tmp: Path, database: dict[str, str]) -> Iterator[list[Contender]]:
     """The fake provider, our stack, the floor and LiteLLM, stopped for sure at the end."""
     with contextlib.ExitStack() as stack:
         # The floor's Envoy first: envoy.start forks with a preexec function, which is only
@@ -110,7 +174,7 @@ def started(tmp: Path) -> Iterator[list[Contender]]:
         wait_for_line(tmp / "fake.log", "ready", fake)
         provider = f"http://127.0.0.1:{fake_port}"
         ours = Stack(tmp / "ours", {"OPENAI_API_KEY": PROVIDER_KEY,
-                                    "OPENAI_BASE_URL": f"{provider}/v1"}).start()
+                                    "OPENAI_BASE_URL": f"{provider}/v1", **database}).start()
         stack.callback(ours.stop)
         assert ours.process is not None
         server, ours_envoy = ours.process.pid, processes.children(ours.process.pid)[0]
@@ -302,7 +366,8 @@ def print_pieces(costs: list[tuple[str, float]], small: dict[int, list[Row]]) ->
     print(flush=True)
 
 
-def print_targets(small: dict[int, list[Row]], big: list[BigRow]) -> None:
+def print_targets(small: dict[int, list[Row]], big: list[BigRow],
+                  bursts: dict[str, burst.BurstResult]) -> None:
     def row(c: int, name: str) -> load.Result:
         return next(r.result for r in small[c] if r.path.name == name)
 
@@ -314,7 +379,10 @@ def print_targets(small: dict[int, list[Row]], big: list[BigRow]) -> None:
     bigs = {r.path.name: r for r in big}
     big_added = (bigs["ours, REST"].result.p50_ms
                  - bigs["provider, direct (baseline)"].result.p50_ms)
+    server_cpu = next(r.cpu_ms["server"] for r in small[16] if r.path.name == "ours, REST")
     checks = [
+        (f"server CPU per small request (REST, 16 at once, {DATABASE})",
+         f"{server_cpu:.2f} ms", "<= 1.5 ms", server_cpu <= 1.5),
         ("added p50, gRPC door, concurrency 1", f"{grpc_added:.2f} ms", "<= 2 ms",
          grpc_added <= 2),
         ("added p50, REST door, concurrency 1", f"{rest_added:.2f} ms", "<= 3 ms",
@@ -325,12 +393,21 @@ def print_targets(small: dict[int, list[Row]], big: list[BigRow]) -> None:
         ("n=10 b64_json over REST, added to the provider's time", f"{big_added:.0f} ms",
          "<= 150 ms", big_added <= 150),
     ]
+    ours_burst = bursts["ours, REST"]
+    checks += [
+        (f"burst of {BURST_N}: served", f"{ours_burst.served}/{BURST_N}", "all",
+         ours_burst.served == BURST_N),
+        (f"burst of {BURST_N}: added p50", f"{ours_burst.quantile(0.5):.2f} s", "<= 1 s",
+         ours_burst.quantile(0.5) <= 1),
+        (f"burst of {BURST_N}: added max", f"{max(ours_burst.added, default=99):.2f} s",
+         "<= 2.5 s", max(ours_burst.added, default=99) <= 2.5),
+    ]
     for name in ("ours, REST", "ours, gRPC"):
         r = bigs[name]
         ratio = r.peak_growth_mb["server"] / r.answer_mb
         checks.append((f"server peak RSS growth, n=10 b64_json, {name.split(', ')[1]}",
                        f"{ratio:.1f}x the answer", "< 3x", ratio < 3))
-    print("Targets (issue 7)")
+    print("\nTargets (issue 16)")
     for name, value, target, met in checks:
         print(f"  {'met ' if met else 'MISS'}  {name:58} {value:>16}  (target {target})")
     sys.stdout.flush()

@@ -6,7 +6,10 @@ answers); otherwise one tiny PNG, so that small requests measure the gateways, n
 transfer. A bare asyncio protocol with keep-alive, so that the fake costs little of the
 CPU it shares with what is measured.
 
-    python -m bench.fake_provider PORT
+    python -m bench.fake_provider PORT [DELAY_SECONDS]
+
+With DELAY_SECONDS, every answer leaves that long after its request (a slow model: the
+burst case holds a thousand requests waiting).
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class Answers:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, answers: Answers) -> None:
+    def __init__(self, answers: Answers, delay: float = 0.0) -> None:
         self._answers = answers
+        self._delay = delay
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -93,21 +97,32 @@ class Connection(asyncio.Protocol):
             body = bytes(self._buffer[end + 4:end + 4 + length])
             del self._buffer[:end + 4 + length]
             assert self._transport is not None
-            self._transport.write(self._answers.for_body(body))
-            if b"connection: close" in head:
-                self._transport.close()
+            answer, close = self._answers.for_body(body), b"connection: close" in head
+            if self._delay:  # answers keep their order: each leaves `delay` after its request
+                asyncio.get_running_loop().call_later(self._delay, self._send, answer, close)
+            else:
+                self._send(answer, close)
+            if close:
                 return
 
+    def _send(self, answer: bytes, close: bool) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._transport.write(answer)
+        if close:
+            self._transport.close()
 
-async def serve(port: int) -> None:
+
+async def serve(port: int, delay: float = 0.0) -> None:
     answers = Answers()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Connection(answers), "127.0.0.1", port,
-                                      backlog=1024)
+    server = await loop.create_server(lambda: Connection(answers, delay), "127.0.0.1", port,
+                                      backlog=4096)
     print(f"ready {len(answers.big)}", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))

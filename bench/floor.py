@@ -1,9 +1,10 @@
 """The floor: a grpc.aio server with no logic behind the same Envoy config, answering the
 bytes our server answers. What this architecture costs before we add anything.
 
-It implements ImageService's two generation methods (the REST door's GenerateHttp and the
-gRPC door's Generate) and answers every call with bytes recorded from our server: no
-interceptor, no key, no provider, no validation.
+It implements ImageService's two generation methods (the REST door's GenerateOrStreamHttp,
+one JSON message when the request does not stream, and the gRPC door's Generate) and answers
+every call with bytes recorded from our server: no interceptor, no key, no provider, no
+validation.
 
     python -m bench.floor PORT ANSWERS_DIR
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -30,11 +32,11 @@ class Floor(pb_grpc.ImageServiceServicer):
         self._grpc = pb.GenerateResponse.FromString((answers / "grpc-small.bin").read_bytes())
         self._grpc_big = pb.GenerateResponse.FromString((answers / "grpc-big.bin").read_bytes())
 
-    async def GenerateHttp(self, request: pb.GenerateHttpRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
+    async def GenerateOrStreamHttp(self, request: pb.GenerateOrStreamHttpRequest,
+                                   context: object) -> AsyncIterator[httpbody_pb2.HttpBody]:
         big = any(marker in request.body.data for marker in BIG)
-        return httpbody_pb2.HttpBody(content_type="application/json",
-                                     data=self._rest_big if big else self._rest)
+        yield httpbody_pb2.HttpBody(content_type="application/json",
+                                    data=self._rest_big if big else self._rest)
 
     async def Generate(self, request: pb.GenerateRequest, context: object) -> pb.GenerateResponse:
         return self._grpc_big if request.n == 10 else self._grpc

@@ -1,5 +1,5 @@
 """The CPU cost of each piece of our request path, measured alone in this process: where a
-request's time goes, and what the choices in README "Performance" saved."""
+request's time goes, and what the choices in docs/performance.md saved."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
     results.append(("the JSON log line (structlog)", await _log_line_micros()))
     metrics = Metrics()
     call = Call(charge=Charge(request_id="r", door="rest", accepted_at=time.time()),
-                method="GenerateHttp", deadline=0.0)
+                method="GenerateOrStreamHttp", deadline=0.0)
     call.charge.response_format, call.charge.images = "b64_json", 1
     call.charge.bytes = len(png)
 
@@ -149,7 +149,7 @@ async def _log_line_micros() -> float:
         structlog.processors.JSONRenderer()])
 
     def line() -> None:
-        log.info("request", request_id="abc", method="GenerateHttp", door="rest",
+        log.info("request", request_id="abc", method="GenerateOrStreamHttp", door="rest",
                  key_id="key_0123456789abcdef", status="OK", duration_ms=1.2, model="gpt-image-2",
                  served="gpt-image-2", response_format="b64_json", upstream_ms=0.4, images=1,
                  image_bytes=527, n=1)

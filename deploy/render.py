@@ -1,5 +1,7 @@
 """Write deploy/envoy-config.yaml: the ConfigMap holding Envoy's config for Kubernetes, as
-`python -m service envoy-config` renders it from the settings in deploy/envoy.env.
+`python -m service envoy-config` renders it from the settings in deploy/envoy.env, and the
+SDS files of its TLS secrets beside it (`envoy-config --sds`), mounted together at
+AIGNE_HUB_ENVOY_CONFIG_DIR.
 
     python deploy/render.py           (make deploy-config) rewrite it
     python deploy/render.py --check   fail if the committed file is not what it would write
@@ -7,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +30,6 @@ metadata:
     app.kubernetes.io/name: aigne-hub-envoy
     app.kubernetes.io/part-of: aigne-hub
 data:
-  envoy.yaml: |
 """
 
 
@@ -37,11 +39,19 @@ def settings() -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in pairs}
 
 
-def render() -> str:
+def envoy_config(*args: str) -> str:
     env = {"PATH": "/usr/bin:/bin", **settings()}  # nothing from the caller's environment
-    config = subprocess.run([sys.executable, "-m", "service", "envoy-config"], cwd=ROOT,
-                            env=env, check=True, capture_output=True, text=True).stdout
-    return HEADER + "".join(f"    {line}".rstrip() + "\n" for line in config.splitlines())
+    return subprocess.run(  # noqa: S603 (our own command, fixed arguments)
+        [sys.executable, "-m", "service", "envoy-config", *args], cwd=ROOT,
+        env=env, check=True, capture_output=True, text=True).stdout
+
+
+def render() -> str:
+    files = {"envoy.yaml": envoy_config()}
+    files |= {f"{name}-sds.yaml": text for name, text in json.loads(envoy_config("--sds")).items()}
+    return HEADER + "".join(f"  {name}: |\n" + "".join(f"    {line}".rstrip() + "\n"
+                                                       for line in text.splitlines())
+                            for name, text in files.items())
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
--- AIGNE Hub: the two small jobs Envoy's built-in filters cannot do.
+-- AIGNE Hub: the small jobs Envoy's built-in filters cannot do.
 --
--- On the way in, mark each request with the door it came through (`x-hub-door`), so the
+-- On the way in, replace a request id the server would refuse with a fresh one (below), and
+-- mark each request with the door it came through (`x-hub-door`), so the
 -- server knows whether to describe an error for a REST client too. A client cannot forge it:
 -- the header is always overwritten here. REST requests lose any `grpc-*` header.
 --
@@ -14,8 +15,35 @@ local function is_grpc(content_type)
   return content_type ~= nil and content_type:sub(1, #GRPC) == GRPC
 end
 
+-- A request id the server would refuse (service/rpc/call.py REQUEST_ID: 1 to 128 of
+-- A-Z a-z 0-9 . _ : / + = -) is replaced here by a fresh one, so that the client, Envoy's
+-- access log, the server's log and the usage record all carry the same id. Each worker's
+-- Lua state is seeded apart (the time, and the address of a table of its own).
+math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 2147483647))
+
+local function fresh_request_id()
+  local parts = {}
+  for i = 1, 8 do
+    parts[i] = string.format("%04x", math.random(0, 65535))
+  end
+  return table.concat(parts)
+end
+
+local function valid_request_id(id)
+  return id ~= nil and #id >= 1 and #id <= 128 and id:match("^[%w%._:/%+=%-]+$") ~= nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  if not valid_request_id(headers:get("x-request-id")) then
+    headers:replace("x-request-id", fresh_request_id())
+  end
+  -- HEAD is GET without the body (load balancers and caches use it): the routes and the
+  -- transcoder know GET; the answer's body is dropped on the way out (envoy_on_response).
+  if headers:get(":method") == "HEAD" then
+    headers:replace(":method", "GET")
+    handle:streamInfo():dynamicMetadata():set("hub", "head", "1")
+  end
   if is_grpc(headers:get("content-type")) then
     headers:replace("x-hub-door", "grpc")
     return
@@ -34,7 +62,20 @@ function envoy_on_request(handle)
   end
 end
 
+-- The answer to a HEAD: the GET's headers, its length, no body.
+local function without_body(handle)
+  local body = handle:body()
+  local length = 0
+  if body ~= nil then
+    length = body:length()
+    body:setBytes("")
+  end
+  handle:headers():replace("content-length", tostring(length))
+end
+
 function envoy_on_response(handle)
+  local hub = handle:streamInfo():dynamicMetadata():get("hub")
+  local head = hub ~= nil and hub["head"] == "1"
   local headers = handle:headers()
   if is_grpc(headers:get("content-type")) then
     return
@@ -46,6 +87,9 @@ function envoy_on_response(handle)
     headers:remove(name)
   end
   if error_body == nil then
+    if head then
+      without_body(handle)
+    end
     return
   end
   local body = handle:body()
@@ -53,6 +97,9 @@ function envoy_on_response(handle)
   headers:replace(":status", status or "500")
   headers:replace("content-type", "application/json")
   if body ~= nil then
-    body:setBytes(error_body)
+    body:setBytes(head and "" or error_body)
+  end
+  if head then
+    headers:replace("content-length", tostring(#error_body))
   end
 end

@@ -18,7 +18,9 @@
                    [--disabled|--enabled]
     credentials add DEPLOYMENT [--name N] [--weight N] [--secret-env VAR] (secret on stdin)
         | credentials set ID [--weight N] [--disable] | credentials remove ID
-    envoy-config   print the Envoy config rendered from the settings
+    envoy-config [--sds]
+                   print the Envoy config rendered from the settings (--sds: the SDS files
+                   of its TLS secrets, as JSON, for a ConfigMap beside it)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -40,15 +43,15 @@ from service.accounting.keys import KeyStore
 from service.cli import deployments as deployments_cli
 from service.cli import keys as cli
 from service.config import Settings
-from service.errors import HubError
-from service.ops import envoy, logs, replicas
+from service.errors import HubError, KnownSecrets
+from service.ops import envoy, envoy_edges, logs, ports, replicas
 from service.server import Hub, create_server, serve
 
 log = structlog.get_logger("aigne.hub")
 ENVOY_FLUSH_SECONDS = 0.5  # at least this long for Envoy to write answers just sent
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser_of_commands() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,21 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     run_command.add_argument("--replicas", type=int, default=1, metavar="N",
                              help="server processes behind Envoy, on ports from "
                                   "AIGNE_HUB_GRPC_PORT up (default 1)")
-    commands.add_parser("envoy-config", help="print the rendered Envoy config")
+    envoy_config = commands.add_parser("envoy-config", help="print the rendered Envoy config")
+    envoy_config.add_argument("--sds", action="store_true",
+                              help="print the SDS files of its TLS secrets instead (JSON)")
     cli.add_commands(commands)
     deployments_cli.add_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser_of_commands().parse_args(argv)
     settings = Settings()
-    logs.configure(settings.log_level)
+    secrets = KnownSecrets()  # provider credentials, masked in the log and in answers
+    logs.configure(settings.log_level, secrets)
+    if args.command == "run" and (problems := ports.taken(settings, args.replicas)):
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        return 1
     if args.command == "serve":
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
         asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
-        asyncio.run(run(settings))
+        return asyncio.run(run(settings, secrets))
     elif args.command == "envoy-config":
-        print(envoy.render(settings))
+        print(json.dumps(envoy_edges.sds_files(settings)) if args.sds else envoy.render(settings))
     else:
         command = {"keys": cli.keys_command, "usage": cli.usage_command,
                    "deployments": deployments_cli.deployments_command,
@@ -87,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def run(settings: Settings) -> None:
-    """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after."""
+async def run(settings: Settings, secrets: KnownSecrets | None = None) -> int:
+    """The server and Envoy, until Ctrl-C or SIGTERM; nothing is left running after. The
+    exit status: 1 if a part failed to start or stopped by itself (Envoy exited)."""
     settings = settings.with_generated_secrets()
     # Envoy first, while this process has no threads yet (its child dies with us).
     proxy = envoy.start(envoy.write_config(settings, settings.var_dir / "envoy.yaml"),
@@ -96,16 +109,20 @@ async def run(settings: Settings) -> None:
                         drain_seconds=settings.shutdown_grace_seconds)
     hub = None
     try:
-        hub = await create_server(settings)
-        key_note = await ensure_first_key(hub.keys, settings)
+        hub = await create_server(settings, secrets)
+        if not await envoy.wait_ready(settings.envoy_admin_port, proxy):
+            print("error: Envoy did not start: see its log above", file=sys.stderr)
+            return 1
+        key_note = await ensure_first_key(hub.parts.keys, settings)
         print(f"\nAIGNE Hub image service\n"
-              f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
-              f"  Console  http://{settings.host}:{settings.http_port}/console/\n"
-              f"  gRPC  {settings.host}:{settings.http_port} (Envoy), "
+              f"  REST  POST {settings.edge_url}/api/images/generations\n"
+              f"  Console  {settings.edge_url}/console/\n"
+              f"  gRPC  {settings.host}:{settings.http_port} (Envoy"
+              f"{', TLS' if settings.edge_tls else ''}), "
               f"{settings.host}:{hub.port} (server)\n"
               f"  default model: {hub.default_model}\n  {key_note}\n"
               f"  Ctrl-C stops both.\n", flush=True)
-        await _until_stopped(proxy)
+        return 0 if await _until_stopped(proxy) else 1
     finally:
         await _shut_down(hub, proxy, settings)
 
@@ -137,7 +154,8 @@ async def _shut_down(hub: Hub | None, proxy: subprocess.Popen[bytes],
     log.info("stopped")
 
 
-async def _until_stopped(proxy: object) -> None:
+async def _until_stopped(proxy: object) -> bool:
+    """Wait for SIGTERM or SIGINT (True), or for Envoy to exit by itself (False)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,7 +168,9 @@ async def _until_stopped(proxy: object) -> None:
 
     watcher = asyncio.create_task(watch_envoy())
     await stop.wait()
+    envoy_exited = watcher.done()
     watcher.cancel()
+    return not envoy_exited
 
 
 async def ensure_first_key(keys: KeyStore, settings: Settings) -> str:

@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MIB, ge=MIB)
     max_response_bytes: int = Field(default=256 * MIB, ge=MIB)
     fan_out_concurrency: int = Field(default=4, ge=1)
+    # Request headers: the most Envoy accepts (431 above it); the gRPC server's metadata
+    # limit is set above it, so whatever Envoy passes on, the server takes.
+    max_header_bytes: int = Field(default=32 * 1024, ge=8 * 1024, le=96 * 1024)
+    # Slow clients at the public edge (Envoy): the time to send a request's headers, how
+    # long a connection may sit idle with no request in progress...
+    client_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    client_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    # ...and the time to send a whole request, body included (not the answer's wait).
+    client_request_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Image work (the local renderer's decoding, drawing and encoding): CPU-heavy, so it runs
+    # off the event loop on this many threads per process; and the pixels one request may
+    # take (its source images together; with the local renderer, and the images it asks
+    # for), refused with a 400 above that.
+    image_work_threads: int = Field(default=2, ge=1)
+    max_request_pixels: int = Field(default=64_000_000, ge=1_000_000)
     # Retries of a failed upstream call (5xx, broken connection), within the request's budget.
     upstream_retries: int = Field(default=2, ge=0)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
@@ -160,6 +175,13 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_retries: int = Field(default=8, ge=0)
     webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    # Webhooks are posted by their own pool, never holding a job's slot: deliveries at once.
+    webhook_concurrency: int = Field(default=8, ge=1)
+    # Quota reservations whose request died with its process (SIGKILL) are given back: how
+    # often each process sweeps, and how long a reservation may stay unsettled (default: the
+    # request budget plus a minute).
+    reservation_sweep_seconds: float = Field(default=60.0, gt=0)
+    reservation_lease_seconds: float | None = Field(default=None, gt=0)
 
     # Logs.
     log_level: str = "INFO"
@@ -171,6 +193,9 @@ class Settings(BaseSettings):
     # holds envoy/hub.lua and gen/descriptor/ where Envoy runs (unset: this checkout).
     envoy_upstreams: str = ""
     envoy_assets_root: Path | None = None
+    # Where Envoy finds the files beside its config (the SDS files of its TLS secrets): its
+    # ConfigMap's mount in Kubernetes; unset: var_dir, where `run` writes them.
+    envoy_config_dir: Path | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -206,8 +231,80 @@ class Settings(BaseSettings):
     # bound on generations running at once (beyond it: 503 `overloaded`, Retry-After), and
     # how long a shutdown waits for requests in flight.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
-    max_in_flight_generations: int = Field(default=64, ge=1)
+    # 2,048 waiting generations hold ~270 MB (server and Envoy: 134 KB each, measured by the
+    # burst case of `make bench`, docs/performance.md).
+    max_in_flight_generations: int = Field(default=2048, ge=1)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+    # Traces (docs/operations.md#traces): OpenTelemetry's own variables, unprefixed. No
+    # endpoint: no exporter, no tracer provider, nothing instrumented. Envoy exports its spans
+    # to the same collector (its OpenTelemetry tracer, sampling at the same ratio).
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "AIGNE_HUB_OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="http/protobuf", validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "AIGNE_HUB_OTEL_EXPORTER_OTLP_PROTOCOL"))
+    otel_service_name: str = Field(default="aigne-hub-images", validation_alias=AliasChoices(
+        "OTEL_SERVICE_NAME", "AIGNE_HUB_OTEL_SERVICE_NAME"))
+    otel_traces_sampler: Literal[
+        "always_on", "always_off", "traceidratio", "parentbased_always_on",
+        "parentbased_always_off", "parentbased_traceidratio"] = Field(
+        default="parentbased_always_on", validation_alias=AliasChoices(
+            "OTEL_TRACES_SAMPLER", "AIGNE_HUB_OTEL_TRACES_SAMPLER"))
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0, le=1, validation_alias=AliasChoices(
+        "OTEL_TRACES_SAMPLER_ARG", "AIGNE_HUB_OTEL_TRACES_SAMPLER_ARG"))
+
+    # TLS at Envoy's listener (REST and gRPC on one port, reloaded when the files change),
+    # optionally asking callers for a certificate signed by tls_client_ca_file; and mTLS from
+    # Envoy to the servers: the servers' certificate, Envoy's client certificate, one CA.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_client_certificate: Literal["required", "optional"] = "required"
+    upstream_tls_cert_file: Path | None = None
+    upstream_tls_key_file: Path | None = None
+    upstream_tls_client_cert_file: Path | None = None
+    upstream_tls_client_key_file: Path | None = None
+    upstream_tls_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        pairs = (("tls_cert_file", "tls_key_file"),
+                 ("upstream_tls_cert_file", "upstream_tls_key_file"),
+                 ("upstream_tls_client_cert_file", "upstream_tls_client_key_file"))
+        for cert, key in pairs:
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"AIGNE_HUB_{cert.upper()} and AIGNE_HUB_{key.upper()} go "
+                                 "together: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("AIGNE_HUB_TLS_CLIENT_CA_FILE needs AIGNE_HUB_TLS_CERT_FILE")
+        upstream = (self.upstream_tls_cert_file, self.upstream_tls_client_cert_file,
+                    self.upstream_tls_ca_file)
+        if any(upstream) and not all(upstream):
+            raise ValueError("mTLS to the servers needs AIGNE_HUB_UPSTREAM_TLS_CERT_FILE, "
+                             "_CLIENT_CERT_FILE and _CA_FILE (with their keys)")
+        return self
+
+    @property
+    def edge_url(self) -> str:
+        """Envoy's own address, as clients on this machine reach it: https with TLS."""
+        return f"{'https' if self.edge_tls else 'http'}://{self.host}:{self.http_port}"
+
+    @property
+    def envoy_dir(self) -> Path:
+        return self.envoy_config_dir or self.var_dir
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.otel_exporter_otlp_endpoint)
+
+    @property
+    def edge_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def upstream_tls(self) -> bool:
+        return self.upstream_tls_cert_file is not None
 
     @property
     def images_dir(self) -> Path:
@@ -218,8 +315,15 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'hub.db'}"
 
     @property
+    def grpc_metadata_bytes(self) -> int:
+        """The gRPC server's metadata limit: twice Envoy's header limit, room for the
+        headers Envoy adds and gRPC's overhead of 32 bytes per entry."""
+        return 2 * self.max_header_bytes + 16 * 1024
+
+    @property
     def public_base(self) -> str:
-        return (self.public_base_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+        scheme = "https" if self.edge_tls else "http"
+        return (self.public_base_url or f"{scheme}://{self.host}:{self.http_port}").rstrip("/")
 
     @property
     def upstreams(self) -> list[tuple[str, int]]:

@@ -10,6 +10,7 @@ address.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from google.rpc import code_pb2
 
@@ -155,6 +156,35 @@ class Internal(HubError):
     """Anything unexpected. The details go to the log, never to the caller."""
 
 
-def redact(text: str) -> str:
-    """`text` with anything that looks like an API key masked, for messages from upstreams."""
+def redact(text: str, secrets: KnownSecrets | None = None) -> str:
+    """`text` with every credential this server holds masked (`secrets`), and anything else
+    that looks like an API key, for messages from upstreams."""
+    if secrets is not None:
+        text = secrets.mask(text)
     return _SECRET_LIKE.sub(lambda m: m.group(1) + "-***", text)
+
+
+class KnownSecrets:
+    """The provider credentials this server holds (every deployment's, the environment's),
+    as plain values: masked wherever an upstream's words are passed on, in error bodies and
+    in the log. Shared by the router, which keeps it current, the providers and the log."""
+
+    MIN_LENGTH = 8  # shorter values would mask ordinary words; no real credential is
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._values: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+        self.update(values)
+
+    def update(self, values: Iterable[str]) -> None:
+        """Add `values` (the ones long enough to be credentials) to what is masked."""
+        values = self._values | {v for v in values if len(v) >= self.MIN_LENGTH}
+        if values != self._values:
+            self._values = frozenset(values)
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def mask(self, text: str) -> str:
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub("***", text)

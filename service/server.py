@@ -28,9 +28,10 @@ from aigne.hub.v1 import (
     usage_service_pb2_grpc,
 )
 from service import db
+from service.accounting.configured_keys import ensure_configured_keys
 from service.accounting.idempotency import Idempotency
 from service.accounting.key_cache import KeyCache
-from service.accounting.keys import KeyStore, ensure_configured_keys
+from service.accounting.keys import KeyStore
 from service.accounting.quotas import Quotas
 from service.accounting.usage import UsageRecorder, UsageReports
 from service.api.admin import AdminServicer
@@ -46,27 +47,38 @@ from service.api.methods import (
     METERED_METHODS,
     PUBLIC_METHODS,
     QUIET_METHODS,
+    REFLECTED_SERVICES,
     SERVICES,
 )
 from service.api.probes import ProbeServicer
 from service.api.usage import UsageServicer
 from service.catalog.models import ModelRegistry, load_registry
 from service.config import Settings
-from service.generation.inputs import FetchLimits, ImageLoader
-from service.generation.pipeline import LOCAL_MODEL, Pipeline, default_model
+from service.db.batch import BatchWriter
+from service.errors import KnownSecrets
+from service.generation.inputs import ImageLoader
+from service.generation.pipeline import Pipeline, choose_default_model
 from service.jobs.runner import Jobs
+from service.jobs.setup import background_jobs
 from service.jobs.webhooks import Webhooks
+from service.net.fetch import GuardedFetcher, image_fetch_limits
 from service.ops.admission import Admission
+from service.ops.housekeeping import Housekeeping, Sweep
 from service.ops.metrics import Metrics
+from service.ops.tracing import Tracing
+from service.ops.tracing import start as start_tracing
+from service.providers.base import ProviderDeps
 from service.routing.deployments import DeploymentStore, environment_deployments
-from service.routing.router import Router, RoutingPolicy
+from service.routing.policy import routing_policy
+from service.routing.router import Router
 from service.routing.secretbox import SecretBox
+from service.rpc import transport
 from service.rpc.interceptor import HubInterceptor
-from service.store.signing import UrlSigner
 from service.store.storage import ImageStorage, open_storage
 
 log = structlog.get_logger("aigne.hub")
 
+IDEMPOTENCY_SWEEP_SECONDS = 600.0
 CUT_OFF_SECONDS = 1.0  # for generations cut off at shutdown to send their 503
 
 
@@ -77,21 +89,19 @@ class Hub:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    database: db.Database
-    keys: KeyStore
-    usage: UsageRecorder
-    router: Router
-    loader: ImageLoader
-    default_model: str
-    storage: ImageStorage
-    # Work that outlives calls: idempotent generations, jobs, webhooks.
-    pipeline: Pipeline
+    parts: Parts
     interceptor: HubInterceptor
-    jobs: Jobs
-    webhooks: Webhooks
-    admission: Admission
     grace: float
     stop_metrics: Callable[[], None]
+    tracing: Tracing | None = None
+
+    @property
+    def default_model(self) -> str:
+        return self.parts.default_model
+
+    @property
+    def admission(self) -> Admission:
+        return self.parts.admission
 
     async def drain(self) -> None:
         """Take no new generations, and say so to health checks and readiness probes."""
@@ -116,33 +126,38 @@ class Hub:
                 async with asyncio.timeout(CUT_OFF_SECONDS):  # they answer 503
                     await self.admission.wait_idle()
         await self.server.stop(max(0.0, deadline - loop.time()))
-        await self.jobs.stop()  # running jobs get their grace, then go back to the queue
-        await self.pipeline.drain(max(0.0, deadline - loop.time()))
+        parts = self.parts
+        await parts.jobs.stop()  # running jobs get their grace, then go back to the queue
+        await parts.housekeeping.stop()
+        await parts.key_cache.aclose()
+        await parts.pipeline.drain(max(0.0, deadline - loop.time()))
         await self.interceptor.drain()
-        await self.usage.drain()
-        await self.webhooks.aclose()
-        await self.router.aclose()
-        await self.loader.aclose()
-        await self.storage.aclose()
-        await self.database.dispose()
+        await parts.writer.stop()  # what waits is written: acknowledged work is not lost
+        await parts.webhooks.aclose()
+        await parts.router.aclose()
+        await parts.loader.aclose()
+        await parts.storage.aclose()
+        await parts.database.dispose()
         self.stop_metrics()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
-async def create_server(settings: Settings) -> Hub:
+async def create_server(settings: Settings, secrets: KnownSecrets | None = None) -> Hub:
     settings = settings.with_generated_secrets()
-    parts = await build_parts(settings)
-    server, interceptor, health_servicer = grpc_server(settings, parts)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    tracing = start_tracing(settings)  # before the SDK clients exist: they get traced
+    parts = await build_parts(settings, secrets)
+    server, interceptor, health_servicer = grpc_server(settings, parts, tracing)
+    port = transport.bind(server, settings)
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await parts.jobs.start(parts.pipeline)  # jobs waiting in the database, from before too
+    parts.housekeeping.start()
     stop_metrics = (parts.metrics.serve(settings.host, settings.metrics_port)
                     if settings.metrics_port else lambda: None)
-    return Hub(server, port, health_servicer, parts.database, parts.keys, parts.usage,
-               parts.router, parts.loader, parts.default_model, parts.storage, parts.pipeline,
-               interceptor, parts.jobs, parts.webhooks, parts.admission,
-               settings.shutdown_grace_seconds, stop_metrics)
+    return Hub(server, port, health_servicer, parts, interceptor,
+               settings.shutdown_grace_seconds, stop_metrics, tracing)
 
 
 @dataclass
@@ -150,7 +165,9 @@ class Parts:
     """Everything the servicers stand on, built from Settings."""
 
     database: db.Database
+    writer: BatchWriter
     keys: KeyStore
+    key_cache: KeyCache
     registry: ModelRegistry
     metrics: Metrics
     admission: Admission
@@ -165,9 +182,10 @@ class Parts:
     pipeline: Pipeline
     webhooks: Webhooks
     jobs: Jobs
+    housekeeping: Housekeeping
 
 
-async def build_parts(settings: Settings) -> Parts:
+async def build_parts(settings: Settings, secrets: KnownSecrets | None = None) -> Parts:
     assert settings.key_hash_secret and settings.credentials_key
     database = db.Database.open(settings.db_url)
     await db.migrate(database.engine)
@@ -178,42 +196,57 @@ async def build_parts(settings: Settings) -> Parts:
     admission = Admission(settings.max_in_flight_generations, GENERATION_METHODS)
     metrics.watch_admission(admission)
     deployments = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
+    # One guarded fetcher for every image fetched by URL: source images, provider answers.
+    fetcher = GuardedFetcher(image_fetch_limits(settings))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
-                    instrument=metrics.instrument)
-    loader = ImageLoader(FetchLimits(settings.image_url_hosts, settings.image_fetch_max_bytes,
-                                     settings.image_fetch_timeout_seconds))
-    usage = UsageRecorder(database, settings.credits_per_usd)
+                    ProviderDeps(fetcher, secrets or KnownSecrets()), instrument=metrics.instrument)
+    loader = ImageLoader(fetcher, settings.max_request_pixels)
+    writer = BatchWriter(database)  # reservations, settlements and records: group commit
+    # Unsettled a minute past the longest a request takes: a dead process's, swept back.
+    quotas = Quotas(database, writer, lease_seconds=settings.reservation_lease_seconds
+                    or settings.request_timeout_seconds + 60)
+    usage = UsageRecorder(database, settings.credits_per_usd, writer)
+    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds,
+                              writer=writer)
     storage = await open_storage(settings)
-    idempotency = Idempotency(database, ttl_seconds=settings.idempotency_keep_seconds)
     pipeline = Pipeline(registry=registry, router=router, store=storage.store,
                         signer=storage.urls, loader=loader, idempotency=idempotency,
                         default_model=settings.default_model,
                         fan_out_concurrency=settings.fan_out_concurrency)
     webhooks, jobs = background_jobs(settings, database, keys=keys, usage=usage,
-                                     storage=storage, idempotency=idempotency)
-    return Parts(database, keys, registry, metrics, admission, deployments, router,
-                 await choose_default_model(settings, registry, router), loader,
-                 Quotas(database), usage, storage, idempotency, pipeline, webhooks, jobs)
+                                     storage=storage)
+    housekeeping = Housekeeping([
+        Sweep("quota reservations", settings.reservation_sweep_seconds, quotas.sweep),
+        Sweep("idempotency keys", IDEMPOTENCY_SWEEP_SECONDS, idempotency.sweep)])
+    return Parts(database, writer, keys, KeyCache(keys, settings.db_url, database), registry,
+                 metrics, admission, deployments, router,
+                 await choose_default_model(settings, registry, router), loader, quotas,
+                 usage, storage, idempotency, pipeline, webhooks, jobs, housekeeping)
 
 
-def grpc_server(settings: Settings, parts: Parts
+def grpc_server(settings: Settings, parts: Parts, tracing: Tracing | None = None
                 ) -> tuple[grpc.aio.Server, HubInterceptor, health.aio.HealthServicer]:
-    """The server with its interceptor and every servicer, health and reflection."""
+    """The server with its interceptors (tracing's first, when on) and every servicer,
+    health and reflection."""
     interceptor = HubInterceptor(
-        KeyCache(parts.keys, settings.db_url), parts.usage, quotas=parts.quotas,
+        parts.key_cache, parts.usage, quotas=parts.quotas,
         public_methods=PUBLIC_METHODS, admin_prefixes=ADMIN_PREFIXES,
         metered_methods=METERED_METHODS, request_timeout=settings.request_timeout_seconds,
         admission=parts.admission, metrics=parts.metrics, quiet_methods=QUIET_METHODS,
         log_prompts=settings.log_prompts)
     server = grpc.aio.server(
-        interceptors=[interceptor],
+        interceptors=[interceptor] if tracing is None else [tracing.interceptor, interceptor],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
-                 ("grpc.max_send_message_length", settings.max_response_bytes)])
+                 ("grpc.max_send_message_length", settings.max_response_bytes),
+                 # Above Envoy's header limit (max_header_bytes): what Envoy passes on is
+                 # taken whole, never refused at random (gRPC's soft limit) as a 429.
+                 ("grpc.max_metadata_size", settings.grpc_metadata_bytes),
+                 ("grpc.absolute_max_metadata_size", settings.grpc_metadata_bytes)])
     add_servicers(server, settings, parts)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (*REFLECTED_SERVICES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     return server, interceptor, health_servicer
 
 
@@ -237,52 +270,9 @@ def add_servicers(server: grpc.aio.Server, settings: Settings, parts: Parts) -> 
         database=parts.database, store=storage.store, admission=parts.admission), server)
 
 
-def background_jobs(settings: Settings, database: db.Database, *, keys: KeyStore,
-                    usage: UsageRecorder, storage: ImageStorage,
-                    idempotency: Idempotency) -> tuple[Webhooks, Jobs]:
-    """JobService's parts: the webhook sender and the job runner."""
-    assert settings.webhook_secret is not None
-    webhooks = Webhooks(settings.webhook_secret.get_secret_value().encode(),
-                        settings.webhook_url_hosts, settings.webhook_timeout_seconds)
-    signer: UrlSigner = storage.urls
-    jobs = Jobs(database, keys=keys, usage=usage, webhooks=webhooks, store=storage.store,
-                signer=signer, idempotency=idempotency, concurrency=settings.job_concurrency,
-                lease_seconds=settings.job_lease_seconds, poll_seconds=settings.job_poll_seconds,
-                max_attempts=settings.job_max_attempts,
-                run_seconds=settings.request_timeout_seconds,
-                stop_grace_seconds=settings.job_stop_grace_seconds,
-                webhook_retries=settings.webhook_retries,
-                webhook_retry_base_seconds=settings.webhook_retry_base_seconds)
-    return webhooks, jobs
-
-
-def routing_policy(settings: Settings) -> RoutingPolicy:
-    return RoutingPolicy(
-        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
-        attempt_timeout=settings.upstream_attempt_timeout_seconds,
-        failure_threshold=settings.deployment_failure_threshold,
-        deployment_cooldown=settings.deployment_cooldown_seconds,
-        credential_cooldown=settings.credential_cooldown_seconds,
-        refresh_seconds=settings.routing_refresh_seconds)
-
-
-async def choose_default_model(settings: Settings, registry: ModelRegistry,
-                               router: Router) -> str:
-    """The model of requests that name none, as things stand at start-up (it follows the
-    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
-    if settings.default_model:
-        registry.get(settings.default_model)
-        return settings.default_model
-    model = await default_model(registry, router)
-    if model == LOCAL_MODEL:
-        log.warning("no provider key is set: requests that name no model go to the local "
-                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
-    return model
-
-
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, secrets: KnownSecrets | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
-    hub = await create_server(settings)
+    hub = await create_server(settings, secrets)
     log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

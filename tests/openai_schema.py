@@ -2,6 +2,13 @@
 components.schemas) that our answers must satisfy, written out as JSON Schema: ImagesResponse
 with Image and ImageGenUsage, and the error object OpenAI-compatible clients read."""
 
+import json
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
 IMAGE_GEN_TOKEN_DETAILS = {
     "type": "object",
     "properties": {"text_tokens": {"type": "integer"}, "image_tokens": {"type": "integer"}},
@@ -58,3 +65,18 @@ ERROR_RESPONSE = {
     },
     "required": ["error"],
 }
+
+
+# OpenAI's own document, the part kept in tests/data (see its info.x-source): every 200 answer
+# and streamed event of the OpenAI doors is validated against the schema OpenAI publishes.
+OPENAI_DOCUMENT = json.loads(
+    (Path(__file__).with_name("data") / "openai-openapi-images.json").read_text())
+_REGISTRY = Registry().with_resource(  # type: ignore[call-arg]
+    "openai.json", Resource.from_contents(OPENAI_DOCUMENT, default_specification=DRAFT202012))
+
+
+def assert_openai(instance: object, schema: str) -> None:
+    """`instance` is valid as OpenAI's `components.schemas[schema]`."""
+    validator = Draft202012Validator({"$ref": f"openai.json#/components/schemas/{schema}"},
+                                     registry=_REGISTRY)
+    validator.validate(instance)

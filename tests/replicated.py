@@ -80,6 +80,9 @@ class ReplicatedStack:
 
     def start(self, timeout: float = 120) -> ReplicatedStack:
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        # The log is appended to (a stack started again on the same var dir): what this start
+        # wrote begins here.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             # A process group of its own, as a shell gives a foreground job: Ctrl-C is a
             # SIGINT to that group.
@@ -113,7 +116,11 @@ class ReplicatedStack:
 
     def pids(self) -> dict[str, int]:
         """Each replica's pid, by its target, as the start-up banner lists them."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if not self.log_path.exists():
+            return {}
+        with self.log_path.open("rb") as log:
+            log.seek(getattr(self, "_log_start", 0))
+            text = log.read().decode(errors="replace")
         return {f"127.0.0.1:{port}": int(pid) for _, port, pid in REPLICA_LINE.findall(text)}
 
     def children(self) -> list[int]:

@@ -35,11 +35,14 @@ class Stack:
     """One server and one Envoy, started by the same command users run."""
 
     def __init__(self, var_dir: Path, env: dict[str, str] | None = None, *,
-                 file_size_limit: int | None = None) -> None:
+                 file_size_limit: int | None = None,
+                 server_credentials: grpc.ChannelCredentials | None = None) -> None:
         """`file_size_limit` caps the size of any file the stack writes (RLIMIT_FSIZE): a
-        way to fill the image store that needs no root and no special file system."""
+        way to fill the image store that needs no root and no special file system.
+        `server_credentials` reach a server whose port is mTLS (AIGNE_HUB_UPSTREAM_TLS_*)."""
         self.var_dir = var_dir
         self.file_size_limit = file_size_limit
+        self.server_credentials = server_credentials
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.admin_port = free_port()
@@ -64,7 +67,8 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.env.get("AIGNE_HUB_TLS_CERT_FILE") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def api_url(self) -> str:
@@ -156,7 +160,7 @@ class Stack:
         raise TimeoutError(f"the stack did not become ready:\n{self.log_tail()}")
 
     def _server_serving(self) -> bool:
-        return serving(self.server_target)
+        return serving(self.server_target, self.server_credentials)
 
     def _envoy_ready(self) -> bool:
         try:
@@ -229,9 +233,10 @@ class Replica:
         self.stop()
 
 
-def serving(target: str) -> bool:
+def serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
     """Whether the gRPC server at `target` answers its health check with SERVING."""
-    with grpc.insecure_channel(target) as channel:
+    with (grpc.secure_channel(target, credentials) if credentials
+          else grpc.insecure_channel(target)) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1)

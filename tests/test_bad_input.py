@@ -224,7 +224,7 @@ def test_bad_query_value_is_json_400(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/"), ("GET", "/api/nothing"),
-                                              ("POST", "/api/images/edits"),
+                                              ("POST", "/api/images/no-such-door"),
                                               ("DELETE", GENERATIONS)])
 def test_unknown_path_is_json_404(stack: Stack, method: str, path: str) -> None:
     answer = httpx.request(method, f"{stack.base_url}{path}")

@@ -341,7 +341,7 @@ def test_a_plain_key_sees_its_own_usage(console: ConsolePage, console_hub: Hub) 
 
 def test_reference_page_renders_the_openapi_document(console: ConsolePage) -> None:
     page = console.open("reference")  # no key needed
-    operation = page.locator("#op-GenerateHttp-post")  # beside it: `...generations:stream`
+    operation = page.locator("#op-GenerateOrStreamHttp-post")  # beside it: `...generations:stream`
     expect(operation).to_be_visible(timeout=30_000)
     expect(operation).to_contain_text("aigne.hub.v1.ImageService/Generate")
     expect(operation.locator("table.props").first).to_contain_text("prompt")

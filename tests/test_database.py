@@ -88,14 +88,13 @@ async def test_concurrent_reservations_stop_exactly_at_the_quota(store: Store) -
 
 
 async def test_settling_charges_the_images_returned(store: Store) -> None:
-    keys, quotas, sessions = store.keys, store.quotas, store.sessions
+    keys, quotas = store.keys, store.quotas
     key, _ = await keys.create("unit", limits=KeyLimits(monthly_image_quota=10))
 
     reservation = await quotas.reserve(key, 5)
     assert (await quotas.used([key.id]))[key.id] == (5, 5)
-    async with sessions() as session, session.begin():
-        await reservation.settle(session, 3)
-        await reservation.settle(session, 0)  # only the first settlement counts
+    await quotas.settle(reservation, 3)
+    await quotas.settle(reservation, 0)  # only the first settlement counts
     assert (await quotas.used([key.id]))[key.id] == (3, 3)
 
     await quotas.reserve(key, 7)

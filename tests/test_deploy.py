@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from service.config import Settings
+from tests.certs import CertificateAuthority
 from tests.stack import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -56,9 +57,16 @@ def test_envoy_configmap_is_rendered_from_the_current_template() -> None:
 
 def test_envoy_accepts_its_kubernetes_config(tmp_path: Path) -> None:
     """`envoy --mode validate` on the ConfigMap's config, with the image's /app (the Lua
-    filter, the descriptor set) pointing at this checkout."""
-    config = resources()[("ConfigMap", "aigne-hub-envoy")]["data"]["envoy.yaml"]
-    (tmp_path / "envoy.yaml").write_text(config.replace('"/app/', f'"{ROOT}/'))
+    filter, the descriptor set) pointing at this checkout, the ConfigMap's files in a
+    folder as its mount, and a certificate made here as the TLS Secret's."""
+    files = resources()[("ConfigMap", "aigne-hub-envoy")]["data"]
+    tls = CertificateAuthority(tmp_path / "ca").issue("tls", into=tmp_path / "envoy-tls")
+    assert (tls.cert.name, tls.key.name) == ("tls.crt", "tls.key")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text.replace('"/app/', f'"{ROOT}/')
+                                     .replace("/etc/envoy-tls", str(tmp_path / "envoy-tls"))
+                                     .replace("/etc/envoy/", f"{tmp_path}/")
+                                     .replace('"/etc/envoy"', f'"{tmp_path}"'))
     envoy = Path(sys.executable).parent / "envoy"
     check = subprocess.run([str(envoy), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
                            capture_output=True, text=True, timeout=120)
@@ -89,7 +97,9 @@ def test_envoy_balances_over_the_headless_service_of_the_servers() -> None:
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     envoy = found[("Deployment", "aigne-hub-envoy")]["spec"]["template"]["spec"]
     assert {p["name"]: p["containerPort"] for p in envoy["containers"][0]["ports"]} == {
-        "http": listener["port_value"]}
+        "https": listener["port_value"]}
+    edge = found[("Service", "aigne-hub")]["spec"]["ports"]
+    assert edge == [{"name": "https", "port": 443, "targetPort": "https"}]
     assert listener["address"] == "0.0.0.0"  # noqa: S104  (the pod's every address)
     assert grpc_port == 50051
 
@@ -103,12 +113,22 @@ def test_probes_are_wired_to_the_health_endpoints() -> None:
         assert container[probe]["grpc"] == {"port": grpc_port}, probe  # grpc.health.v1
     envoy = found[("Deployment", "aigne-hub-envoy")]["spec"]["template"]["spec"]
     proxy = envoy["containers"][0]
-    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert proxy["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https",
+                                                  "scheme": "HTTPS"}
+    assert proxy["livenessProbe"]["tcpSocket"] == {"port": "https"}
     mount = proxy["volumeMounts"][0]
     assert proxy["command"][proxy["command"].index("-c") + 1] == f"{mount['mountPath']}/envoy.yaml"
     [volume] = [v for v in envoy["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == "aigne-hub-envoy"
+    # The TLS Secret, mounted where the rendered config (deploy/envoy.env) looks for it.
+    [tls] = [m for m in proxy["volumeMounts"] if m["name"] == "tls"]
+    [secret] = [v["secret"] for v in envoy["volumes"] if v["name"] == "tls"]
+    assert ("Secret", secret["secretName"]) in found
+    assert found[("Secret", secret["secretName"])]["type"] == "kubernetes.io/tls"
+    sds = yaml.safe_load(found[("ConfigMap", "aigne-hub-envoy")]["data"][
+        "edge-certificate-sds.yaml"])["resources"][0]["tls_certificate"]
+    assert sds["certificate_chain"]["filename"] == f"{tls['mountPath']}/tls.crt"
+    assert sds["private_key"]["filename"] == f"{tls['mountPath']}/tls.key"
     # Draining takes 30 s at most in the server; the pods get longer than that.
     assert server["terminationGracePeriodSeconds"] > 30
 

@@ -68,7 +68,8 @@ def test_a_breaking_provider_does_not_disturb_requests_in_flight(rest: httpx.Cli
     def steady() -> None:
         with http_client(provider_stack) as client:
             slow.append(client.post(GENERATIONS, json={"model": "gpt-image-2",
-                                                       "prompt": "steady"}))
+                                                       "prompt": "steady",
+                                                       "response_format": "url"}))
 
     thread = threading.Thread(target=steady)
     thread.start()
@@ -101,13 +102,15 @@ def test_full_image_store_is_503_store_full_and_loses_nothing(small_disk_stack: 
                                                               fakes) -> None:
     fake_openai = fakes[0]
     with http_client(small_disk_stack) as rest:
-        before = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "small"})
+        before = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "small",
+                                              "response_format": "url"})
         assert before.status_code == 200, before.text
         stored_url = before.json()["data"][0]["url"]
 
         big = Reply(200, {"created": 1, "data": [{"b64_json": base64.b64encode(NOISE).decode()}]})
         fake_openai.script("generations", big, big)
-        full = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "big"})
+        full = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "big",
+                                            "response_format": "url"})
         body = assert_error(full, 503, None, "store_full")
         assert "b64_json" in body["message"], "the message says what still works"
         assert full.headers["retry-after"] == "30"

@@ -15,8 +15,9 @@ from grpc_status import rpc_status
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from aigne.hub.v1 import console_service_pb2 as console_pb
+from aigne.hub.v1 import console_service_pb2_grpc, image_service_pb2_grpc
 from aigne.hub.v1 import image_service_pb2 as pb
-from aigne.hub.v1 import image_service_pb2_grpc
 from tests.conftest import GRPC_OPTIONS, ImageHost
 from tests.fuzzing import (  # noqa: F401 (server_stays_up: an autouse fixture)
     examples,
@@ -107,3 +108,18 @@ def test_get_image_and_list_models(channel: grpc.Channel, name: str, expires: in
     assert_answered(caught.value, None)
     assert stub.ListModels(pb.ListModelsRequest(), timeout=30,
                            metadata=[("authorization", f"Bearer {TEST_KEY}")]).data
+
+
+@examples(200)
+@given(path=st.one_of(st.text(max_size=40), st.text(min_size=250, max_size=400),
+                      st.integers(256, 5000).map(lambda n: "a" * n),
+                      st.tuples(st.text(max_size=10), st.text(max_size=10)).map("\x00".join),
+                      st.lists(st.sampled_from(["a", "..", ".", "", "index.html", "x" * 300]),
+                               max_size=6).map("/".join)))
+def test_console_asset_paths(channel: grpc.Channel, path: str) -> None:
+    """Issue 18: paths over 255 characters and NULs made GetConsoleAsset fail INTERNAL."""
+    stub = console_service_pb2_grpc.ConsoleServiceStub(channel)
+    try:
+        stub.GetConsoleAsset(console_pb.GetConsoleAssetRequest(path=path), timeout=30)
+    except grpc.RpcError as error:
+        assert_answered(error, None)

@@ -2,7 +2,8 @@
 and answering (the fakes): whatever the body, headers, method or path, the answer is a
 well-formed JSON success or OpenAI-shaped error, never a 5xx, and the server stays up.
 
-AIGNE_HUB_FUZZ_EXAMPLES scales every test's example count (default 1: CI's counts)."""
+FUZZ_EXAMPLES scales every test's example count (default 1 locally, 3 when CI=true:
+tests/fuzzing.py)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,17 @@ def assert_well_formed(answer: httpx.Response) -> None:
                answer.text[:300])
     assert answer.status_code < 500, context
     event(f"HTTP {answer.status_code}")  # pytest --hypothesis-show-statistics shows the mix
-    assert answer.headers.get("x-request-id"), context
+    sent_id = answer.request.headers.get("x-request-id")
+    if sent_id is not None and answer.status_code == 400 and b"invalid_request" in answer.content:
+        # Refused by Envoy before any filter ran (a path it cannot normalize): it answers
+        # with the id the client sent, even an empty one; nothing else saw the request.
+        assert answer.headers.get("x-request-id") is not None, context
+    else:
+        assert answer.headers.get("x-request-id"), context
     if answer.request.method == "HEAD":
         return
+    if answer.status_code < 400 and answer.request.url.path.startswith("/console"):
+        return  # the web console's pages, scripts and styles
     assert answer.headers.get("content-type", "").startswith("application/json"), context
     body = answer.json()
     if answer.status_code >= 400:
@@ -71,7 +80,8 @@ def test_generation_bodies(rest: httpx.Client, image_host: ImageHost, fakes, bod
 
 PATHS = ["/api/images/generations", "/api/models", "/api/images/files/img_x.png", "/healthz",
          "/readyz", "/api", "/", "/api/images/generations/", "/v1/images/generations",
-         "/aigne.hub.v1.ImageService/Generate", "/api/images/files/", "/api/admin/keys"]
+         "/aigne.hub.v1.ImageService/Generate", "/api/images/files/", "/api/admin/keys",
+         "/console/", "/console/index.html", "/console/app.js"]
 
 
 # The routes that exist, with plausible and implausible query strings.
@@ -89,8 +99,15 @@ def paths() -> st.SearchStrategy[str]:
                       min_size=1, max_size=12)
     query = st.dictionaries(st.sampled_from(["expires", "signature", "name", "x", "n"]),
                             st.text(max_size=12), max_size=3)
+    # Odd ones: names past the file system's 255 bytes, deep folders, percent-encoded NULs
+    # (issue 18: the console answered these 500).
+    odd = st.one_of(st.integers(200, 600).map(lambda n: "a" * n),
+                    st.integers(100, 300).map(lambda n: "d/" * n + "x.js"),
+                    st.sampled_from(["%00", "index.html%00.js", "x%00/y.css", "%2e%2e/x"]))
     base = st.one_of(st.sampled_from(PATHS), st.sampled_from(PATHS[:5]),
-                     st.lists(segment, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)))
+                     st.lists(segment, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)),
+                     st.tuples(st.sampled_from(["/console/", "/api/images/files/", "/"]),
+                               odd).map("".join))
     return st.tuples(base, query)
 
 

@@ -91,6 +91,8 @@ def test_grpc_health_and_reflection(stack: Stack) -> None:
         names = {s.name for a in answers for s in a.list_services_response.service}
     assert {"aigne.hub.v1.ImageService", "aigne.hub.v1.ProbeService",
             "grpc.health.v1.Health"} <= names
+    # Reflection answers without a key: it does not advertise the admin services.
+    assert not {"aigne.hub.v1.AdminService", "aigne.hub.v1.DeploymentService"} & names
 
 
 def test_envoy_health_checks_the_server(stack: Stack) -> None:

@@ -213,3 +213,36 @@ def test_bad_idempotency_keys_are_refused(hub: Hub, key: Key) -> None:
     answer = rest(hub, key, "x" * 300)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "idempotency_key"
+
+
+@pytest.mark.parametrize(("sent", "then"), [
+    ({"model": "gpt-image-2"}, {"model": "gpt-image-2", "n": 1, "size": "1024x1024",
+                                "quality": "auto", "output_format": "png", "background": "auto",
+                                "moderation": "auto", "response_format": "b64_json"}),
+    ({"model": "dall-e-3", "n": 1, "style": "vivid", "quality": "standard"},
+     {"model": "dall-e-3"}),
+    ({}, {"model": "dall-e-2", "n": 1, "size": "1024x1024", "quality": "standard"}),
+])
+def test_a_field_left_out_and_its_default_are_one_request(hub: Hub, key: Key, fakes,
+                                                          sent: dict, then: dict) -> None:
+    """The idempotency fingerprint is taken once defaults are filled in (the contract's,
+    per model; no model is the server's default, dall-e-2 here)."""
+    idempotency_key = f"defaults-{uuid.uuid4()}"
+    headers = {**key.headers, "Idempotency-Key": idempotency_key}
+    first = httpx.post(f"{hub.stack.base_url}{GENERATIONS}", timeout=60, headers=headers,
+                       json={"prompt": "a lighthouse", **sent})
+    assert first.status_code == 200, first.text
+    retry = httpx.post(f"{hub.stack.base_url}{GENERATIONS}", timeout=60, headers=headers,
+                       json={"prompt": "a lighthouse", **then})
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["created"] == first.json()["created"]
+    with grpc.insecure_channel(hub.stack.server_target, options=GRPC_OPTIONS) as channel:
+        _, call = image_service_pb2_grpc.ImageServiceStub(channel).Generate.with_call(
+            pb.GenerateRequest(prompt="a lighthouse", **then), timeout=60,
+            metadata=(*key.metadata, ("idempotency-key", idempotency_key)))
+    assert dict(call.initial_metadata())["idempotent-replayed"] == "true"
+    # A value that is not the default is another request.
+    other = httpx.post(f"{hub.stack.base_url}{GENERATIONS}", timeout=60, headers=headers,
+                       json={"prompt": "a lighthouse", **sent, "n": 2})
+    assert other.status_code == 409, other.text

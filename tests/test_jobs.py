@@ -240,6 +240,39 @@ def test_bad_job_requests_are_refused_at_once(jobs_hub: Hub, key: Key, fakes) ->
     assert fakes[0].received == []
 
 
+def test_slow_webhook_receivers_do_not_hold_job_slots(jobs_hub: Hub, key: Key, fakes,
+                                                      receiver: WebhookReceiver) -> None:
+    """Eight webhooks whose receiver takes 8 s to answer (as many as the four job slots
+    twice over) once kept another key's job waiting 23 s; now they have their own pool."""
+    receiver.script("hooks/slow", *[Reply(204, raw=b"", delay=8)] * 8)
+    for _ in range(8):
+        assert create(jobs_hub, key, model="local", size="64x64",
+                      webhook_url=f"{receiver.url}/hooks/slow").status_code == 200
+    wait_for(lambda: len(receiver.deliveries("hooks/slow")) >= 4)  # receivers are busy
+    other = jobs_hub.create_key(f"other {uuid.uuid4().hex[:6]}")
+    started = time.monotonic()
+    job = create(jobs_hub, other, model="local", size="64x64").json()["job"]
+    assert ended(jobs_hub, other, job["id"])["status"] == "succeeded"
+    assert time.monotonic() - started < 5, "another key's job waited for webhooks"
+
+
+def test_one_keys_many_jobs_do_not_keep_another_keys_job_waiting(jobs_hub: Hub, key: Key,
+                                                                 fakes) -> None:
+    """Twenty queued jobs of one key (each 1 s at the provider; four run at once) once
+    kept another key's job waiting behind all of them; claiming is round-robin now."""
+    fakes[0].script("generations", *[Reply(as_usual=True, delay=1.0)] * 21)
+    many = [create(jobs_hub, key).json()["job"]["id"] for _ in range(20)]
+    other = jobs_hub.create_key(f"other {uuid.uuid4().hex[:6]}")
+    job = create(jobs_hub, other).json()["job"]
+    assert ended(jobs_hub, other, job["id"], timeout=60)["status"] == "succeeded"
+    with httpx.Client(timeout=30) as client:
+        finished = [read(jobs_hub, key, job_id, client).json()["job"]["status"]
+                    in ("succeeded", "failed") for job_id in many]
+    assert sum(finished) <= 12, f"{sum(finished)} of the 20 ended first"
+    for job_id in many:  # the rest end too
+        ended(jobs_hub, key, job_id, timeout=60)
+
+
 @pytest.fixture
 def stack_settings() -> dict[str, str]:
     """Settings of `fresh_stack` besides the usual ones (a test parametrizes it)."""

@@ -83,3 +83,36 @@ async def test_no_cache_without_a_sqlite_file(tmp_path: Path) -> None:
         assert keys.lookups == 2
     finally:
         await engine.dispose()
+
+
+async def test_postgresql_polls_for_changes_and_forgets_its_own_at_once(
+        postgres, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No cheap read per call on PostgreSQL: key_generation is polled. Another process's
+    revocation is seen within a poll; this process's own changes at once."""
+    url = postgres.create_database(f"keycache_{abs(hash(tmp_path)) % 10**9}")
+    engine, other_engine = db.create_engine(url), db.create_engine(url)
+    try:
+        await db.migrate(engine)
+        keys = CountingKeys(db.Database(engine), b"secret")
+        key, token = await keys.create("k")
+        cache = KeyCache(keys, url, db.Database(engine), poll_seconds=0.1)
+        await cache.authenticate(f"Bearer {token}")
+        await asyncio.sleep(0.3)  # the first poll
+        for _ in range(5):
+            assert (await cache.authenticate(f"Bearer {token}")).id == key.id
+        assert keys.lookups <= 2, "answered from memory while nothing changed"
+
+        await KeyStore(db.Database(other_engine), b"secret").revoke(key.id)
+        await asyncio.sleep(0.35)  # within a few polls
+        with pytest.raises(PermissionDenied):
+            await cache.authenticate(f"Bearer {token}")
+
+        second, second_token = await keys.create("k2")
+        await cache.authenticate(f"Bearer {second_token}")
+        await keys.revoke(second.id)  # this process: forgotten at once, no wait for a poll
+        with pytest.raises(PermissionDenied):
+            await cache.authenticate(f"Bearer {second_token}")
+        await cache.aclose()
+    finally:
+        await engine.dispose()
+        await other_engine.dispose()

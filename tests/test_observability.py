@@ -3,6 +3,7 @@ request carrying the request id end to end, and Envoy's stats on its admin port.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -11,9 +12,13 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
+import structlog.testing
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
+from service.accounting.charge import Charge
+from service.rpc.call import Call
+from service.rpc.interceptor import OK, HubInterceptor
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, ImageHost, http_client, provider_env
 from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI, error
@@ -54,7 +59,7 @@ def test_request_id_travels_from_envoy_to_the_provider_and_back(
 
     line = request_line(provider_stack, request_id)
     image_bytes = len(base64.b64decode(answer.json()["data"][0]["b64_json"]))
-    assert line["method"] == "GenerateHttp" and line["door"] == "rest"
+    assert line["method"] == "GenerateOrStreamHttp" and line["door"] == "rest"
     assert line["status"] == "OK" and line["level"] == "info"
     assert (line["model"], line["served"], line["response_format"]) == (
         "gpt-image-2", "gpt-image-2", "b64_json")
@@ -88,6 +93,33 @@ def test_a_request_id_the_client_sends_is_kept_on_both_doors(rest: httpx.Client,
                 metadata=(*GRPC_AUTH, ("x-request-id", f"grpc-{target}")), timeout=30)
         assert ("x-request-id", f"grpc-{target}") in tuple(call.initial_metadata())
         assert request_line(provider_stack, f"grpc-{target}")["door"] == "grpc"
+
+
+@pytest.mark.parametrize("given", ["x" * 500, "has spaces in it", "semi;colon", "é-accent"])
+def test_a_request_id_the_server_refuses_is_replaced_by_one_id_end_to_end(
+        rest: httpx.Client, provider_stack: Stack, fakes, given: str) -> None:
+    """Envoy does not echo an id the server would refuse while the logs and the usage record
+    carry another: the client, Envoy's access log, the server's log line and the upstream
+    all see the same fresh id."""
+    answer = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"},
+                       headers={"x-request-id": given.encode()})
+    assert answer.status_code == 200, answer.text
+    fresh = answer.headers["x-request-id"]
+    assert fresh != given and len(fresh) == 32, fresh
+    assert fakes[0].requests_to("generations")[0].headers["x-request-id"] == fresh
+    assert request_line(provider_stack, fresh)["door"] == "rest"
+    deadline = time.monotonic() + 10  # Envoy flushes its access log about once a second
+    while not [line for line in provider_stack.log_lines()
+               if line.get("source") == "envoy" and line.get("request_id") == fresh]:
+        assert time.monotonic() < deadline, "no access log line with the fresh id"
+        time.sleep(0.1)
+    with grpc.insecure_channel(provider_stack.envoy_target, options=GRPC_OPTIONS) as channel:
+        _, call = image_service_pb2_grpc.ImageServiceStub(channel).Generate.with_call(
+            pb.GenerateRequest(model="gpt-image-2", prompt="x"),
+            metadata=(*GRPC_AUTH, ("x-request-id", "x" * 500)), timeout=30)
+    ids = [v for k, v in call.initial_metadata() if k == "x-request-id"]
+    assert len(set(ids)) == 1 and ids[0] != "x" * 500, ids
+    assert request_line(provider_stack, ids[0])["door"] == "grpc"
 
 
 def test_a_request_id_that_is_not_one_is_replaced(provider_stack: Stack, fakes) -> None:
@@ -124,10 +156,12 @@ def test_metrics_count_requests_latency_images_and_upstream_errors(
     sizes = sum(len(base64.b64decode(d["b64_json"])) for d in answer.json()["data"])
     rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x", "n": 11})
     fakes[0].script("generations", error(500, "boom", kind="server_error"))
-    assert rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"}).status_code == 200
+    assert rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x",
+                                        "response_format": "url"}).status_code == 200
     with grpc.insecure_channel(provider_stack.server_target) as channel:
         image_service_pb2_grpc.ImageServiceStub(channel).Generate(
-            pb.GenerateRequest(model="gpt-image-2", prompt="x"), metadata=GRPC_AUTH, timeout=30)
+            pb.GenerateRequest(model="gpt-image-2", prompt="x", response_format="url"),
+            metadata=GRPC_AUTH, timeout=30)
 
     assert m("aigne_hub_requests_total", **ok) == before["ok"] + 2
     assert m("aigne_hub_requests_total", door="grpc", model="gpt-image-2") == before["grpc"] + 1
@@ -188,3 +222,22 @@ def test_prompts_are_logged_when_configured(prompt_logging_stack: Stack, fakes) 
     assert TEST_KEY not in prompt_logging_stack.log_path.read_text()
     with pytest.raises(httpx.HTTPError):  # port 0: no metrics endpoint at all
         httpx.get(prompt_logging_stack.metrics_url, timeout=1)
+
+
+async def test_the_logged_duration_includes_writing_the_usage_record() -> None:
+    """`duration_ms` was taken before the usage record was written (issue 18)."""
+    method = "/aigne.hub.v1.ImageService/Generate"
+    interceptor = HubInterceptor(None, None, public_methods=frozenset(),  # type: ignore[arg-type]
+                                 admin_prefixes=(), metered_methods=frozenset({method}),
+                                 request_timeout=10)
+    call = Call(charge=Charge(request_id="slow-record", door="rest", accepted_at=time.time()),
+                method="Generate", deadline=asyncio.get_running_loop().time() + 10)
+
+    async def slow_record(status: str, http_status: int) -> None:
+        await asyncio.sleep(0.3)  # a database that takes its time
+
+    call.charge.settle = slow_record  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logged:
+        await interceptor._end(method, call, OK)
+    [line] = [entry for entry in logged if entry.get("request_id") == "slow-record"]
+    assert line["duration_ms"] >= 300

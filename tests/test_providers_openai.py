@@ -62,7 +62,7 @@ def test_gpt_image_2_through_the_openai_sdk(provider_stack: Stack, fakes) -> Non
 def test_gpt_image_2_url_answer_is_served_from_our_store(rest: httpx.Client,
                                                          provider_stack: Stack) -> None:
     answer = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "a fox",
-                                          "size": "1024x1536"})
+                                          "size": "1024x1536", "response_format": "url"})
     assert answer.status_code == 200, answer.text
     assert_images_response(answer.json(), 1)
     url = answer.json()["data"][0]["url"]
@@ -139,6 +139,25 @@ def test_deprecated_model_is_served_as_asked_with_sunset_headers(rest: httpx.Cli
     assert answer.headers["x-model-served"] == "gpt-image-test-deprecated"
     assert parsedate_to_datetime(answer.headers["sunset"]).year == 2099
     assert answer.headers["deprecation"] == "@1780358400"  # 2026-06-02T00:00:00Z
+
+
+def test_gpt_image_models_answer_b64_json_unless_asked_for_a_url(rest: httpx.Client,
+                                                                provider_stub) -> None:
+    """OpenAI answers gpt-image models in base64, and their clients read `b64_json`; the
+    seed's names keep the seed's `url` even though gpt-image-2 serves them."""
+    def first(model: str, **fields: str) -> dict:
+        answer = rest.post(GENERATIONS, json={"model": model, "prompt": "x", **fields})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"][0]
+
+    assert set(first("gpt-image-2")) == {"b64_json"}
+    assert set(first("gpt-image-test-deprecated")) == {"b64_json"}
+    assert set(first("gpt-image-2", response_format="url")) == {"url"}
+    assert set(first("dall-e-2")) == {"url"} and set(first("dall-e-3")) == {"url"}
+    assert set(first("gemini-3.1-flash-image")) == {"url"}
+    reply = provider_stub.Generate(pb.GenerateRequest(model="gpt-image-2", prompt="x"),
+                                   metadata=GRPC_AUTH, timeout=30)
+    assert reply.data[0].WhichOneof("content") == "b64_json"
 
 
 def test_edit_with_one_base64_image_goes_to_images_edit(rest: httpx.Client, fakes) -> None:

@@ -108,9 +108,12 @@ async def test_quota_holds_exactly_across_replicas(
     assert hub.get_key(key)["images_today"] == 20
     records = hub.records(key)
     assert Counter(r["status"] for r in records) == {"OK": 20, "DAILY_QUOTA_EXCEEDED": 40}
+    # Spread over the replicas: every call reached one. (Which replica's calls got the 20
+    # images is a race: each replica writes its calls' reservations in one transaction, so
+    # the first replica to commit may take them all.)
     log = await _access_log(stack, {o.request_id for o in outcomes})
-    served_by = {log[o.request_id]["upstream_host"] for o in outcomes if o.ok}
-    assert len(served_by) >= 2, f"one replica served every image: {served_by}"
+    served_by = {log[o.request_id]["upstream_host"] for o in outcomes}
+    assert len(served_by) >= 2, f"one replica answered every call: {served_by}"
 
 
 async def test_killed_replica_is_taken_out_and_only_its_requests_fail(

@@ -87,7 +87,8 @@ def test_sse_stream_through_envoy_arrives_as_it_happens(provider_stack: Stack, f
     request_id = uuid.uuid4().hex
     with http_client(provider_stack) as client:
         answer, events = sse(client, {"model": "gpt-image-2", "prompt": "a fox",
-                                      "partial_images": 3}, headers={"x-request-id": request_id})
+                                      "partial_images": 3, "response_format": "url"},
+                                 headers={"x-request-id": request_id})
         record = usage_record(client, request_id)
 
     assert answer.headers["content-type"] == "text/event-stream"
@@ -197,10 +198,14 @@ def test_an_error_after_the_first_event_is_an_error_event(provider_stack: Stack,
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_generate_refuses_stream_true(provider_rest: httpx.Client, fakes) -> None:
-    body = assert_error(provider_rest.post("/api/images/generations", json={
-        "model": "gpt-image-2", "prompt": "x", "stream": True}), 400, "stream")
-    assert "generations:stream" in body["message"]
+def test_generate_refuses_stream_true(provider_rest: httpx.Client, provider_stub) -> None:
+    """Generate answers once; over REST `stream: true` streams OpenAI's way
+    (tests/test_openai_streams.py), but previews still need a stream."""
+    with pytest.raises(grpc.RpcError) as refused:
+        provider_stub.Generate(pb.GenerateRequest(model="gpt-image-2", prompt="x", stream=True),
+                               metadata=GRPC_AUTH, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "StreamGenerate" in (refused.value.details() or "")
     assert_error(provider_rest.post("/api/images/generations", json={
         "model": "gpt-image-2", "prompt": "x", "partial_images": 2}), 400, "partial_images")
 
@@ -228,7 +233,8 @@ def test_a_quiet_stream_repeats_its_progress(quick_heartbeat: Hub, fakes) -> Non
     fakes[0].script("generations", Reply(as_usual=True, delay=2.0))
     with httpx.Client(base_url=quick_heartbeat.stack.base_url, timeout=30,
                       headers={"Authorization": f"Bearer {TEST_KEY}"}) as client:
-        _, events = sse(client, {"model": "gpt-image-2", "prompt": "a slow fox"})
+        _, events = sse(client, {"model": "gpt-image-2", "prompt": "a slow fox",
+                                  "response_format": "url"})
     names = [e.name for e in events]
     assert names[-2:] == ["image_generation.completed", "image_generation.done"]
     progress = [e for e in events if e.name == "image_generation.progress"]

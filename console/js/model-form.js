@@ -210,7 +210,10 @@ export function requestBody(state, form) {
   }
   if (visible("background") && value("background") !== "auto") body.background = value("background");
   if (visible("moderation") && value("moderation") !== "auto") body.moderation = value("moderation");
-  if (value("response_format") === "b64_json") body.response_format = "b64_json";
+  // Sent when it differs from the model's own default (gpt-image models answer b64_json).
+  if (value("response_format") !== (model.default_response_format || "url")) {
+    body.response_format = value("response_format");
+  }
   if (state.sources?.length) body.image = state.sources;
   return body;
 }

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.accounting.keys import ApiKey
@@ -23,14 +25,16 @@ from service.catalog.models import ModelSpec, Route, Size
 from service.providers.base import GeneratedImage, Generation
 from service.routing.router import Attempt
 
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
+
 
 class Ledger(Protocol):
     """Where settled charges are written (UsageRecorder)."""
 
     async def finish(self, charge: Charge, status: str, http_status: int) -> None: ...
 
-    async def record(self, session: AsyncSession, charge: Charge, status: str,
-                     http_status: int, ended_at: float | None = None) -> None: ...
+    def record(self, connection: Connection, charge: Charge, status: str,
+               http_status: int, ended_at: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -107,10 +111,13 @@ class Charge:
         self.response_format = response_format
         self.billed = Billed(route, served_quality, str(served_size) if served_size else None)
 
-    async def reserve(self, images: int) -> Reservation:
-        """Reserve `images` in the key's quota windows (429 naming a full one)."""
+    async def reserve(self, images: int, *, tracked: bool = True) -> Reservation:
+        """Reserve `images` in the key's quota windows (429 naming a full one); `tracked`
+        False for a job's, which its job row keeps (Quotas.reserve)."""
         assert self.quotas is not None and self.key is not None
-        self.reservation = await self.quotas.reserve(self.key, images)
+        with _tracer.start_as_current_span("quota reserve",
+                                           attributes={"aigne.hub.images": images}):
+            self.reservation = await self.quotas.reserve(self.key, images, tracked=tracked)
         return self.reservation
 
     def generated(self, generation: Generation) -> None:
@@ -131,10 +138,14 @@ class Charge:
         if self.settled or not self.record or self.key is None or self.ledger is None:
             return
         self.settled = True
-        await self.ledger.finish(self, status, http_status)
+        with _tracer.start_as_current_span("usage record",
+                                           attributes={"aigne.hub.status": status}):
+            await self.ledger.finish(self, status, http_status)
 
     async def settle_in(self, session: AsyncSession, status: str, http_status: int) -> None:
         """`settle`, in the caller's transaction (a job's ending)."""
-        assert self.ledger is not None
+        ledger = self.ledger
+        assert ledger is not None
         self.settled = True
-        await self.ledger.record(session, self, status, http_status)
+        await session.run_sync(
+            lambda sync: ledger.record(sync.connection(), self, status, http_status))

@@ -23,17 +23,19 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Table, delete, select, update
 
 from service.accounting.quotas import INSERTS
 from service.db import Database, IdempotencyKeyRow, utcnow
+from service.db.batch import BatchWriter
 from service.errors import Conflict, InvalidArgument
 
 log = structlog.get_logger("aigne.hub")
+
+KEYS = cast(Table, IdempotencyKeyRow.__table__)
 
 MAX_KEY_LENGTH = 255
 LEASE_MARGIN_SECONDS = 5.0
@@ -75,8 +77,12 @@ NO_KEY = Claim()
 
 
 class Idempotency:
-    def __init__(self, database: Database, *, ttl_seconds: float) -> None:
-        self._db = database
+    """Claims, answers and releases of idempotency keys, written by the process's batch
+    writer (each a few statements in a transaction shared with other requests' writes)."""
+
+    def __init__(self, database: Database, *, ttl_seconds: float,
+                 writer: BatchWriter | None = None) -> None:
+        self._writer = writer or BatchWriter(database)
         self._insert = INSERTS[database.dialect]
         self._ttl = timedelta(seconds=ttl_seconds)
         self._waiters: dict[tuple[str, str], asyncio.Event] = {}
@@ -97,10 +103,10 @@ class Idempotency:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds_left
         poll = FIRST_POLL_SECONDS
+        lease = timedelta(seconds=seconds_left + LEASE_MARGIN_SECONDS)
         while True:
-            answer = await self._try(
-                key_id, idempotency_key, operation, print_, request_id,
-                lease_seconds=seconds_left + LEASE_MARGIN_SECONDS)
+            answer = await self._writer.write(lambda connection: self._look(
+                connection, key_id, idempotency_key, operation, print_, request_id, lease))
             if answer is not _RUNNING:
                 return Claim(key_id, idempotency_key, request_id,
                              answer if isinstance(answer, dict) else None, self)
@@ -114,73 +120,54 @@ class Idempotency:
             poll = min(poll * 2, MAX_POLL_SECONDS)
 
     # Long: one transaction's decision table (new, replayed, running, expired, taken over).
-    async def _try(self, key_id: str, idempotency_key: str, operation: str, print_: str,
-                   request_id: str, lease_seconds: float) -> dict[str, Any] | object | None:
+    def _look(self, connection: Connection, key_id: str, idempotency_key: str,
+              operation: str, print_: str, request_id: str,
+              lease: timedelta) -> dict[str, Any] | object | None:
         """One look at the key: None (this request now owns it), the kept answer, or
         _RUNNING (another attempt owns it)."""
         now = utcnow()
-        lease = now + timedelta(seconds=lease_seconds)
-        row_key = (IdempotencyKeyRow.key_id == key_id,
-                   IdempotencyKeyRow.idempotency_key == idempotency_key)
-
-        async def look(session: AsyncSession) -> dict[str, Any] | object | None:
-            inserted = await session.execute(
-                self._insert(IdempotencyKeyRow).values(
-                    key_id=key_id, idempotency_key=idempotency_key, operation=operation,
-                    fingerprint=print_, state="running", request_id=request_id,
-                    lease_until=lease, created_at=now, expires_at=now + self._ttl)
-                .on_conflict_do_nothing().returning(IdempotencyKeyRow.key_id))
-            if inserted.first() is not None:
-                return None
-            row = await session.scalar(select(IdempotencyKeyRow).where(*row_key))
-            if row is None:  # given up between the two statements: look again
-                return _RUNNING
-            if row.expires_at <= now:  # an old one: forget it, and look again
-                await session.execute(delete(IdempotencyKeyRow).where(
-                    *row_key, IdempotencyKeyRow.expires_at <= now))
-                return _RUNNING
-            if row.operation != operation or row.fingerprint != print_:
-                raise Conflict("This Idempotency-Key was used with another request body; "
-                               "use a new key for a new request.",
-                               reason="IDEMPOTENCY_KEY_REUSED", param="idempotency_key")
-            if row.state == "done":
-                return row.answer or {}
-            if row.lease_until > now:
-                return _RUNNING
-            taken = await session.execute(  # its owner died: take the key over
-                update(IdempotencyKeyRow).where(
-                    *row_key, IdempotencyKeyRow.state == "running",
-                    IdempotencyKeyRow.request_id == row.request_id)
-                .values(request_id=request_id, lease_until=lease))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                return _RUNNING
-            log.warning("idempotency key taken over", key_id=key_id, request_id=request_id,
-                        previous_request_id=row.request_id)
+        row_key = (KEYS.c.key_id == key_id, KEYS.c.idempotency_key == idempotency_key)
+        inserted = connection.execute(
+            self._insert(KEYS).values(
+                key_id=key_id, idempotency_key=idempotency_key, operation=operation,
+                fingerprint=print_, state="running", request_id=request_id,
+                lease_until=now + lease, created_at=now, expires_at=now + self._ttl)
+            .on_conflict_do_nothing().returning(KEYS.c.key_id))
+        if inserted.first() is not None:
             return None
-
-        return await self._db.write(look)
+        row = connection.execute(select(KEYS).where(*row_key)).first()
+        if row is None:  # given up between the two statements: look again
+            return _RUNNING
+        if row.expires_at <= now:  # an old one: forget it, and look again
+            connection.execute(delete(KEYS).where(*row_key, KEYS.c.expires_at <= now))
+            return _RUNNING
+        if row.operation != operation or row.fingerprint != print_:
+            raise Conflict("This Idempotency-Key was used with another request body; "
+                           "use a new key for a new request.",
+                           reason="IDEMPOTENCY_KEY_REUSED", param="idempotency_key")
+        if row.state == "done":
+            return row.answer or {}
+        if row.lease_until > now:
+            return _RUNNING
+        taken = connection.execute(  # its owner died: take the key over
+            update(KEYS).where(*row_key, KEYS.c.state == "running",
+                               KEYS.c.request_id == row.request_id)
+            .values(request_id=request_id, lease_until=now + lease))
+        if taken.rowcount != 1:
+            return _RUNNING
+        log.warning("idempotency key taken over", key_id=key_id, request_id=request_id,
+                    previous_request_id=row.request_id)
+        return None
 
     async def _complete(self, claim: Claim, answer: dict[str, Any]) -> None:
-        async def mark_done(session: AsyncSession) -> None:
-            await session.execute(update(IdempotencyKeyRow).where(
-                IdempotencyKeyRow.key_id == claim.key_id,
-                IdempotencyKeyRow.idempotency_key == claim.idempotency_key,
-                IdempotencyKeyRow.request_id == claim.request_id)
-                .values(state="done", answer=answer))
-
-        await self._db.write(mark_done)
+        await self._writer.write(lambda connection: connection.execute(
+            update(KEYS).where(*_owned(claim)).values(state="done", answer=answer)))
         self._wake(claim)
 
     async def _release(self, claim: Claim) -> None:
         try:
-            async def give_up(session: AsyncSession) -> None:
-                await session.execute(delete(IdempotencyKeyRow).where(
-                    IdempotencyKeyRow.key_id == claim.key_id,
-                    IdempotencyKeyRow.idempotency_key == claim.idempotency_key,
-                    IdempotencyKeyRow.request_id == claim.request_id,
-                    IdempotencyKeyRow.state == "running"))
-
-            await self._db.write(give_up)
+            await self._writer.write(lambda connection: connection.execute(
+                delete(KEYS).where(*_owned(claim), KEYS.c.state == "running")))
         except Exception:  # its lease lapses instead
             log.exception("idempotency key not given up", request_id=claim.request_id)
         self._wake(claim)
@@ -192,12 +179,13 @@ class Idempotency:
 
     async def sweep(self) -> int:
         """Forget keys older than the TTL; how many were forgotten."""
-        async def forget(session: AsyncSession) -> int:
-            result = await session.execute(delete(IdempotencyKeyRow).where(
-                IdempotencyKeyRow.expires_at <= utcnow()))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return int(await self._writer.write(lambda connection: connection.execute(
+            delete(KEYS).where(KEYS.c.expires_at <= utcnow())).rowcount or 0))
 
-        return await self._db.write(forget)
+
+def _owned(claim: Claim) -> tuple[Any, ...]:
+    return (KEYS.c.key_id == claim.key_id, KEYS.c.idempotency_key == claim.idempotency_key,
+            KEYS.c.request_id == claim.request_id)
 
 
 _RUNNING = object()

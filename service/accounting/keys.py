@@ -15,21 +15,22 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import orjson
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.config import Settings
 from service.db import ApiKeyRow, Database, KeyGenerationRow, utcnow
 from service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 TOKEN_PREFIX = "ahk-"  # noqa: S105 - a marker, not a secret
 SHOWN_PREFIX_LENGTH = 12
+T = TypeVar("T")
 MAX_NAME_LENGTH = 200
 MAX_PAGE_SIZE = 1000
 
@@ -95,7 +96,20 @@ class ApiKey:
 class KeyStore:
     def __init__(self, database: Database, secret: bytes) -> None:
         self._db = database
+        self._listeners: list[Callable[[], None]] = []  # told of this process's key changes
         self._secret = secret
+
+    def listen(self, changed: Callable[[], None]) -> None:
+        """Call `changed` after each change this process makes to the keys (a cache forgets
+        at once; other processes' changes it learns from key_generation)."""
+        self._listeners.append(changed)
+
+    async def _changing(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        try:
+            return await self._db.write(work)
+        finally:
+            for changed in self._listeners:
+                changed()
 
     def digest(self, token: str) -> bytes:
         return hmac.new(self._secret, token.encode(), hashlib.sha256).digest()
@@ -125,7 +139,7 @@ class KeyStore:
                 await _changed(session)
             return ApiKey.of(row)
 
-        known = await self._db.write(follow)
+        known = await self._changing(follow)
         if known is not None:
             return known
         try:
@@ -144,7 +158,7 @@ class KeyStore:
             session.add(row)
             await _changed(session)
 
-        await self._db.write(add)
+        await self._changing(add)
         return ApiKey.of(row)
 
     async def list(self, page_size: int = MAX_PAGE_SIZE, page_token: str = ""
@@ -182,7 +196,26 @@ class KeyStore:
             await session.refresh(row)
             return ApiKey.of(row)
 
-        return await self._db.write(set_them)
+        return await self._changing(set_them)
+
+    async def revoke_unconfigured(self, configured: Sequence[str]) -> int:
+        """Revoke the keys of source "env" other than `configured` (ids): a key taken out of
+        AIGNE_HUB_API_KEYS stops working. How many were revoked."""
+        unconfigured = (ApiKeyRow.source == "env", ApiKeyRow.revoked_at.is_(None),
+                        ApiKeyRow.id.not_in(configured))
+        async with self._db.read() as session:  # most starts revoke nothing: write nothing
+            if await session.scalar(select(ApiKeyRow.id).where(*unconfigured).limit(1)) is None:
+                return 0
+
+        async def revoke_them(session: AsyncSession) -> int:
+            revoked = await session.execute(
+                update(ApiKeyRow).where(*unconfigured).values(revoked_at=utcnow()))
+            count = int(revoked.rowcount or 0)  # type: ignore[attr-defined]
+            if count:
+                await _changed(session)
+            return count
+
+        return await self._db.write(revoke_them)
 
     async def revoke(self, id_or_prefix: str) -> ApiKey:
         """Revoke by id or by shown prefix; takes effect on the key's next request."""
@@ -195,7 +228,7 @@ class KeyStore:
                 await session.refresh(row)
             return ApiKey.of(row)
 
-        return await self._db.write(revoke_it)
+        return await self._changing(revoke_it)
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         """The key an `Authorization: Bearer <key>` value names, or the error to answer."""
@@ -264,14 +297,3 @@ def _bearer_token(authorization: str | None) -> str:
         raise Unauthenticated("The Authorization header must be 'Bearer <key>'.",
                               reason="MISSING_API_KEY")
     return token
-
-
-async def ensure_configured_keys(keys: KeyStore, settings: Settings) -> None:
-    """The keys of AIGNE_HUB_API_KEYS and AIGNE_HUB_ADMIN_API_KEYS, in the database (so they
-    have ids, usage and limits like any key); a key's admin flag follows the setting."""
-    for variable, tokens, admin in (("AIGNE_HUB_API_KEYS", settings.static_api_keys, False),
-                                    ("AIGNE_HUB_ADMIN_API_KEYS",
-                                     settings.static_admin_api_keys, True)):
-        for token in tokens:
-            await keys.ensure(token, f"from {variable} ({token[:8]}…)", admin=admin,
-                              source="env")

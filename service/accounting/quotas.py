@@ -26,16 +26,18 @@ images already made.
 from __future__ import annotations
 
 import math
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.accounting.keys import ApiKey
-from service.db import Database, QuotaCounterRow, utcnow
+from service.db import Database, QuotaCounterRow, QuotaReservationRow, utcnow
+from service.db.batch import BatchWriter
 from service.errors import ResourceExhausted
 
 MINUTE, DAY, MONTH = "minute", "day", "month"
@@ -48,6 +50,14 @@ COUNTERS = cast(Table, QuotaCounterRow.__table__)
 PAST_MINUTES = delete(COUNTERS).where(
     COUNTERS.c.key_id == bindparam("owner"), COUNTERS.c.period == MINUTE,
     COUNTERS.c.period_start < bindparam("window_start"))
+RESERVATIONS = cast(Table, QuotaReservationRow.__table__)
+REMEMBER = insert(RESERVATIONS).values(
+    id=bindparam("reservation"), key_id=bindparam("owner"), images=bindparam("images"),
+    windows=bindparam("windows"), expires_at=bindparam("expires_at"))
+FORGET = delete(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("reservation")).returning(
+    RESERVATIONS.c.id)
+LAPSED = delete(RESERVATIONS).where(RESERVATIONS.c.expires_at < bindparam("now")).returning(
+    RESERVATIONS.c.key_id, RESERVATIONS.c.images, RESERVATIONS.c.windows)
 GIVE_BACK = update(COUNTERS).where(
     COUNTERS.c.key_id == bindparam("owner"), COUNTERS.c.period == bindparam("window"),
     COUNTERS.c.period_start == bindparam("window_start"),
@@ -98,37 +108,52 @@ class _Claim:
 
 @dataclass
 class Reservation:
-    """What one request reserved: its images in the day and month windows it started in."""
+    """What one request reserved: its images in the day and month windows it started in.
+    `id` names its row in quota_reservations (None for a job's, which its job row keeps):
+    a request that dies with its process leaves that row, and the sweep gives it back."""
 
     key_id: str
     images: int
     windows: tuple[tuple[str, datetime], ...]
+    id: str | None = None
     settled: bool = field(default=False)
 
-    async def settle(self, session: AsyncSession, images_returned: int) -> None:
-        """Give back the images that were not returned, in the caller's transaction. Only
-        the first call counts."""
-        if self.settled:
-            return
-        self.settled = True
+    def settle(self, connection: Connection, images_returned: int) -> None:
+        """Give back the images that were not returned, in the caller's transaction, and
+        nothing the sweep gave back already. The caller marks it `settled` once that
+        transaction committed (a batch that failed runs its writes again)."""
+        if self.id is not None and connection.execute(
+                FORGET, {"reservation": self.id}).first() is None:
+            return  # swept: its process was taken for dead, and the images given back
         unused = self.images - min(max(images_returned, 0), self.images)
-        if unused == 0:
-            return
-        await session.execute(GIVE_BACK, [
-            {"owner": self.key_id, "window": period, "window_start": start, "unused": unused}
-            for period, start in self.windows])
+        if unused:
+            give_back(connection, self.key_id, self.windows, unused)
+
+
+def give_back(connection: Connection, key_id: str, windows: Iterable[tuple[str, datetime]],
+              unused: int) -> None:
+    connection.execute(GIVE_BACK, [
+        {"owner": key_id, "window": period, "window_start": start, "unused": unused}
+        for period, start in windows])
 
 
 class Quotas:
-    def __init__(self, database: Database) -> None:
+    """Reservations and their sweep, written by the process's batch writer."""
+
+    def __init__(self, database: Database, writer: BatchWriter | None = None, *,
+                 lease_seconds: float = 3600.0) -> None:
         if database.dialect not in INSERTS:
             raise ValueError(f"quotas need SQLite or PostgreSQL, not {database.dialect}")
         self._db = database
+        self._writer = writer or BatchWriter(database)
         self._claims = _claim_statements(INSERTS[database.dialect])
+        self._lease = timedelta(seconds=lease_seconds)
 
-    async def reserve(self, key: ApiKey, images: int) -> Reservation:
+    async def reserve(self, key: ApiKey, images: int, *, tracked: bool = True) -> Reservation:
         """Reserve a request of `images` images for `key`, or raise 429 naming the full
-        window. A caller cancelled meanwhile still gets its reservation (to give back)."""
+        window. A caller cancelled meanwhile still gets its reservation (to give back).
+        `tracked`: swept back if not settled within the lease (False: a job's, kept in
+        its row and settled by whichever process runs it)."""
         limits = key.limits
         claims = [_Claim(DAY, images, limits.daily_image_quota, "DAILY_QUOTA_EXCEEDED",
                          "daily image quota"),
@@ -138,28 +163,59 @@ class Quotas:
             claims.insert(0, _Claim(MINUTE, 1, limits.requests_per_minute,
                                     "RATE_LIMIT_EXCEEDED", "requests-per-minute limit"))
         now = utcnow()
+        reservation = Reservation(key.id, images,
+                                  tuple((p, window_start(p, now)) for p in (DAY, MONTH)),
+                                  id="res_" + secrets.token_hex(10) if tracked else None)
+        return await self._writer.write(
+            lambda connection: self._reserve(connection, reservation, claims, now))
 
-        async def claim_all(session: AsyncSession) -> None:
-            for claim in claims:
-                start = window_start(claim.period, now)
-                if claim.period == MINUTE:  # past minutes are of no use: keep the table small
-                    await session.execute(PAST_MINUTES, {"owner": key.id, "window_start": start})
-                if not await self._claim(session, key.id, claim, start):
-                    raise _exhausted(claim, now, start)
+    def _reserve(self, connection: Connection, reservation: Reservation, claims: list[_Claim],
+                 now: datetime) -> Reservation:
+        """Claim every window, in order; a full one undoes the claims made before it (the
+        transaction holds other requests' writes too) and refuses."""
+        claimed: list[tuple[_Claim, datetime]] = []
+        for claim in claims:
+            start = window_start(claim.period, now)
+            if claim.period == MINUTE:  # past minutes are of no use: keep the table small
+                connection.execute(PAST_MINUTES, {"owner": reservation.key_id,
+                                                  "window_start": start})
+            if not self._claim(connection, reservation.key_id, claim, start):
+                for done, done_start in claimed:
+                    give_back(connection, reservation.key_id, [(done.period, done_start)],
+                              done.amount)
+                raise _exhausted(claim, now, start)
+            claimed.append((claim, start))
+        if reservation.id is not None:
+            connection.execute(REMEMBER, {
+                "reservation": reservation.id, "owner": reservation.key_id,
+                "images": reservation.images, "expires_at": now + self._lease,
+                "windows": [[period, start.isoformat()] for period, start in reservation.windows]})
+        return reservation
 
-        await self._db.write(claim_all)
-        return Reservation(key.id, images, tuple((p, window_start(p, now)) for p in (DAY, MONTH)))
-
-    async def _claim(self, session: AsyncSession, key_id: str, claim: _Claim,
-                     start: datetime) -> bool:
+    def _claim(self, connection: Connection, key_id: str, claim: _Claim,
+               start: datetime) -> bool:
         if claim.limit is not None and claim.amount > claim.limit:
             return False
         limited = claim.limit is not None
-        result = await session.execute(self._claims[limited], {
+        result = connection.execute(self._claims[limited], {
             "owner": key_id, "window": claim.period, "window_start": start,
             "amount": claim.amount,
             **({"limit": claim.limit} if limited else {})})
         return result.first() is not None
+
+    async def settle(self, reservation: Reservation, images_returned: int) -> None:
+        """Settle `reservation` alone (a request settles with its usage record); only the
+        first settlement counts."""
+        if reservation.settled:
+            return
+        await self._writer.write(lambda connection: reservation.settle(connection,
+                                                                      images_returned))
+        reservation.settled = True
+
+    async def sweep(self) -> int:
+        """Give back the reservations whose lease ran out unsettled (their request died
+        with its process); how many."""
+        return await self._writer.write(_sweep)
 
     async def used(self, key_ids: list[str]) -> dict[str, tuple[int, int]]:
         """Images each key used in the current UTC day and month (reserved ones included)."""
@@ -189,3 +245,13 @@ def _exhausted(claim: _Claim, now: datetime, start: datetime) -> ResourceExhaust
                    f"it resets in {retry_after} s.")
     return ResourceExhausted(message, reason=claim.reason, retry_after=retry_after,
                              metadata={"limit": str(claim.limit), "window": claim.period})
+
+
+def _sweep(connection: Connection) -> int:
+    """Lapsed reservations, deleted (by one process only: DELETE ... RETURNING) and given
+    back in full."""
+    lapsed = connection.execute(LAPSED, {"now": utcnow()}).all()
+    for key_id, images, windows in lapsed:
+        give_back(connection, key_id,
+                  [(period, datetime.fromisoformat(start)) for period, start in windows], images)
+    return len(lapsed)

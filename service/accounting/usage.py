@@ -10,7 +10,6 @@ the client went away.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from decimal import Decimal
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Table, case, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, Table, case, func, insert, select
 
 from service.accounting.charge import Charge
 from service.catalog import pricing
 from service.db import Database, UsageAttemptRow, UsageRecordRow
+from service.db.batch import BatchWriter
 from service.errors import InvalidArgument
 
 log = structlog.get_logger("aigne.hub")
@@ -38,44 +37,42 @@ DEFAULT_PAGE_SIZE = 100
 
 
 class UsageRecorder:
-    def __init__(self, database: Database, credits_per_usd: Decimal) -> None:
-        self._db = database
+    """Writes each settled charge: its reservation settled and its record added, in one
+    transaction, through the process's batch writer (many requests to a commit)."""
+
+    def __init__(self, database: Database, credits_per_usd: Decimal,
+                 writer: BatchWriter | None = None) -> None:
+        self._writer = writer or BatchWriter(database)
         self._credits_per_usd = credits_per_usd
-        self._pending: set[asyncio.Task[None]] = set()
 
     async def finish(self, charge: Charge, status: str, http_status: int) -> None:
-        """Settle the reservation and write the record. Shielded: a cancelled call (the
-        client went away) still gives its quota back and leaves its record."""
-        task = asyncio.create_task(self._write(charge, status, http_status, time.time()))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        await asyncio.shield(task)
-
-    async def drain(self) -> None:
-        """Wait for records still being written (at shutdown)."""
-        await asyncio.gather(*self._pending, return_exceptions=True)
-
-    async def _write(self, charge: Charge, status: str, http_status: int,
-                     ended_at: float) -> None:
+        """Settle the reservation and write the record. A cancelled call (the client went
+        away) still gives its quota back and leaves its record: the write is queued before
+        the first await, and the writer applies it (and flushes it at shutdown) whatever
+        becomes of its caller."""
+        ended_at = time.time()
         try:
-            await self._db.write(
-                lambda session: self.record(session, charge, status, http_status, ended_at))
+            await self._writer.write(
+                lambda connection: self.record(connection, charge, status, http_status,
+                                               ended_at))
+            if charge.reservation is not None:
+                charge.reservation.settled = True
         except Exception:
             log.exception("usage record not written", request_id=charge.request_id,
                           key_id=charge.key_id)
 
-    async def record(self, session: AsyncSession, charge: Charge, status: str,
-                     http_status: int, ended_at: float | None = None) -> None:
+    def record(self, connection: Connection, charge: Charge, status: str,
+               http_status: int, ended_at: float | None = None) -> None:
         """Settle the reservation and add the record, in the caller's transaction. A request
         is charged for the images it handed out (`charge.images`): all of them when it
         succeeded, those a stream sent before it failed, none otherwise."""
         images = charge.images
-        if charge.reservation is not None:
-            await charge.reservation.settle(session, images)
+        if charge.reservation is not None and not charge.reservation.settled:
+            charge.reservation.settle(connection, images)
         values = self._values(charge, status, http_status, ended_at or time.time())
-        record_id = (await session.execute(ADD_RECORD, values)).scalar_one()
+        record_id = connection.execute(ADD_RECORD, values).scalar_one()
         if charge.attempts:
-            await session.execute(ADD_ATTEMPT, [{
+            connection.execute(ADD_ATTEMPT, [{
                 "record_id": record_id, "created_at": a.at, "deployment_id": a.deployment_id,
                 "credential_id": a.credential_id, "outcome": _clip(a.outcome, 64) or "",
                 "upstream_ms": round(a.seconds * 1000, 1)} for a in charge.attempts])

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_DIR = ROOT / "console"
 OPENAPI_FILE = ROOT / "gen" / "openapi" / "aigne_hub.openapi.json"
 INDEX = "index.html"
+MAX_PATH = 255  # no console file's path is longer; longer ones are 404 before the disk
 
 # Only these kinds of file are served; anything else under console/ is 404.
 CONTENT_TYPES = {
@@ -100,16 +101,27 @@ class ConsoleServicer(pb_grpc.ConsoleServiceServicer):
     def _resolve(self, asked: str) -> Path:
         """The file under console/ that `asked` names, or NotFound: no hidden files, no
         way out of the folder, only the kinds of file listed above."""
+        missing = NotFound(f"No console file at /console/{_shown(asked)}")
         relative = asked.strip("/") or INDEX
         parts = relative.split("/")
-        if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
-            raise NotFound(f"No console file at /console/{asked[:200]}")
-        path = (self._dir / relative).resolve()
-        if (not path.is_relative_to(self._dir) or path.suffix not in CONTENT_TYPES
-                or not path.is_file()):
-            raise NotFound(f"No console file at /console/{asked[:200]}")
+        if (len(relative) > MAX_PATH or "\x00" in relative
+                or any(part in ("", ".", "..") or part.startswith(".") for part in parts)):
+            raise missing
+        try:  # a name the file system refuses (too long, say) is no file either
+            path = (self._dir / relative).resolve()
+            found = path.is_relative_to(self._dir) and path.is_file()
+        except (OSError, ValueError):
+            found = False
+        if not found or path.suffix not in CONTENT_TYPES:
+            raise missing
         return path
 
     def _answer(self, data: bytes, content_type: str) -> httpbody_pb2.HttpBody:
         current_call().response_headers.extend(self._headers)
         return httpbody_pb2.HttpBody(content_type=content_type, data=data)
+
+
+def _shown(asked: str) -> str:
+    """A path as it may appear in an error message: printable, bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in asked[:120])
+    return text if len(asked) <= 120 else text + "..."

@@ -74,7 +74,7 @@ class JobServicer(job_grpc.JobServiceServicer):
             row = await self._jobs.get(str(claim.answer["job_id"]), call.caller)
         else:
             try:
-                reservation = await call.charge.reserve(plan.job.n)
+                reservation = await call.charge.reserve(plan.job.n, tracked=False)
                 row = await self._jobs.create(call, request, webhook_url, reservation)
                 call.charge.record = False  # the job records its usage when it ends
                 await claim.complete({"job_id": row.id})
@@ -83,4 +83,4 @@ class JobServicer(job_grpc.JobServiceServicer):
                 raise
         return job_pb.CreateJobResponse(
             job=await self._jobs.message(row),
-            webhook_secret=self._webhooks.secret_for(call.caller.id) if webhook_url else None)
+            webhook_secret=self._webhooks.secret_for(call.caller.id) if webhook_url else "")

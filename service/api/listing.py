@@ -26,6 +26,10 @@ class ModelListing:
         return pb.ListModelsResponse(object="list",
                                      data=[self._model(s, deployments) for s in specs])
 
+    async def one(self, name: str) -> pb.Model:
+        """The listing's entry for `name`; NotFound naming `model` when it is no model here."""
+        return self._model(self._registry.get(name), await self._router.deployments())
+
     def _model(self, spec: ModelSpec, deployments: list[Deployment]) -> pb.Model:
         try:
             route: Route | None = self._registry.route(spec.name)
@@ -53,7 +57,9 @@ class ModelListing:
             served_by=served.name if route else "",
             provider_configured=any(d.enabled for d in serving),
             deployments=[_deployment(d) for d in serving],
-            partial_images=served.partial_images)
+            partial_images=served.partial_images,
+            default_response_format=spec.default_response_format, masks=spec.masks,
+            input_fidelities=spec.input_fidelities)
 
 
 def _deployment(deployment: Deployment) -> pb.ModelDeployment:

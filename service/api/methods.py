@@ -40,16 +40,17 @@ PUBLIC_METHODS = frozenset({
     *QUIET_METHODS,
 })
 ADMIN_PREFIXES = (f"/{ADMIN_SERVICE}/", f"/{DEPLOYMENT_SERVICE}/")
+GENERATIONS = ("Generate", "GenerateHttp", "GenerateOrStreamHttp", "StreamGenerate",
+               "StreamGenerateHttp", "EditHttp", "VariationHttp")
 METERED_METHODS = frozenset({
-    *(f"/{SERVICE_NAME}/{m}"
-      for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp")),
+    *(f"/{SERVICE_NAME}/{m}" for m in GENERATIONS),
     f"/{JOB_SERVICE}/CreateJob", f"/{JOB_SERVICE}/CreateJobHttp",  # failures; jobs record
 })
 # Calls that generate images in this process: bounded in number (back-pressure), refused
 # while draining, waited for at shutdown. Jobs run in the background under their own bound.
-GENERATION_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{m}"
-    for m in ("Generate", "GenerateHttp", "StreamGenerate", "StreamGenerateHttp"))
+GENERATION_METHODS = frozenset(f"/{SERVICE_NAME}/{m}" for m in GENERATIONS)
 # Every service of the server (health aside), for health checks and reflection.
 SERVICES = (SERVICE_NAME, ADMIN_SERVICE, USAGE_SERVICE, DEPLOYMENT_SERVICE, CONSOLE_SERVICE,
             JOB_SERVICE, PROBE_SERVICE)
+# What server reflection lists: it answers without a key, so not the admin services.
+REFLECTED_SERVICES = tuple(s for s in SERVICES if s not in (ADMIN_SERVICE, DEPLOYMENT_SERVICE))

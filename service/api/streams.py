@@ -59,7 +59,7 @@ class EventQueue:
             stage=stage, n=job.n, created=created, model=plan.route.served.name,
             size=str(plan.size) if plan.size else "auto", quality=job.quality,
             output_format=plan.output_format,
-            background=job.background if job.background not in (None, "auto") else None)
+            background=job.background if job.background not in (None, "auto") else "")
         self._queue.put_nowait(pb.StreamGenerateResponse(progress=self.progress))
 
     async def partial(self, index: int, partial_index: int, data: bytes) -> None:
@@ -119,28 +119,39 @@ async def stream(generate: Generation, *, previews: int, heartbeat: float,
             raise
         yield pb.StreamGenerateResponse(done=pb.StreamDone(
             created=response.created, usage=response.usage if response.HasField("usage") else None,
-            output_format=response.output_format, background=response.background or None,
+            output_format=response.output_format, background=response.background,
             images=len(response.data)))
     finally:
         if not task.done():
             task.cancel()
 
 
-async def server_sent_events(events: AsyncIterator[pb.StreamGenerateResponse], *, edit: bool,
-                             request_id: str, on_error: Callable[[HubError], None]
-                             ) -> AsyncIterator[bytes]:
-    """`events` as Server-Sent Events. An error before the first event is raised (the
-    caller answers it as an HTTP error); after it, it is sent as an `error` event and told
-    to `on_error`."""
-    prefix = "image_edit" if edit else "image_generation"
+def server_sent_events(events: AsyncIterator[pb.StreamGenerateResponse], *, edit: bool,
+                       request_id: str, on_error: Callable[[HubError], None]
+                       ) -> AsyncIterator[bytes]:
+    """`events` as Server-Sent Events (see `guarded` for errors)."""
+    return guarded(_frames(events, "image_edit" if edit else "image_generation"),
+                   request_id=request_id, on_error=on_error)
+
+
+async def _frames(events: AsyncIterator[pb.StreamGenerateResponse], prefix: str
+                  ) -> AsyncIterator[bytes]:
     progress: pb.StreamProgress | None = None
+    async for event in events:
+        if event.HasField("progress"):
+            progress = event.progress
+        yield _sse(prefix, event, progress)
+
+
+async def guarded(frames: AsyncIterator[bytes], *, request_id: str,
+                  on_error: Callable[[HubError], None]) -> AsyncIterator[bytes]:
+    """`frames`, and their error: raised if it comes before the first frame (the caller
+    answers it as an HTTP error), else sent as an `error` event and told to `on_error`."""
     started = False
     try:
-        async for event in events:
-            if event.HasField("progress"):
-                progress = event.progress
+        async for chunk in frames:
             started = True
-            yield _sse(prefix, event, progress)
+            yield chunk
     except HubError as error:
         if not started:
             raise
@@ -189,7 +200,7 @@ def _sse(prefix: str, event: pb.StreamGenerateResponse,
             data["background"] = done.background
         if done.HasField("usage"):
             data["usage"] = json_codec.to_json_value(done.usage)
-    return _frame(data["type"], data)
+    return frame(data["type"], data)
 
 
 def _image_facts(progress: pb.StreamProgress | None) -> dict[str, Any]:
@@ -209,8 +220,8 @@ def _error_event(error: HubError) -> bytes:
     body["error"]["message"] = (message if len(message) <= MAX_MESSAGE_LENGTH  # type: ignore[index]
                                 else message[:MAX_MESSAGE_LENGTH] + "…")
     body["error"]["http_status"] = error.http_status  # type: ignore[index]
-    return _frame("error", body)
+    return frame("error", body)
 
 
-def _frame(name: str, data: dict[str, Any]) -> bytes:
+def frame(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

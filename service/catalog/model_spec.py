@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,8 +62,13 @@ class ModelSpec(BaseModel):
     output_formats: tuple[str, ...] = ("png",)
     backgrounds: tuple[str, ...] = ()
     moderations: tuple[str, ...] = ()
+    # The `response_format` of a request that names none: the seed's `url`, or `b64_json`
+    # for gpt-image models (OpenAI answers them in base64 only, and their clients read it).
+    default_response_format: Literal["url", "b64_json"] = "url"
     edits: bool = False
     max_input_images: int = 0
+    masks: bool = False  # edits take a `mask`
+    input_fidelities: tuple[str, ...] = ()  # accepted `input_fidelity` values of edits
     prompt_limit: int = 1000
     token_usage: bool = False
     partial_images: bool = False  # streams send previews (`partial_images`) when asked

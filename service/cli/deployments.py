@@ -18,11 +18,13 @@ from service import config, db
 from service.api.deployments import DeploymentServicer
 from service.catalog.models import load_registry
 from service.config import Settings
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, KnownSecrets
+from service.net.fetch import GuardedFetcher, image_fetch_limits
+from service.providers.base import ProviderDeps
 from service.routing.deployments import DeploymentStore, environment_deployments
+from service.routing.policy import routing_policy
 from service.routing.router import Router
 from service.routing.secretbox import SecretBox
-from service.server import routing_policy
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,12 +81,15 @@ async def _servicer(settings: Settings
     assert settings.credentials_key is not None
     database = db.Database.open(settings.db_url)
     store = DeploymentStore(database, SecretBox(settings.credentials_key.get_secret_value()))
-    router = Router(store, environment_deployments(settings), routing_policy(settings))
+    fetcher = GuardedFetcher(image_fetch_limits(settings))
+    router = Router(store, environment_deployments(settings), routing_policy(settings),
+                    ProviderDeps(fetcher, KnownSecrets()))
     try:
         await db.migrate(database.engine)
         yield DeploymentServicer(store, router, load_registry(settings.models_file)), store
     finally:
         await router.aclose()
+        await fetcher.aclose()
         await database.dispose()
 
 

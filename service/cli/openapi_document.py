@@ -61,6 +61,9 @@ ERROR_SCHEMA: Schema = {
 ERROR_RESPONSE: Schema = {
     "description": "An error, with the HTTP status of its kind.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+# Doors that answer their sibling's JSON, or with `stream: true` OpenAI's image events (the
+# method's description says so): documented by their JSON answer.
+OPENAI_DOORS = {"GenerateOrStreamHttp": "Generate"}
 
 
 class Generator:
@@ -120,8 +123,8 @@ class Generator:
         response_type = proto.output_type.lstrip(".")
         # An HttpBody door with a typed sibling (GenerateHttp beside Generate) carries the
         # sibling's messages as JSON, encoded by the server.
-        sibling = typed.get(proto.name.removesuffix("Http")) if proto.name.endswith("Http") \
-            else None
+        sibling = typed.get(OPENAI_DOORS.get(proto.name, proto.name.removesuffix("Http"))) \
+            if proto.name.endswith("Http") else None
         operation: Schema = {
             "operationId": proto.name,
             "tags": [short],
@@ -136,8 +139,9 @@ class Generator:
             operation["requestBody"] = body
         if parameters:
             operation["parameters"] = parameters
-        operation["responses"] = {"200": self._answer(full, response_type, sibling,
-                                                      proto.server_streaming),
+        operation["responses"] = {"200": self._answer(
+            full, response_type, sibling, proto.server_streaming
+            and proto.name not in OPENAI_DOORS),
                                   "4XX": {"$ref": "#/components/responses/Error"},
                                   "5XX": {"$ref": "#/components/responses/Error"}}
         return operation

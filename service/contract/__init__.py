@@ -1,2 +1,2 @@
 """The gRPC contract's messages in the pipeline's terms, and back: GenerateRequest →
-ImageRequest (with its idempotency fingerprint), Answer → GenerateResponse."""
+ImageRequest, Answer → GenerateResponse."""

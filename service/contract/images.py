@@ -18,16 +18,6 @@ def fingerprint(operation: str, *parts: bytes) -> str:
     return digest.hexdigest()
 
 
-def generation_fingerprint(request: pb.GenerateRequest) -> str:
-    """A generation's fingerprint. `stream` and `partial_images` say how the answer is told,
-    not what is asked: a stream may retry a plain request, and the other way round."""
-    same = pb.GenerateRequest()
-    same.CopyFrom(request)
-    same.ClearField("stream")
-    same.ClearField("partial_images")
-    return fingerprint("generate", same.SerializeToString(deterministic=True))
-
-
 def image_request(request: pb.GenerateRequest) -> ImageRequest:
     """The request's fields, `None` where an optional field was not sent."""
     return ImageRequest(
@@ -40,20 +30,33 @@ def image_request(request: pb.GenerateRequest) -> ImageRequest:
         background=request.background, moderation=request.moderation, user=request.user,
         stream=request.stream,
         partial_images=request.partial_images if request.HasField("partial_images") else None,
-        fingerprint=generation_fingerprint(request))
+        mask=request.mask or None, input_fidelity=request.input_fidelity)
 
 
 def generate_response(answer: Answer) -> pb.GenerateResponse:
     return pb.GenerateResponse(
         created=answer.created, data=[image(i) for i in answer.data],
         usage=image_usage(answer.usage), output_format=answer.output_format,
-        background=answer.background or None)
+        background=answer.background or "")
+
+
+def response_and_payloads(answer: Answer
+                          ) -> tuple[pb.GenerateResponse, list[bytes | None]]:
+    """`answer` as a GenerateResponse without its images' bytes, and those bytes (None for
+    `url` images): for service/rpc/wire.py, which writes each answer once."""
+    response = pb.GenerateResponse(
+        created=answer.created, usage=image_usage(answer.usage),
+        output_format=answer.output_format, background=answer.background or "",
+        data=[pb.Image(revised_prompt=i.revised_prompt or "") if i.b64_json is not None
+              else pb.Image(url=i.url or "", revised_prompt=i.revised_prompt or "")
+              for i in answer.data])
+    return response, [i.b64_json for i in answer.data]
 
 
 def image(value: AnswerImage) -> pb.Image:
     if value.b64_json is not None:
-        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt)
-    return pb.Image(url=value.url, revised_prompt=value.revised_prompt)
+        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt or "")
+    return pb.Image(url=value.url or "", revised_prompt=value.revised_prompt or "")
 
 
 def image_usage(usage: TokenUsage | None) -> pb.ImageUsage | None:

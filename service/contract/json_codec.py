@@ -84,7 +84,12 @@ def _field_error(obj: dict[str, Any], message_type: type[Message]) -> InvalidArg
 
 
 def _preview(value: Any) -> str:
-    text = orjson.dumps(value).decode()
+    """The start of `value` as JSON, for a message. A value nested deeper than the encoder
+    goes (orjson stops at 255 levels; the decoder takes 1,024) is named, not shown."""
+    try:
+        text = orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, RecursionError):
+        return f"a {type(value).__name__} nested too deeply to show"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

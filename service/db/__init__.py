@@ -10,6 +10,7 @@ from service.db.schema import (
     JobRow,
     KeyGenerationRow,
     QuotaCounterRow,
+    QuotaReservationRow,
     UsageAttemptRow,
     UsageRecordRow,
     utcnow,
@@ -17,6 +18,7 @@ from service.db.schema import (
 
 __all__ = [
     "ApiKeyRow", "Base", "CredentialRow", "Database", "DeploymentRow", "IdempotencyKeyRow",
-    "JobRow", "KeyGenerationRow", "QuotaCounterRow", "UsageAttemptRow", "UsageRecordRow",
+    "JobRow", "KeyGenerationRow", "QuotaCounterRow", "QuotaReservationRow", "UsageAttemptRow",
+    "UsageRecordRow",
     "create_engine", "hub_error", "migrate", "to_the_end", "utcnow",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -73,11 +74,12 @@ class Database:
         return await to_the_end(self._write(work))
 
     async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async with self._writer_turn(), self.sessions() as session, session.begin():
+        async with self.writer_turn(), self.sessions() as session, session.begin():
             return await work(session)
 
     @contextlib.asynccontextmanager
-    async def _writer_turn(self) -> AsyncIterator[None]:
+    async def writer_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite; PostgreSQL writers need none)."""
         if self._turn is None:
             yield
             return
@@ -99,12 +101,24 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # A path, or a URI (`file:PATH?mode=ro&uri=true`) whose path is before the query.
         path = url.split(":///", 1)[-1].split("?", 1)[0].removeprefix("file:")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        if path and path != ":memory:" and "mode=ro" not in url:
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            event.listen(engine.sync_engine, "do_connect",
+                         lambda *_: _private_file(Path(path)))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def _private_file(path: Path) -> None:
+    """Before each connection: the SQLite file made (or kept) readable by this user only,
+    0600 (its directory is made 0700); its -wal and -shm files take the database file's
+    mode (SQLite does that). A directory that is gone is left for SQLite to report."""
+    with contextlib.suppress(FileNotFoundError):
+        os.close(os.open(path, os.O_CREAT | os.O_RDONLY, 0o600))
+    with contextlib.suppress(OSError):  # gone, or someone else's file: theirs to mind
+        os.chmod(path, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -92,6 +92,20 @@ class QuotaCounterRow(Base):
     used: Mapped[int] = mapped_column(Integer)
 
 
+class QuotaReservationRow(Base):
+    """A reservation not settled yet. Settling deletes it; one whose request died with its
+    process outlives `expires_at`, and the sweep gives its images back."""
+
+    __tablename__ = "quota_reservations"
+    __table_args__ = (Index("ix_quota_reservations_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    images: Mapped[int] = mapped_column(Integer)
+    windows: Mapped[list[list[str]]] = mapped_column(JSON)  # [[period, start ISO 8601], ...]
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class UsageRecordRow(Base):
     """One image request that passed authentication, whatever its outcome."""
 

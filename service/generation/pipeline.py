@@ -2,7 +2,7 @@
 
     plan (route the model, check the request against it and the caller's key)
     → claim the idempotency key (or replay its answer) → reserve quota (the Charge)
-    → load input images → fan out to the provider → as each call is done: conform its
+    → load input images (and a mask) → fan out to the provider → as each call is done: conform its
     images, store them (url, or kept for replays and jobs) or embed them (b64_json), tell
     the events → answer
 
@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
+from opentelemetry import trace
 
 from service.accounting.idempotency import REPLAYED_HEADER, Claim, Idempotency
 from service.catalog.models import ModelRegistry
+from service.config import Settings
 from service.generation import answers, validation
 from service.generation.answers import KeptAnswer
 from service.generation.context import RequestContext
@@ -29,12 +31,13 @@ from service.generation.inputs import ImageLoader
 from service.generation.lifecycle import Lifecycles
 from service.generation.request import Answer, AnswerImage, ImageRequest
 from service.generation.validation import GenerationPlan
-from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.providers.base import GeneratedImage, Generation, ImageJob, InputImage
 from service.routing.router import Router
 from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 
 CONTRACT_DEFAULT_MODEL = "dall-e-2"
 LOCAL_MODEL = "local"
@@ -63,7 +66,7 @@ class Pipeline:
         client goes away, so that a retry finds its answer."""
         plan, pin = await self.plan(context, request, refuse_streams)
         claim = await self._idempotency.claim(
-            context.caller.id, context.idempotency_key, "generate", request.fingerprint,
+            context.caller.id, context.idempotency_key, "generate", plan.identity,
             context.request_id, context.remaining())
         if claim.answer is not None:
             return await self._replay(context, plan, KeptAnswer.from_json(claim.answer), events)
@@ -138,8 +141,9 @@ class Pipeline:
                 data[index], names[index], made[index] = self._image(image, name, plan), name, image
                 await events.image(index, data[index], len(image.data))
 
-        job = replace(plan.job, images=await self._loader.load(plan.image_sources),
-                      deadline=context.deadline, request_id=context.request_id,
+        images, mask = await self._inputs(plan)
+        job = replace(plan.job, images=images, mask=mask, deadline=context.deadline,
+                      request_id=context.request_id,
                       on_partial=self._previews(plan, events) if events.previews else None)
         await events.started(plan, int(context.accepted_at), "generating")
         generation = await fan_out(
@@ -151,6 +155,14 @@ class Pipeline:
             output_format=plan.output_format,
             background=plan.job.background if plan.job.background != "auto" else None)
         return answer, names, [image for image in made if image is not None]
+
+    async def _inputs(self, plan: GenerationPlan
+                      ) -> tuple[tuple[InputImage, ...], InputImage | None]:
+        """The edit's source images and its mask, loaded and checked."""
+        images = await self._loader.load(plan.image_sources)
+        if plan.mask_source is None:
+            return images, None
+        return images, await self._loader.load_mask(plan.mask_source, images[0])
 
     def _previews(self, plan: GenerationPlan, events: GenerationEvents
                   ) -> Callable[[int, int, GeneratedImage], Awaitable[None]]:
@@ -186,8 +198,11 @@ class Pipeline:
         """The store names of `images` when `store`, else empty names."""
         if not store:
             return [""] * len(images)
-        return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
-                                           for i in images)))
+        with _tracer.start_as_current_span("image store", attributes={
+                "aigne.hub.images": len(images),
+                "aigne.hub.image_bytes": sum(len(i.data) for i in images)}):
+            return list(await asyncio.gather(*(self._store.put(i.data, i.mime_type)
+                                               for i in images)))
 
     def _image(self, image: GeneratedImage, name: str, plan: GenerationPlan) -> AnswerImage:
         if plan.response_format == "b64_json":
@@ -201,3 +216,17 @@ async def default_model(registry: ModelRegistry, router: Router) -> str:
     if await router.is_configured(registry.route(CONTRACT_DEFAULT_MODEL).served.provider):
         return CONTRACT_DEFAULT_MODEL
     return LOCAL_MODEL
+
+
+async def choose_default_model(settings: Settings, registry: ModelRegistry,
+                               router: Router) -> str:
+    """The model of requests that name none, as things stand at start-up (it follows the
+    deployments: see ImageServicer.default_model); warn when it is the local renderer."""
+    if settings.default_model:
+        registry.get(settings.default_model)
+        return settings.default_model
+    model = await default_model(registry, router)
+    if model == LOCAL_MODEL:
+        log.warning("no provider key is set: requests that name no model go to the local "
+                    "renderer ('local'); set OPENAI_API_KEY to use dall-e-2 as the default")
+    return model

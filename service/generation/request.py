@@ -10,12 +10,13 @@ from service.catalog.pricing import TokenUsage
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """A GenerateRequest's fields. `None`: the field was not sent (so its default applies);
-    `fingerprint`: what makes two requests the same, for idempotency keys."""
+    """A GenerateRequest's fields. `None`: the field was not sent (so its default applies).
+    What makes two requests the same, for idempotency keys, is decided once they are
+    planned, defaults filled in (validation.identity)."""
 
     prompt: str = ""
     model: str = ""
-    image: tuple[str, ...] = ()
+    image: tuple[str | bytes, ...] = ()  # URL or base64 text, or a file's bytes (edits)
     n: int | None = None
     size: str = ""
     response_format: str = ""
@@ -28,7 +29,9 @@ class ImageRequest:
     user: str = ""
     stream: bool = False
     partial_images: int | None = None
-    fingerprint: str = ""
+    mask: str | bytes | None = None  # as `image`; None: no mask
+    input_fidelity: str = ""
+    variation: bool = False  # `POST /images/variations`: a model that cannot edit names `model`
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ successor for and what the client must get back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from service.catalog.models import ModelSpec, Route, Size
@@ -34,7 +35,9 @@ class GenerationPlan:
     response_format: str
     output_format: str
     output_compression: int | None
-    image_sources: tuple[str, ...]
+    image_sources: tuple[str | bytes, ...]
+    mask_source: str | bytes | None = None
+    identity: str = ""  # what makes two requests one, for idempotency keys (`identity`)
 
 
 def plan(request: ImageRequest, route: Route) -> GenerationPlan:
@@ -43,7 +46,8 @@ def plan(request: ImageRequest, route: Route) -> GenerationPlan:
     prompt = _prompt(request.prompt, spec)
     n = _n(request)
     size = _size(request.size or spec.default_size, spec)
-    response_format = _one_of("response_format", request.response_format or "url",
+    response_format = _one_of("response_format",
+                              request.response_format or spec.default_response_format,
                               RESPONSE_FORMATS)
     quality = _choice("quality", request.quality, spec.qualities, spec.default_quality,
                       spec) or spec.default_quality
@@ -53,18 +57,47 @@ def plan(request: ImageRequest, route: Route) -> GenerationPlan:
     background = _background(request.background, output_format, spec)
     moderation = _choice("moderation", request.moderation, spec.moderations, None, spec)
     images = _image_sources(request, spec)
+    mask = _mask(request, spec)
+    fidelity = _choice("input_fidelity", request.input_fidelity, spec.input_fidelities, None,
+                       spec)
+    if fidelity and not images:
+        raise InvalidArgument("input_fidelity applies to edits only; give image too",
+                              param="input_fidelity", reason="UNSUPPORTED_VALUE")
     if len(request.user) > MAX_USER_LENGTH:
         raise InvalidArgument(f"user must be at most {MAX_USER_LENGTH} characters",
                               param="user", reason="STRING_ABOVE_MAX_LENGTH")
     job = ImageJob(prompt=prompt, model=spec, n=n, size=size, quality=quality, style=style,
                    output_format=output_format, output_compression=compression,
                    background=background, moderation=moderation, user=request.user or None,
-                   partial_images=_partial_images(request))
+                   partial_images=_partial_images(request), input_fidelity=fidelity)
+    same = identity(job, response_format, images, mask)
     if route.translated:
         job = _translate(job, route.served)
     return GenerationPlan(route=route, job=job, size=size, response_format=response_format,
                           output_format=output_format, output_compression=compression,
-                          image_sources=images)
+                          image_sources=images, mask_source=mask, identity=same)
+
+
+# Long: the list of what makes a request, with the reasons its defaults are what they are.
+def identity(job: ImageJob, response_format: str, sources: tuple[str | bytes, ...],
+             mask: str | bytes | None = None) -> str:
+    """What makes two generations the same request, for idempotency keys: every field as
+    planned in the requested model's terms, defaults filled in (the contract's, per model:
+    no model is the server's default, no n is 1, no size, quality or style the model's,
+    no response_format the model's, no output_format the model's first, no background or
+    moderation `auto`; output_compression has no default), so a field left out and the
+    same field sent with its default are one request. How the answer is told (stream,
+    partial_images) and where it is served from (successors) are not part of it. Uploaded
+    files (bytes) count by their content."""
+    digest = hashlib.sha256()
+    background, moderation = ({None: None, "auto": None}.get(v, v)
+                              for v in (job.background, job.moderation))
+    for value in (job.model.name, job.prompt, job.n, str(job.size), job.quality, job.style,
+                  job.output_format, job.output_compression, background, moderation,
+                  job.user, response_format, job.input_fidelity, mask, *sources):
+        text = value if isinstance(value, bytes) else repr(value).encode()
+        digest.update(len(text).to_bytes(8, "big") + text)
+    return digest.hexdigest()
 
 
 def _prompt(prompt: str, spec: ModelSpec) -> str:
@@ -173,10 +206,14 @@ def _background(value: str, output_format: str, spec: ModelSpec) -> str | None:
     return background
 
 
-def _image_sources(request: ImageRequest, spec: ModelSpec) -> tuple[str, ...]:
+def _image_sources(request: ImageRequest, spec: ModelSpec) -> tuple[str | bytes, ...]:
     sources = tuple(request.image)
     if not sources:
         return ()
+    if not spec.edits and request.variation:
+        raise InvalidArgument(f"{spec.name} cannot make variations (it cannot edit images); "
+                              "name a model with edits: true in GET /api/models",
+                              param="model", reason="UNSUPPORTED_VALUE")
     if not spec.edits:
         raise InvalidArgument(f"{spec.name} cannot edit images; leave image out",
                               param="image", reason="UNSUPPORTED_VALUE")
@@ -187,6 +224,21 @@ def _image_sources(request: ImageRequest, spec: ModelSpec) -> tuple[str, ...]:
     if any(not s.strip() for s in sources):
         raise InvalidArgument("image entries must not be empty", param="image")
     return sources
+
+
+def _mask(request: ImageRequest, spec: ModelSpec) -> str | bytes | None:
+    if request.mask is None:
+        return None
+    if not request.image:
+        raise InvalidArgument("a mask needs the image it masks; give image too", param="mask",
+                              reason="MISSING_REQUIRED_PARAMETER")
+    if not spec.masks:
+        raise InvalidArgument(f"{spec.name} cannot honour a mask; leave mask out (the models "
+                              "that can say masks: true in GET /api/models)", param="mask",
+                              reason="UNSUPPORTED_VALUE")
+    if not request.mask.strip():
+        raise InvalidArgument("mask must not be empty", param="mask")
+    return request.mask
 
 
 def _translate(job: ImageJob, served: ModelSpec) -> ImageJob:
@@ -206,4 +258,6 @@ def _translate(job: ImageJob, served: ModelSpec) -> ImageJob:
         background=job.background if job.background in served.backgrounds else None,
         moderation=job.moderation if job.moderation in served.moderations else None,
         user=job.user, partial_images=job.partial_images,
+        input_fidelity=job.input_fidelity if job.input_fidelity in served.input_fidelities
+        else None,
     )

@@ -23,8 +23,8 @@ class JobMessages:
     async def job(self, row: JobRow, *, with_images: bool = True) -> job_pb.Job:
         """The job as GetJob answers it; `with_images` False leaves b64_json answers out."""
         job = job_pb.Job(id=row.id, status=row.status, created=int(row.created_at.timestamp()),
-                         model=row.model, n=row.n, webhook_url=row.webhook_url,
-                         webhook_status=row.webhook_status)
+                         model=row.model, n=row.n, webhook_url=row.webhook_url or "",
+                         webhook_status=row.webhook_status or "")
         if row.finished_at is not None:
             job.finished = int(row.finished_at.timestamp())
         if row.status == SUCCEEDED and row.result is not None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.accounting.quotas import Reservation
@@ -42,11 +42,33 @@ class JobQueue:
         async with self._db.read() as session:
             return await session.get(JobRow, job_id)
 
-    async def claimable(self, limit: int) -> list[str]:
-        """Up to `limit` jobs with work left whose claim is free or lapsed, oldest first."""
+    async def runnable(self, limit: int) -> list[str]:
+        """Up to `limit` jobs to run whose claim is free or lapsed, fair across keys: each
+        key's jobs are ranked oldest first, those running now included, and the lowest
+        ranks go first (round-robin), so one key's many jobs never keep another's waiting."""
+        now = utcnow()
+        ranked = select(
+            JobRow.id, JobRow.created_at, JobRow.owner, JobRow.lease_until,
+            func.row_number().over(partition_by=JobRow.key_id,
+                                   order_by=(JobRow.created_at, JobRow.id)).label("turn"),
+        ).where(JobRow.status.in_((QUEUED, RUNNING))).subquery()
         async with self._db.read() as session:
-            rows = await session.scalars(select(JobRow.id).where(_claimable(utcnow()))
-                                         .order_by(JobRow.created_at).limit(limit))
+            rows = await session.scalars(
+                select(ranked.c.id)
+                .where(or_(ranked.c.owner.is_(None), ranked.c.lease_until < now))
+                .order_by(ranked.c.turn, ranked.c.created_at).limit(limit))
+            return list(rows)
+
+    async def deliverable(self, limit: int) -> list[str]:
+        """Up to `limit` ended jobs whose webhook is due and whose claim is free or lapsed."""
+        now = utcnow()
+        async with self._db.read() as session:
+            rows = await session.scalars(
+                select(JobRow.id).where(
+                    or_(JobRow.owner.is_(None), JobRow.lease_until < now),
+                    JobRow.status.in_((SUCCEEDED, FAILED)), JobRow.webhook_status == PENDING,
+                    JobRow.webhook_next_at <= now)
+                .order_by(JobRow.webhook_next_at).limit(limit))
             return list(rows)
 
     async def claim(self, job_id: str) -> JobRow | None:

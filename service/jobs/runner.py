@@ -6,7 +6,10 @@ webhook) belongs to the process whose claim (`owner`, `lease_until`) holds; the 
 renews the claim every third of AIGNE_HUB_JOB_LEASE_SECONDS while it works. So:
 
 - a new job runs at once in the process that accepted it, if it has a free slot
-  (AIGNE_HUB_JOB_CONCURRENCY); otherwise any process's poll takes it up;
+  (AIGNE_HUB_JOB_CONCURRENCY); otherwise any process's poll takes it up, fairly across
+  keys (round-robin: `JobQueue.runnable`), as soon as a slot comes free;
+- its webhook is posted by a pool of its own (AIGNE_HUB_WEBHOOK_CONCURRENCY), the claim
+  handed over with it: a slow receiver never holds a job slot;
 - a stopping process lets its running jobs finish for AIGNE_HUB_JOB_STOP_GRACE_SECONDS,
   then cancels them and hands them back (`queued`, unclaimed): the next start, or another
   process, runs them again from the start;
@@ -26,19 +29,22 @@ at each read (jobs/messages.py); a failed webhook is tried again with backoff
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import os
 import secrets
 import socket
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import job_service_pb2 as job_pb
 from service.accounting.charge import Charge
-from service.accounting.idempotency import Idempotency
 from service.accounting.keys import ApiKey, KeyStore
 from service.accounting.quotas import Reservation
 from service.accounting.usage import UsageRecorder
@@ -50,6 +56,7 @@ from service.generation.context import RequestContext
 from service.generation.events import NO_EVENTS, GenerationEvents
 from service.generation.request import Answer, ImageRequest
 from service.generation.validation import GenerationPlan
+from service.jobs.claims import Claims
 from service.jobs.delivery import Delivery
 from service.jobs.messages import JobMessages
 from service.jobs.queue import (
@@ -58,7 +65,6 @@ from service.jobs.queue import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    ClaimLost,
     JobQueue,
     reservation_json,
     reservation_of,
@@ -69,8 +75,8 @@ from service.store.base import ImageStore
 from service.store.signing import UrlSigner
 
 log = structlog.get_logger("aigne.hub")
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets it up
 
-SWEEP_SECONDS = 600.0
 
 
 class Executor(Protocol):
@@ -87,26 +93,29 @@ class Executor(Protocol):
 class Jobs:
     def __init__(self, database: Database, *, keys: KeyStore,
                  usage: UsageRecorder, webhooks: Webhooks, store: ImageStore,
-                 signer: UrlSigner, idempotency: Idempotency, concurrency: int,
+                 signer: UrlSigner, concurrency: int,
                  lease_seconds: float, poll_seconds: float, max_attempts: int,
                  run_seconds: float, stop_grace_seconds: float, webhook_retries: int,
-                 webhook_retry_base_seconds: float) -> None:
+                 webhook_retry_base_seconds: float, webhook_concurrency: int) -> None:
         self._queue = JobQueue(
             database, lease_seconds=lease_seconds,
             instance=f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}")
+        self._claims = Claims(self._queue)
         self._keys = keys
         self._usage = usage
         self._messages = JobMessages(store, signer)
         self._delivery = Delivery(webhooks, retries=webhook_retries,
                                   base_seconds=webhook_retry_base_seconds)
-        self._idempotency = idempotency
         self._concurrency = concurrency
         self._poll = poll_seconds
         self._max_attempts = max_attempts
         self._run_seconds = run_seconds
         self._grace = stop_grace_seconds
         self._executor: Executor | None = None
-        self._working: dict[str, asyncio.Task[None]] = {}
+        self._webhook_concurrency = webhook_concurrency
+        self._working: dict[str, asyncio.Task[None]] = {}  # the job slots: generations
+        self._delivering: dict[str, asyncio.Task[None]] = {}  # the webhook pool
+        self._wake = asyncio.Event()  # a slot came free: poll now
         self._loop: asyncio.Task[None] | None = None
 
     # Accepting and reading jobs.
@@ -125,7 +134,8 @@ class Jobs:
                      webhook_status=PENDING if webhook_url else None, webhook_attempts=0)
         await self._queue.add(row)
         call.log.update(job_id=row.id)
-        self._take_up([row.id])
+        if len(self._working) < self._concurrency:
+            self._start(row.id, self._working, self._work(row.id))
         return row
 
     async def get(self, job_id: str, caller: ApiKey) -> JobRow:
@@ -148,96 +158,84 @@ class Jobs:
         self._loop = asyncio.create_task(self._poll_forever())
 
     async def stop(self) -> None:
-        """Let running jobs finish within the grace period, then hand them back."""
+        """Let running jobs and deliveries finish within the grace period, then hand them
+        back."""
         if self._loop is not None:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
-        working = list(self._working.values())
-        if working:
-            _, late = await asyncio.wait(working, timeout=self._grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._grace
+        # Again while any is left: a job that ends meanwhile hands its webhook over.
+        while working := [*self._working.values(), *self._delivering.values()]:
+            _, late = await asyncio.wait(working, timeout=max(0.0, deadline - loop.time()))
             for task in late:
                 task.cancel()
             await asyncio.gather(*working, return_exceptions=True)
 
     async def _poll_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
         while True:
             try:
-                self._take_up(await self._claimable())
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_SECONDS
-                    await self._idempotency.sweep()
+                free = self._concurrency - len(self._working)
+                self._take_up(await self._queue.runnable(free) if free > 0 else [])
+                free = self._webhook_concurrency - len(self._delivering)
+                for job_id in await self._queue.deliverable(free) if free > 0 else []:
+                    self._start(job_id, self._delivering, self._deliver_job(job_id))
             except Exception:  # the database may be away for a moment: poll again
                 log.exception("job poll failed")
-            await asyncio.sleep(self._poll)
-
-    async def _claimable(self) -> list[str]:
-        free = self._concurrency - len(self._working)
-        if free <= 0:
-            return []
-        return [job_id for job_id in await self._queue.claimable(free)
-                if job_id not in self._working]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
+            self._wake.clear()
 
     def _take_up(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
-            if job_id not in self._working and len(self._working) < self._concurrency:
-                # Not in the context of the request that made the job: it has its own call.
-                task = asyncio.create_task(self._work(job_id), context=contextvars.Context())
-                self._working[job_id] = task
-                task.add_done_callback(self._forget)
+            if len(self._working) < self._concurrency:
+                self._start(job_id, self._working, self._work(job_id))
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        for job_id, working in list(self._working.items()):
-            if working is task:
-                del self._working[job_id]
+    def _start(self, job_id: str, tasks: dict[str, asyncio.Task[None]],
+               work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` for the job in `tasks` (the job slots or the webhook pool), unless
+        something of this process already works on it."""
+        if job_id in self._working or job_id in self._delivering:
+            work.close()
+            return
+        # Not in the context of the request that made the job: it has its own call.
+        task = asyncio.create_task(work, context=contextvars.Context())
+        tasks[job_id] = task
+        task.add_done_callback(functools.partial(self._forget, tasks, job_id))
+
+    def _forget(self, tasks: dict[str, asyncio.Task[None]], job_id: str,
+                task: asyncio.Task[None]) -> None:
+        if tasks.get(job_id) is task:
+            del tasks[job_id]
+            self._wake.set()
 
     async def _work(self, job_id: str) -> None:
-        """Claim the job, run it if it has not ended, deliver its webhook if one is due."""
-        try:
-            row = await self._queue.claim(job_id)
-        except Exception:  # the database may be away for a moment: a later poll claims it
-            log.exception("job not claimed", job_id=job_id)
-            return
-        if row is None:
-            return
-        renewal = asyncio.create_task(self._renew(job_id, asyncio.current_task()))
-        lapse = False
-        try:
-            if row.status in (QUEUED, RUNNING):
+        """Claim the job and run it, if it has not ended; a webhook that is then due goes to
+        the webhook pool with the claim, so the job's slot is free at once."""
+        row = await self._claims.claim(job_id)
+        if row is not None:
+            await self._claims.holding(job_id, self._run_and_hand_over(row))
+
+    async def _deliver_job(self, job_id: str, row: JobRow | None = None) -> None:
+        """Deliver the job's webhook, under the claim handed over (`row`) or a new one."""
+        row = row or await self._claims.claim(job_id)
+        if row is not None:
+            with _tracer.start_as_current_span("job webhook",
+                                               attributes={"aigne.hub.job_id": job_id}):
+                await self._claims.holding(job_id, self._deliver(row))
+
+    async def _run_and_hand_over(self, row: JobRow) -> bool:
+        if row.status in (QUEUED, RUNNING):
+            # one trace per job run: its steps' spans
+            with _tracer.start_as_current_span("job", attributes={"aigne.hub.job_id": row.id}):
                 row = await self._run(row)
-            if row.webhook_status == PENDING:
-                await self._deliver(row)
-        except ClaimLost:
-            log.warning("job claim lost", job_id=job_id)
-        except Exception:  # the claim is left to lapse: the job is tried again after it
-            log.exception("job work failed", job_id=job_id)
-            lapse = True
-        finally:
-            renewal.cancel()
-            if not lapse:
-                await asyncio.shield(self._unclaim(job_id))
-
-    async def _renew(self, job_id: str, work: asyncio.Task[Any] | None) -> None:
-        while True:
-            await asyncio.sleep(self._queue.lease_seconds / 3)
-            try:
-                held = await self._queue.renew(job_id)
-            except Exception:  # try again at the next third of the lease
-                log.warning("job claim not renewed", job_id=job_id, exc_info=True)
-                continue
-            if not held and work is not None:
-                log.warning("job claim lost: another process took the job over", job_id=job_id)
-                work.cancel()
-                return
-
-    async def _unclaim(self, job_id: str) -> None:
-        """Give the claim up; a job cut off while running waits, queued, for a new run.
-        If the database cannot be told, the claim lapses instead."""
-        try:
-            await self._queue.unclaim(job_id)
-        except Exception:
-            log.warning("job claim not given up; it lapses", job_id=job_id, exc_info=True)
+        if row.webhook_status != PENDING or len(self._delivering) >= self._webhook_concurrency:
+            return False  # nothing to deliver, or the pool is full: a poll takes it up
+        self._working.pop(row.id, None)  # the slot is free now; the claim goes with the webhook
+        self._wake.set()
+        self._start(row.id, self._delivering, self._deliver_job(row.id, row))
+        return True
 
     async def _run(self, row: JobRow) -> JobRow:
         assert self._executor is not None
@@ -288,10 +286,12 @@ class Jobs:
                  images=call.charge.images, reason=error.reason if error else None)
         return row
 
-    async def _deliver(self, row: JobRow) -> None:
-        job = await self._messages.job(row, with_images=False)
-        values = await self._delivery.deliver(row, job)
-        await self._queue.delivered(row.id, values)
+    async def _deliver(self, row: JobRow) -> bool:
+        if row.webhook_status == PENDING:
+            job = await self._messages.job(row, with_images=False)
+            values = await self._delivery.deliver(row, job)
+            await self._queue.delivered(row.id, values)
+        return False
 
 def _job_error(error: HubError) -> dict[str, Any]:
     body = error.openai_body()["error"]

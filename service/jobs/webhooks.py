@@ -13,7 +13,7 @@ alike and no key can forge another key's webhooks. A receiver recomputes the sig
 over the raw body, compares in constant time, and refuses timestamps more than 5 minutes
 away from its clock (replays).
 
-Webhook URLs pass the guard image URLs pass (service/generation/inputs.py): the host is resolved and
+Webhook URLs pass the guard image URLs pass (service/net/guard.py): the host is resolved and
 refused if any address is not public, unless it is on AIGNE_HUB_WEBHOOK_URL_ALLOWLIST; the
 POST goes to the address that was checked; redirects are not followed (3xx is a failure).
 """
@@ -24,12 +24,11 @@ import base64
 import hashlib
 import hmac
 import time
-from urllib.parse import urlsplit
 
 import httpx
 
 from service.errors import InvalidArgument
-from service.generation.inputs import UrlRefused, checked_address, pinned
+from service.net.guard import UrlRefused, checked_address, pinned
 
 MAX_URL_LENGTH = 2048
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks marker, not a secret
@@ -60,7 +59,7 @@ class Webhooks:
         if len(url) > MAX_URL_LENGTH:
             raise InvalidArgument(f"webhook_url must be at most {MAX_URL_LENGTH} characters",
                                   param="webhook_url", reason="INVALID_WEBHOOK_URL")
-        if urlsplit(url).scheme not in ("http", "https"):
+        if not url.lower().startswith(("http://", "https://")):
             raise InvalidArgument("webhook_url must be an http or https URL",
                                   param="webhook_url", reason="INVALID_WEBHOOK_URL")
         try:
@@ -86,7 +85,7 @@ class Webhooks:
         try:
             answer = await self._http.post(target, content=body, headers=headers,
                                            extensions=extensions)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return f"{type(exc).__name__}"
         if 200 <= answer.status_code < 300:
             return None

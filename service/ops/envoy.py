@@ -7,7 +7,9 @@ descriptor set the transcoder reads is the one `make gen` writes to gen/descript
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import ipaddress
 import json
 import math
 import signal
@@ -16,10 +18,12 @@ import sys
 from pathlib import Path
 from string import Template
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 
 from service.config import Settings
+from service.ops import envoy_edges
 from service.ops.upstreams import discovery
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,12 +38,17 @@ PR_SET_PDEATHSIG = 1
 
 # Envoy's own replies, by HTTP status: the OpenAI error `type`, `code` and message.
 LOCAL_REPLIES = {
-    400: ("invalid_request_error", "invalid_request", "%LOCAL_REPLY_BODY%"),
+    400: ("invalid_request_error", "invalid_request",
+          "The request could not be read: %LOCAL_REPLY_BODY%"),
     404: ("invalid_request_error", "not_found", "%LOCAL_REPLY_BODY%"),
     405: ("invalid_request_error", "method_not_allowed", "%LOCAL_REPLY_BODY%"),
+    408: ("invalid_request_error", "request_timeout",
+          "The request did not arrive in time (its headers within {header_timeout:g} s, "
+          "all of it within {request_timeout:g} s)."),
     413: ("invalid_request_error", "request_too_large",
           "The request body is larger than this server accepts ({max_request_bytes} bytes)."),
-    431: ("invalid_request_error", "headers_too_large", "The request headers are too large."),
+    431: ("invalid_request_error", "headers_too_large",
+          "The request headers are larger than this server accepts ({max_header_bytes} bytes)."),
     502: ("server_error", "upstream_error", "The image service answered badly; try again."),
     503: ("server_error", "service_unavailable",
           "The image service is not reachable right now; try again shortly."),
@@ -48,11 +57,19 @@ LOCAL_REPLIES = {
 }
 
 
+# Calls besides generations that may be in flight to the replicas at once (images served,
+# jobs, the console, admin): room above the generations' bound in Envoy's circuit breaker.
+OTHER_CALLS = 1024
+
+
 def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -> str:
     """The Envoy config for `settings`, balancing over `upstreams` (default: the settings'
     AIGNE_HUB_ENVOY_UPSTREAMS, else our server)."""
     route_timeout = int(settings.request_timeout_seconds) + ROUTE_MARGIN_SECONDS
-    values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout}
+    values = {"max_request_bytes": settings.max_request_bytes, "route_timeout": route_timeout,
+              "max_header_bytes": settings.max_header_bytes,
+              "header_timeout": settings.client_header_timeout_seconds,
+              "request_timeout": settings.client_request_timeout_seconds}
     assets = settings.envoy_assets_root or ROOT
     return Template(TEMPLATE.read_text()).substitute(
         admin_port=settings.envoy_admin_port,
@@ -65,11 +82,45 @@ def render(settings: Settings, upstreams: list[tuple[str, int]] | None = None) -
         max_request_bytes=settings.max_request_bytes,
         max_response_bytes=settings.max_response_bytes,
         local_reply_mappers=_local_reply_mappers(values),
+        console_redirect=_console_redirect(settings.public_base),
+        header_timeout=f"{settings.client_header_timeout_seconds:g}",
+        idle_timeout=f"{settings.client_idle_timeout_seconds:g}",
+        request_receive_timeout=f"{settings.client_request_timeout_seconds:g}",
+        max_header_kb=settings.max_header_bytes // 1024,
         upstream_discovery=discovery(upstreams or settings.upstreams),
+        max_upstream_requests=(settings.max_in_flight_generations
+                               * len(upstreams or settings.upstreams) + OTHER_CALLS),
+        listener_tls=envoy_edges.listener_tls(settings),
+        tracing=envoy_edges.tracing(settings),
+        client_certificates=envoy_edges.client_certificates(settings),
+        upstream_tls=envoy_edges.upstream_tls(settings),
+        collector_cluster=envoy_edges.collector_cluster(settings),
+        trace_redaction=envoy_edges.trace_redaction(settings),
     )
 
 
-def _local_reply_mappers(values: dict[str, int]) -> str:
+def _console_redirect(public_base: str) -> str:
+    """Envoy's redirect to the console at the public URL (AIGNE_HUB_PUBLIC_BASE_URL), so a
+    forged Host header cannot send a browser elsewhere."""
+    base = urlsplit(public_base)
+    host = base.hostname or "0.0.0.0"  # noqa: S104
+    if ipaddress_unspecified(host):  # no public URL configured, listening on every address
+        return 'path_redirect: "/console/"'
+    host = f"[{host}]" if ":" in host else host
+    # host_redirect with its port (or none): the request's own port is dropped either way.
+    return (f"scheme_redirect: {base.scheme}, "
+            f"host_redirect: {json.dumps(host + (f':{base.port}' if base.port else ''))}, "
+            f"path_redirect: {json.dumps(base.path.rstrip('/') + '/console/')}")
+
+
+def ipaddress_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _local_reply_mappers(values: dict[str, float]) -> str:
     lines = []
     for status, (error_type, code, message) in LOCAL_REPLIES.items():
         body = {"error": {"message": message.format(**values), "type": error_type,
@@ -79,6 +130,10 @@ def _local_reply_mappers(values: dict[str, int]) -> str:
             "                status_code_filter:",
             f"                  comparison: {{op: EQ, value: {{default_value: {status}, "
             f"runtime_key: hub.local_reply.{status}}}}}",
+            # Every reply names itself, also one Envoy gave before any filter ran.
+            "              headers_to_add:",
+            '              - header: {key: x-request-id, value: "%UNIQUE_ID%"}',
+            "                append_action: ADD_IF_ABSENT",
             "              body_format_override:",
             f"                json_format: {json.dumps(body)}",
             "                content_type: application/json",
@@ -88,7 +143,14 @@ def _local_reply_mappers(values: dict[str, int]) -> str:
 
 def write_config(settings: Settings, path: Path,
                  upstreams: list[tuple[str, int]] | None = None) -> Path:
+    """Envoy's config at `path`, and the SDS files of its TLS secrets where it names them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for name, text in envoy_edges.sds_files(settings).items():
+        sds = envoy_edges.sds_path(settings, name)
+        sds.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sds.with_name(f".{sds.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(sds)  # a move into the watched directory: a running Envoy reloads it
     path.write_text(render(settings, upstreams))
     return path
 
@@ -120,6 +182,20 @@ async def drain(admin_port: int) -> None:
     async with httpx.AsyncClient(timeout=2) as admin:
         await admin.post(f"http://127.0.0.1:{admin_port}/drain_listeners",
                          params={"graceful": "", "inboundonly": ""})
+
+
+async def wait_ready(admin_port: int, proxy: subprocess.Popen[bytes]) -> bool:
+    """Whether Envoy comes up (its admin `/ready` answers 200) before it exits, within a
+    minute."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60), httpx.AsyncClient(timeout=1) as admin:
+            while proxy.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    ready = await admin.get(f"http://127.0.0.1:{admin_port}/ready")
+                    if ready.status_code == 200:
+                        return True
+                await asyncio.sleep(0.1)
+    return False
 
 
 async def wait_idle(admin_port: int) -> None:

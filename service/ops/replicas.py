@@ -81,13 +81,13 @@ async def run(settings: Settings, count: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if not await _wait_serving(replicas, stop):
+        if not await _wait_serving(replicas, stop, settings):
             return
         key_note = await _welcome(settings, welcome)
         lines = "\n".join(f"  replica {r.index}  {settings.host}:{r.port} (pid {r.process.pid})"
                           for r in replicas)
         print(f"\nAIGNE Hub image service, {count} replicas behind Envoy\n"
-              f"  REST  POST http://{settings.host}:{settings.http_port}/api/images/generations\n"
+              f"  REST  POST {settings.edge_url}/api/images/generations\n"
               f"  gRPC  {settings.host}:{settings.http_port} (Envoy)\n{lines}\n"
               f"  {key_note}\n  Ctrl-C stops them all.\n", flush=True)
         await _until_stopped(proxy, replicas, stop)
@@ -95,7 +95,8 @@ async def run(settings: Settings, count: int,
         await _stop(proxy, replicas)
 
 
-async def _wait_serving(replicas: list[Replica], stop: asyncio.Event) -> bool:
+async def _wait_serving(replicas: list[Replica], stop: asyncio.Event,
+                        settings: Settings) -> bool:
     """Wait until every replica answers SERVING; False if told to stop first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_SECONDS
@@ -108,13 +109,23 @@ async def _wait_serving(replicas: list[Replica], stop: asyncio.Event) -> bool:
         if loop.time() > deadline:
             raise RuntimeError(f"replicas not serving after {START_SECONDS:.0f} s: "
                                + ", ".join(r.target for r in waiting))
-        waiting = [r for r in waiting if not await _serving(r.target)]
+        waiting = [r for r in waiting if not await _serving(r.target, settings)]
         await asyncio.sleep(POLL_SECONDS if waiting else 0)
     return True
 
 
-async def _serving(target: str) -> bool:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _serving(target: str, settings: Settings) -> bool:
+    """Whether a replica answers SERVING (with mTLS to the servers, as Envoy would ask)."""
+    if settings.upstream_tls:
+        assert settings.upstream_tls_ca_file and settings.upstream_tls_client_cert_file
+        assert settings.upstream_tls_client_key_file
+        channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(
+            settings.upstream_tls_ca_file.read_bytes(),
+            settings.upstream_tls_client_key_file.read_bytes(),
+            settings.upstream_tls_client_cert_file.read_bytes()))
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1)

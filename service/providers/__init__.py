@@ -1,7 +1,7 @@
 """The provider modules, by deployment kind.
 
 Adding a provider: write one module with a class that implements providers.base.Provider
-and a `build(deployment, secret)` that makes one (one SDK client per deployment and
+and a `build(deployment, secret, deps)` that makes one (one SDK client per deployment and
 credential); then add one entry to BUILDERS, and the registry's provider name it serves to
 service.catalog.deployments.KINDS, and a line to SETUP_HINTS saying how to configure it.
 """
@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from service.catalog.deployments import Deployment
 from service.providers import google, local, openai
-from service.providers.base import Provider
+from service.providers.base import Provider, ProviderDeps
 
-BUILDERS: dict[str, Callable[[Deployment, str], Provider]] = {
-    "local": lambda deployment, secret: local.LocalProvider(),
+BUILDERS: dict[str, Callable[[Deployment, str, ProviderDeps], Provider]] = {
+    "local": lambda deployment, secret, deps: local.LocalProvider.build(deployment, secret),
     "openai": openai.OpenAIProvider.build,
     "azure": openai.OpenAIProvider.build,
     "gemini": google.GoogleProvider.build,

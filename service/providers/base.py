@@ -14,6 +14,8 @@ from typing import Protocol
 from service.catalog.model_spec import ModelSpec
 from service.catalog.pricing import TokenUsage
 from service.catalog.sizes import Size
+from service.errors import KnownSecrets
+from service.net.fetch import GuardedFetcher
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -26,6 +28,7 @@ class InputImage:
     mime_type: str
     width: int
     height: int
+    alpha: bool = False  # it has an alpha channel (or a transparent colour)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class ImageJob:
     moderation: str | None = None
     user: str | None = None
     images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None  # edits: alpha 0 where the first image is edited
+    input_fidelity: str | None = None
     first_index: int = 0  # the position of this call's first image among the request's n
     deadline: float | None = None  # time.monotonic() by which the call must be answered
     request_id: str = ""
@@ -91,6 +96,16 @@ class Generation:
     usage: TokenUsage | None = None
     upstream_seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderDeps:
+    """What the server lends every provider it builds: the guarded fetcher for answers that
+    carry a URL instead of the image (the same guard and limits as source images), and the
+    credentials to mask wherever an upstream's message is passed on."""
+
+    fetcher: GuardedFetcher
+    secrets: KnownSecrets
 
 
 class Provider(Protocol):

@@ -18,6 +18,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import httpx2
 from google import genai
 from google.genai import errors as genai_errors
@@ -30,12 +31,13 @@ from service.errors import (
     DeadlineExceeded,
     HubError,
     InvalidArgument,
+    KnownSecrets,
     ResourceExhausted,
     Unavailable,
     UpstreamFailed,
     redact,
 )
-from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
 from service.providers.imaging import verified_mime_type
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
@@ -50,12 +52,14 @@ NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
 
 
 class GoogleProvider:
-    def __init__(self, name: str, client: genai.Client) -> None:
+    def __init__(self, name: str, client: genai.Client, secrets: KnownSecrets | None = None
+                 ) -> None:
         self.name = name
         self._client = client
+        self._secrets = secrets or KnownSecrets()
 
     @classmethod
-    def build(cls, deployment: Deployment, secret: str) -> GoogleProvider:
+    def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> GoogleProvider:
         """A client of `deployment`: the Gemini API with `secret`, or Vertex AI in express
         mode with `secret`, or with the deployment's project and location and application
         default credentials when there is no secret."""
@@ -69,7 +73,7 @@ class GoogleProvider:
             client = genai.Client(vertexai=True, project=deployment.options.get("project"),
                                   location=deployment.options.get("location", "global"),
                                   http_options=options)
-        return cls(deployment.label, client)
+        return cls(deployment.label, client, deps.secrets)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -79,11 +83,13 @@ class GoogleProvider:
             else:
                 images, usage = await self._gemini(job)
         except genai_errors.APIError as exc:
-            raise hub_error(exc, job, self.name) from None
-        except httpx2.TimeoutException:
+            raise hub_error(exc, job, self.name, self._secrets) from None
+        # The SDK's async calls go over aiohttp when it is installed (it is: the openai SDK's
+        # transport), else over httpx: either's errors mean the same here.
+        except (httpx2.TimeoutException, TimeoutError):
             raise DeadlineExceeded(f"{job.model.upstream} did not answer within the request's "
                                    "time budget.") from None
-        except httpx2.HTTPError:
+        except (httpx2.HTTPError, aiohttp.ClientError):
             raise UpstreamFailed("The image provider could not be reached.",
                                  reason="UPSTREAM_UNREACHABLE") from None
         except ValueError:  # garbage instead of the API's JSON
@@ -190,10 +196,12 @@ def _gemini_usage(meta: types.GenerateContentResponseUsageMetadata | None) -> To
     )
 
 
-def hub_error(exc: genai_errors.APIError, job: ImageJob, deployment: str) -> HubError:
-    """What the caller should hear about a Google failure. Never the key, never our config."""
+def hub_error(exc: genai_errors.APIError, job: ImageJob, deployment: str,
+              secrets: KnownSecrets | None = None) -> HubError:
+    """What the caller should hear about a Google failure. Never a key (`secrets` are the
+    credentials this server holds), never our config."""
     model = job.model.upstream
-    message = redact(exc.message or str(exc.status or exc.code))
+    message = redact(exc.message or str(exc.status or exc.code), secrets)
     body = exc.details if isinstance(exc.details, dict) else {}
     reasons = {d.get("reason") for d in body.get("error", {}).get("details", [])
                if isinstance(d, dict)}

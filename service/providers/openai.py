@@ -3,8 +3,8 @@ base URL (AsyncOpenAI), and Azure OpenAI (AsyncAzureOpenAI: endpoint, API versio
 deployment name per model from the deployment's `model_map`).
 
 Generations go to `images.generate`; a job with source images goes to `images.edit`
-(multipart: one file as `image`, several as `image[]`); the raw answer is read by
-openai_answer.py beside this module. The SDK's own retries are off: the service retries in
+(multipart: one file as `image`, several as `image[]`, and the `mask`); the raw answer is read
+by openai_answer.py beside this module. The SDK's own retries are off: the service retries in
 one place, the router (service/routing/router.py), which moves on to the next deployment
 and goes round again. Every SDK error is mapped to a HubError here (`hub_error`; `generate`
 maps the few that are not APIErrors), and nothing outside this module sees the SDK.
@@ -17,6 +17,7 @@ import base64
 import time
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from openai import AsyncAzureOpenAI, AsyncOpenAI
@@ -27,16 +28,20 @@ from service.errors import (
     DeadlineExceeded,
     HubError,
     InvalidArgument,
+    KnownSecrets,
     ResourceExhausted,
     Unavailable,
     UpstreamFailed,
     redact,
 )
-from service.providers.base import GeneratedImage, Generation, ImageJob
+from service.net.fetch import FetchFailed
+from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
 from service.providers.imaging import verified_mime_type
-from service.providers.openai_answer import _decode, _json, token_usage
+from service.providers.openai_answer import _decode, _json, token_usage, url_answer_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
+UPSTREAM_KEEPALIVE = 256
 INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
 CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
 REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
@@ -44,18 +49,22 @@ REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "
 
 
 class OpenAIProvider:
-    def __init__(self, name: str, client: AsyncOpenAI, http: httpx2.AsyncClient,
+    def __init__(self, name: str, client: AsyncOpenAI, deps: ProviderDeps,
                  model_map: dict[str, str] | None = None) -> None:
         self.name = name  # the deployment's
         self._client = client
-        self._http = http  # the SDK's connection pool, also used to fetch `url` answers
+        self._fetcher = deps.fetcher  # `url` answers: the source images' guard and limits
+        self._secrets = deps.secrets
         self._model_map = model_map or {}
 
     @classmethod
-    def build(cls, deployment: Deployment, secret: str) -> OpenAIProvider:
+    def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> OpenAIProvider:
         """A client of `deployment` (kind `openai` or `azure`) holding `secret`."""
-        http = openai.DefaultAsyncHttpx2Client(
-            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        # One client per deployment and credential, on the SDK's aiohttp transport (its
+        # cheapest: docs/performance.md), its pool sized for thousands of waiting requests.
+        http = openai.DefaultAioHttpClient(
+            limits=httpx2.Limits(max_connections=UPSTREAM_CONNECTIONS,
+                                 max_keepalive_connections=UPSTREAM_KEEPALIVE))
         client: AsyncOpenAI
         if deployment.kind == "azure":
             client = AsyncAzureOpenAI(azure_endpoint=deployment.base_url or "",
@@ -64,7 +73,7 @@ class OpenAIProvider:
         else:
             client = AsyncOpenAI(api_key=secret, base_url=deployment.base_url or DEFAULT_BASE_URL,
                                  max_retries=0, http_client=http)
-        return cls(deployment.label, client, http, deployment.model_map)
+        return cls(deployment.label, client, deps, deployment.model_map)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -77,17 +86,23 @@ class OpenAIProvider:
                 return await self._stream(job, model, options, started)
             # The raw answer, parsed here: the SDK's response models would copy every image's
             # base64 into pydantic strings (~1.5 ms of CPU a call, more for large images).
-            images = self._client.images.with_raw_response
             if job.images:
-                raw = await images.edit(**edit_args(job, model), **options)
+                raw = await self._client.images.with_raw_response.edit(
+                    **edit_args(job, model), **options)
+                content = raw.http_response.content
             else:
-                raw = await images.generate(**generate_args(job, model), **options)
-            body = _json(raw.http_response.content)
+                # The SDK's own POST (its auth, Azure's paths, its errors), without the
+                # typed-params transform that `images.generate` runs on every call (about a
+                # third of the SDK's CPU per call, docs/performance.md): these are plain JSON.
+                content = (await self._client.post(
+                    "/images/generations", body=generate_args(job, model),
+                    cast_to=httpx2.Response, options=_request_options(options))).content
+            body = _json(content)
             made = await self._images(body, job)
         except openai.APIError as exc:
-            raise hub_error(exc, job, self.name) from None
-        except httpx2.HTTPError as exc:  # fetching a `url` answer
-            raise UpstreamFailed(f"Could not fetch the image OpenAI made: {exc}") from None
+            raise hub_error(exc, job, self.name, self._secrets) from None
+        except FetchFailed as failed:  # a `url` answer the guard refused or could not fetch
+            raise url_answer_error(failed) from None
         except ValueError:  # the SDK met a body that is not the JSON it expects
             raise UpstreamFailed("The image provider answered something that is not the JSON "
                                  "of its API.", reason="UPSTREAM_BAD_RESPONSE") from None
@@ -148,14 +163,22 @@ class OpenAIProvider:
                 for f, m, item in zip(files, mime_types, items, strict=True)]
 
     async def _fetch(self, url: str | None) -> bytes:
-        if not url:
+        """An image answered as a URL: fetched through the guard, as source images are (an
+        upstream must not make this server reach loopback or private addresses)."""
+        if not isinstance(url, str) or not url:
             raise UpstreamFailed("OpenAI answered an image with neither b64_json nor url.")
-        answer = await self._http.get(url)
-        answer.raise_for_status()
-        return answer.content
+        return await self._fetcher.fetch(url)
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _request_options(options: dict[str, Any]) -> Any:
+    """`timeout` and `extra_headers` as the SDK's RequestOptions."""
+    request: dict[str, Any] = {"timeout": options["timeout"]}
+    if "extra_headers" in options:
+        request["headers"] = options["extra_headers"]
+    return request
 
 
 def generate_args(job: ImageJob, model: str) -> dict[str, Any]:
@@ -172,7 +195,12 @@ def edit_args(job: ImageJob, model: str) -> dict[str, Any]:
     """The `images.edit` arguments: files as (name, bytes, type), the only form OpenAI takes."""
     files = [(f"image{i}.{image.mime_type.split('/')[-1]}", image.data, image.mime_type)
              for i, image in enumerate(job.images)]
-    return {**_common_args(job, model), "image": files[0] if len(files) == 1 else files}
+    args = {**_common_args(job, model), "image": files[0] if len(files) == 1 else files}
+    if job.mask is not None:
+        args["mask"] = ("mask.png", job.mask.data, job.mask.mime_type)
+    if job.input_fidelity:
+        args["input_fidelity"] = job.input_fidelity
+    return args
 
 
 def _common_args(job: ImageJob, model: str) -> dict[str, Any]:
@@ -195,16 +223,34 @@ async def _now(value: Any) -> Any:
     return value
 
 
-def hub_error(exc: openai.APIError, job: ImageJob, deployment: str) -> HubError:
-    """What the caller should hear about an OpenAI failure. Never the key, never our config."""
+def _dropped(exc: BaseException) -> bool:
+    """Whether a "timeout" was in fact a connection the upstream dropped or refused: the
+    SDK's aiohttp transport reports every aiohttp connection error as httpx's ConnectTimeout
+    (its exception map), so the aiohttp error behind it decides."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+                cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def hub_error(exc: openai.APIError, job: ImageJob, deployment: str,
+              secrets: KnownSecrets | None = None) -> HubError:
+    """What the caller should hear about an OpenAI failure. Never a key (`secrets` are the
+    credentials this server holds), never our config."""
     model = job.model.upstream
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _dropped(exc):
         return DeadlineExceeded(f"{model} did not answer within the request's time budget.")
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailed("The image provider could not be reached.",
+                              reason="UPSTREAM_UNREACHABLE")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamFailed("The image provider could not be reached.",
                               reason="UPSTREAM_UNREACHABLE")
     status = getattr(exc, "status_code", None)
-    message = redact(_upstream_message(exc))
+    message = redact(_upstream_message(exc), secrets)
     if exc.code in CONTENT_REFUSALS:
         return ContentPolicyViolation(f"The provider's safety system refused this request: "
                                       f"{message}", param="prompt")

@@ -1,5 +1,6 @@
 """An OpenAI images answer, read: its JSON parsed around the images, each image's base64
-decoded, and the tokens it reports.
+decoded, and the tokens it reports; and what a caller hears when an image answered as a
+`url` was not fetched (the fetch itself is service/net's guarded one).
 
 The openai provider (service/providers/openai.py) calls the SDK and hands the raw body here;
 nothing in this module calls the SDK or the network.
@@ -14,6 +15,7 @@ import orjson
 
 from service.catalog.pricing import TokenUsage
 from service.errors import UpstreamFailed
+from service.net.fetch import FetchFailed
 
 # What _json_around_images looks for in an answer's JSON.
 B64_KEY, SPACE, BACKSLASH, COLON, QUOTE = b'"b64_json"', b" \t\r\n", 0x5C, 0x3A, 0x22
@@ -103,3 +105,21 @@ def _decode(encoded: object) -> bytes:
     except (ValueError, TypeError):
         raise UpstreamFailed("The image provider answered an image that is not base64.",
                              reason="UPSTREAM_BAD_RESPONSE") from None
+
+
+# What a caller hears when a `url` answer is not fetched: never the URL itself (the upstream
+# chose it; it may name an internal address or carry a signature).
+URL_ANSWER_PROBLEMS = {
+    "IMAGE_URL_FORBIDDEN": "it points at an address this server may not reach (loopback, "
+                           "private, link-local or metadata)",
+    "INVALID_IMAGE_URL": "it is not a valid http(s) URL",
+    "IMAGE_TOO_LARGE": "the image is larger than this server fetches",
+    "FETCH_TIMEOUT": "fetching it took too long",
+}
+
+
+def url_answer_error(failed: FetchFailed) -> UpstreamFailed:
+    problem = URL_ANSWER_PROBLEMS.get(failed.reason, "fetching it failed")
+    return UpstreamFailed(f"The image provider answered a URL this server did not fetch: "
+                          f"{problem}.", reason=f"UPSTREAM_{failed.reason}",
+                          retryable=failed.reason in ("FETCH_TIMEOUT", "FETCH_FAILED"))

@@ -27,7 +27,9 @@ from service.routing.secretbox import SecretBox
 def environment_deployments(settings: Settings) -> list[Deployment]:
     """The built-in renderer, and the deployments the environment's provider variables
     describe (OPENAI_API_KEY, GEMINI_API_KEY, AIGNE_HUB_VERTEX_API_KEY or a Vertex project)."""
-    found = [Deployment(id="builtin-local", name="local", kind="local", source="builtin")]
+    found = [Deployment(id="builtin-local", name="local", kind="local", source="builtin",
+                        options={"threads": str(settings.image_work_threads),
+                                 "max_request_pixels": str(settings.max_request_pixels)})]
     vertex_options = ({} if settings.vertex_api_key or not settings.google_cloud_project else
                       {"project": settings.google_cloud_project,
                        "location": settings.google_cloud_location})

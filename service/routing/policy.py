@@ -1,4 +1,4 @@
-"""How the router behaves, as settings (made from Settings by service.server.routing_policy):
+"""How the router behaves, as settings (made from Settings by `routing_policy`):
 how often it goes round again and how long it waits, the cap on one attempt, and when health
 bookkeeping cools a deployment or rests a credential."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+from service.config import Settings
 
 
 @dataclass(frozen=True)
@@ -21,3 +23,13 @@ class RoutingPolicy:
 
     def backoff(self, round_: int) -> float:
         return min(self.base_seconds * 2**round_, self.max_seconds) * random.uniform(0.5, 1.0)
+
+
+def routing_policy(settings: Settings) -> RoutingPolicy:
+    return RoutingPolicy(
+        retries=settings.upstream_retries, base_seconds=settings.upstream_retry_base_seconds,
+        attempt_timeout=settings.upstream_attempt_timeout_seconds,
+        failure_threshold=settings.deployment_failure_threshold,
+        deployment_cooldown=settings.deployment_cooldown_seconds,
+        credential_cooldown=settings.credential_cooldown_seconds,
+        refresh_seconds=settings.routing_refresh_seconds)

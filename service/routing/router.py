@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 from service.catalog.deployments import NEEDS_SECRET, Credential, Deployment
 from service.catalog.models import ModelSpec
 from service.errors import (
@@ -33,7 +35,7 @@ from service.errors import (
     Unavailable,
 )
 from service.providers import BUILDERS, SETUP_HINTS
-from service.providers.base import Generation, ImageJob, Provider
+from service.providers.base import Generation, ImageJob, Provider, ProviderDeps
 from service.routing.deployments import DeploymentStore
 from service.routing.health import DeploymentHealth
 from service.routing.policy import RoutingPolicy
@@ -41,6 +43,10 @@ from service.routing.policy import RoutingPolicy
 # Failures that say nothing against the request: another deployment may well succeed.
 MOVE_ON = {"UPSTREAM_RATE_LIMITED", "UPSTREAM_AUTH_FAILED", "UPSTREAM_MODEL_NOT_FOUND",
            "ATTEMPT_TIMEOUT"}
+
+# A proxy until the SDK is set up (ops/tracing), the API's no-op tracer when it never is.
+_tracer = trace.get_tracer("aigne.hub")
+GENAI_OPERATION = "generate_content"  # OpenTelemetry GenAI's name for a model making output
 
 
 @dataclass(frozen=True)
@@ -63,16 +69,21 @@ class Attempt:
 
 class Router:
     def __init__(self, store: DeploymentStore | None, builtin: list[Deployment],
-                 policy: RoutingPolicy,
+                 policy: RoutingPolicy, deps: ProviderDeps,
                  instrument: Callable[[Provider, Deployment], Provider] | None = None) -> None:
         self._policy = policy
+        self._deps = deps  # lent to every provider; its secrets kept current here
+        deps.secrets.update(_secrets_of(builtin))
         self._instrument = instrument  # e.g. metrics around every upstream call
         self._health = DeploymentHealth(store, builtin, policy)
         self._providers: dict[tuple[str, str | None], tuple[tuple[object, ...], Provider]] = {}
 
     async def deployments(self) -> list[Deployment]:
-        """Every deployment, with its health as this process last read or saw it."""
-        return await self._health.deployments()
+        """Every deployment, with its health as this process last read or saw it. Their
+        credentials join the secrets providers mask in what upstreams say."""
+        deployments = await self._health.deployments()
+        self._deps.secrets.update(_secrets_of(deployments))
+        return deployments
 
     def forget_snapshot(self) -> None:
         """Re-read stored deployments on next use (after an admin change)."""
@@ -130,7 +141,7 @@ class Router:
                 break  # the upstream's own failure says more than "nothing left to try"
             for target in targets:
                 try:
-                    return await self._attempt(target, job, attempts)
+                    return await self._attempt(target, job, attempts, round_)
                 except HubError as error:
                     last = error
                     if not (error.retryable or error.reason in MOVE_ON):
@@ -138,24 +149,33 @@ class Router:
         assert last is not None
         raise last
 
-    async def _attempt(self, target: Target, job: ImageJob, attempts: list[Attempt]
-                       ) -> Generation:
+    async def _attempt(self, target: Target, job: ImageJob, attempts: list[Attempt],
+                       round_: int = 0) -> Generation:
+        """One upstream call, in a span of its own (deployment, model, outcome, retry
+        round); the SDK's HTTP call is its child and carries `traceparent` upstream."""
         started = time.monotonic()
         cap = self._policy.attempt_timeout
         capped = cap > 0 and (job.deadline is None or started + cap < job.deadline)
-        try:  # the provider turns the job's deadline into its SDK timeout; this is a backstop
-            async with asyncio.timeout(cap + 1 if capped else None):
-                generation = await target.provider.generate(
-                    replace(job, deadline=started + cap) if capped else job)
-        except (TimeoutError, HubError) as exc:
-            error = exc if isinstance(exc, HubError) else None
-            if error is None or (capped and error.reason == "TIMEOUT"):
-                error = Unavailable(f"The deployment '{target.deployment.name}' did not answer "
-                                    f"within {cap:g} s.", reason="ATTEMPT_TIMEOUT")
-            attempts.append(_attempt(target, error.reason, started))
-            await self._health.failed(target.deployment, target.credential, error)
-            raise error from None
-        attempts.append(_attempt(target, "OK", started))
+        with _tracer.start_as_current_span(
+                f"{GENAI_OPERATION} {job.model.upstream}",
+                attributes=_attempt_attributes(target, job, round_)) as span:
+            try:  # the provider turns the job's deadline into its SDK timeout; a backstop
+                async with asyncio.timeout(cap + 1 if capped else None):
+                    generation = await target.provider.generate(
+                        replace(job, deadline=started + cap) if capped else job)
+            except (TimeoutError, HubError) as exc:
+                error = exc if isinstance(exc, HubError) else None
+                if error is None or (capped and error.reason == "TIMEOUT"):
+                    error = Unavailable(f"The deployment '{target.deployment.name}' did not "
+                                        f"answer within {cap:g} s.", reason="ATTEMPT_TIMEOUT")
+                attempts.append(_attempt(target, error.reason, started))
+                span.set_attributes({"error.type": error.reason,
+                                     "aigne.hub.upstream.outcome": error.reason})
+                span.set_status(trace.StatusCode.ERROR, error.reason)
+                await self._health.failed(target.deployment, target.credential, error)
+                raise error from None
+            attempts.append(_attempt(target, "OK", started))
+            span.set_attribute("aigne.hub.upstream.outcome", "OK")
         await self._health.succeeded(target.deployment)
         return generation
 
@@ -171,7 +191,7 @@ class Router:
             return cached[1]
         if cached is not None:
             asyncio.get_running_loop().create_task(cached[1].aclose())
-        provider = BUILDERS[deployment.kind](deployment, secret)
+        provider = BUILDERS[deployment.kind](deployment, secret, self._deps)
         if self._instrument is not None:
             provider = self._instrument(provider, deployment)
         self._providers[key] = (fingerprint, provider)
@@ -208,6 +228,10 @@ class Router:
             await provider.aclose()
 
 
+def _secrets_of(deployments: Iterable[Deployment]) -> list[str]:
+    return [c.secret for d in deployments for c in d.credentials if c.secret]
+
+
 def _weighted_order(deployments: Iterable[Deployment]) -> list[Deployment]:
     """By priority (low first); within a priority, a random order drawn by weight."""
     return sorted(deployments,
@@ -233,6 +257,17 @@ def _no_target(spec: ModelSpec, serving: list[Deployment], now: datetime) -> Hub
             retry_after=max(1.0, (min(resting) - now).total_seconds()))
     return Unavailable(f"No enabled deployment with a usable credential serves '{spec.name}'; "
                        "an operator must enable one.", reason="NO_USABLE_DEPLOYMENT")
+
+
+def _attempt_attributes(target: Target, job: ImageJob, round_: int) -> dict[str, str | int]:
+    """An attempt's span attributes: OpenTelemetry's GenAI conventions where they fit,
+    ours (`aigne.hub.*`) for the routing; never a prompt, a key or an image."""
+    return {"gen_ai.operation.name": GENAI_OPERATION,
+            "gen_ai.provider.name": target.deployment.kind,
+            "gen_ai.request.model": job.model.upstream,
+            "aigne.hub.model": job.model.name,
+            "aigne.hub.deployment": target.deployment.name,
+            "aigne.hub.retry": round_, "aigne.hub.images": job.n}
 
 
 def _attempt(target: Target, outcome: str, started: float) -> Attempt:

@@ -25,7 +25,12 @@ from service.errors import HubError
 from service.generation.context import RequestContext
 
 # A request id a caller (or Envoy) gave is kept if it looks like one; else a new one is made.
+# Envoy applies the same rule first (envoy/hub.lua), so that behind it the id it answers and
+# logs is the one the server uses: keep the two in step.
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# The subject of a client certificate Envoy verified, in the x-forwarded-client-cert it sets
+# (and strips from what clients send) when AIGNE_HUB_TLS_CLIENT_CA_FILE is set.
+CLIENT_SUBJECT = re.compile(r'Subject="((?:[^"\\]|\\.){1,256})"')
 
 
 @dataclass(kw_only=True)
@@ -75,11 +80,15 @@ def arrived(method: str, context: grpc.aio.ServicerContext, budget: float,
     given = metadata(context, "x-request-id")
     request_id = given if given and REQUEST_ID.match(given) else uuid.uuid4().hex
     door = "rest" if metadata(context, "x-hub-door") == "rest" else "grpc"
-    return Call(
+    call = Call(
         charge=open_charge(request_id, door), method=method.rsplit("/", 1)[-1],
         deadline=loop.time() + (budget if remaining is None else min(remaining, budget)),
         idempotency_key=metadata(context, "idempotency-key"),
     )
+    client = CLIENT_SUBJECT.search(metadata(context, "x-forwarded-client-cert") or "")
+    if client:
+        call.log["client_cert"] = client.group(1)
+    return call
 
 
 @contextlib.contextmanager

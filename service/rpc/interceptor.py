@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from service.accounting.charge import Charge
 from service.accounting.key_cache import KeyCache
@@ -35,6 +36,7 @@ from service.rpc import log_line, wire
 from service.rpc.call import Call, arrived, bound, metadata
 from service.rpc.status import abort, unexpected
 
+_tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
@@ -134,7 +136,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
                 request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=wire.serializer(handler.response_serializer),
             )
         elif handler is not None and handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
@@ -191,6 +193,9 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 # GeneratorExit: grpc stopped reading, so the client went away mid-send.
                 except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
                     outcome = outcome_of(exc, call)
+                    if (outcome.client_left and admitted and self._admission.cutting_off
+                            and not started and not isinstance(exc, GeneratorExit)):
+                        outcome = _cut_off()  # the REST door streams: its 503 too
                     await self._settle(method, call, context, outcome)
                     if outcome.reraise:
                         raise
@@ -232,7 +237,8 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         """The caller's key and rights; a request whose bytes did not decode is refused
         after that, so an anonymous caller learns only that it needs a key."""
         if method not in self._public:
-            call.key = await self._keys.authenticate(metadata(context, "authorization"))
+            with _tracer.start_as_current_span("auth"):
+                call.key = await self._keys.authenticate(metadata(context, "authorization"))
         if method.startswith(self._admin) and not (call.key and call.key.admin):
             raise PermissionDenied("This API key may not call the admin API.",
                                    reason="ADMIN_KEY_REQUIRED")
@@ -244,11 +250,13 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
         """Record a metered call's usage, count it and write the log line, before the answer
         leaves (so a client that has its answer finds the record, and its quota settled)."""
         quiet = method in self._quiet
-        if not quiet:
-            self._metrics.finished(call, outcome.status)
-        log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
-        if method in self._metered:
-            await call.charge.settle(outcome.status, outcome.http_status)
+        try:
+            if method in self._metered:
+                await call.charge.settle(outcome.status, outcome.http_status)
+        finally:  # the duration then includes writing the record
+            if not quiet:
+                self._metrics.finished(call, outcome.status)
+            log_line.write(call, outcome.status, quiet=quiet, prompts=self._log_prompts)
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         call = arrived(method, context, self._timeout, self._open_charge)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from service.rpc.call import Call
 
@@ -30,6 +31,9 @@ def write(call: Call, status: str, *, quiet: bool, prompts: bool) -> None:
         fields["upstream_ms"] = round(charge.generation.upstream_seconds * 1000, 1)
     if charge.images:
         fields.update(images=charge.images, image_bytes=charge.bytes)
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:  # tracing is on: the line names its trace and the server's span
+        fields.update(trace_id=format(span.trace_id, "032x"), span_id=format(span.span_id, "016x"))
     if prompts and charge.prompt is not None:
         fields["prompt"] = charge.prompt
     (log.debug if quiet else log.info)("request", **{**call.log, **fields})

@@ -19,7 +19,8 @@ FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 class FilesystemStore:
     def __init__(self, root: Path) -> None:
         self._root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # images are readable by this user only (files 0600)
 
     def _path(self, name: str) -> Path:
         return self._root / name[4:6] / name
@@ -69,8 +70,8 @@ class FilesystemStore:
         nothing behind and says whether the store is full or out of reach."""
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as f:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:

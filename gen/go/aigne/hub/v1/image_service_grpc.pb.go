@@ -21,11 +21,24 @@ type ImageServiceClient interface {
 	// Generate creates `n` images from a prompt, or edits the images given in `image`.
 	// The response metadata `x-model-served` names the model that produced the images.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (*GenerateResponse, error)
-	// GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-	// GenerateRequest; its answer is the JSON form of a GenerateResponse
-	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
+	// GenerateHttp was the REST door of Generate until the door had to stream too (see
+	// GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+	// no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+	// GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+	// `b64_json` standard base64). gRPC clients call Generate.
 	GenerateHttp(ctx context.Context, in *GenerateHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+	// body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+	// message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+	// base64), image bytes encoded once by the server and passed through Envoy untouched.
+	// With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+	// OpenAI sends them, one message per event: `image_generation.partial_image` and
+	// `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+	// `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. It streams because one path must
+	// answer both ways (an RPC cannot become streaming without breaking its clients, so this
+	// RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+	GenerateOrStreamHttp(ctx context.Context, in *GenerateOrStreamHttpRequest, opts ...grpc.CallOption) (ImageService_GenerateOrStreamHttpClient, error)
 	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
 	// accepted (and every few seconds while nothing else happens), `partial_image` events
 	// where the upstream model streams previews (gpt-image models, when the request asks
@@ -43,6 +56,26 @@ type ImageServiceClient interface {
 	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
 	// reads this stream. gRPC clients call StreamGenerate.
 	StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error)
+	// EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+	// the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+	// one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+	// form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+	// {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+	// It is Generate with source images and a mask: gRPC clients call Generate with `image`
+	// and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+	// `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+	// `image_edit.completed`), one message per event. An error before the first event is an
+	// HTTP error with the usual JSON body.
+	EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error)
+	// VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+	// SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+	// the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+	// edit of that image with a fixed prompt, so it is served by a model that can edit
+	// (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+	// OpenAI provider is configured, else the local renderer); a model that cannot edit is
+	// refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+	// clients call Generate with `image` and a prompt of their own.
+	VariationHttp(ctx context.Context, in *VariationHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -51,6 +84,10 @@ type ImageServiceClient interface {
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
 	// is also what the openai SDKs' `models.list()` reads.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
+	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error)
 }
 
 type imageServiceClient struct {
@@ -79,8 +116,40 @@ func (c *imageServiceClient) GenerateHttp(ctx context.Context, in *GenerateHttpR
 	return out, nil
 }
 
+func (c *imageServiceClient) GenerateOrStreamHttp(ctx context.Context, in *GenerateOrStreamHttpRequest, opts ...grpc.CallOption) (ImageService_GenerateOrStreamHttpClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[0], "/aigne.hub.v1.ImageService/GenerateOrStreamHttp", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceGenerateOrStreamHttpClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_GenerateOrStreamHttpClient interface {
+	Recv() (*httpbody.HttpBody, error)
+	grpc.ClientStream
+}
+
+type imageServiceGenerateOrStreamHttpClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceGenerateOrStreamHttpClient) Recv() (*httpbody.HttpBody, error) {
+	m := new(httpbody.HttpBody)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *imageServiceClient) StreamGenerate(ctx context.Context, in *StreamGenerateRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[0], "/aigne.hub.v1.ImageService/StreamGenerate", opts...)
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[1], "/aigne.hub.v1.ImageService/StreamGenerate", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +181,7 @@ func (x *imageServiceStreamGenerateClient) Recv() (*StreamGenerateResponse, erro
 }
 
 func (c *imageServiceClient) StreamGenerateHttp(ctx context.Context, in *StreamGenerateHttpRequest, opts ...grpc.CallOption) (ImageService_StreamGenerateHttpClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[1], "/aigne.hub.v1.ImageService/StreamGenerateHttp", opts...)
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[2], "/aigne.hub.v1.ImageService/StreamGenerateHttp", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +212,47 @@ func (x *imageServiceStreamGenerateHttpClient) Recv() (*httpbody.HttpBody, error
 	return m, nil
 }
 
+func (c *imageServiceClient) EditHttp(ctx context.Context, in *EditHttpRequest, opts ...grpc.CallOption) (ImageService_EditHttpClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ImageService_serviceDesc.Streams[3], "/aigne.hub.v1.ImageService/EditHttp", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &imageServiceEditHttpClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ImageService_EditHttpClient interface {
+	Recv() (*httpbody.HttpBody, error)
+	grpc.ClientStream
+}
+
+type imageServiceEditHttpClient struct {
+	grpc.ClientStream
+}
+
+func (x *imageServiceEditHttpClient) Recv() (*httpbody.HttpBody, error) {
+	m := new(httpbody.HttpBody)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *imageServiceClient) VariationHttp(ctx context.Context, in *VariationHttpRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/VariationHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *imageServiceClient) GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
 	out := new(httpbody.HttpBody)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetImage", in, out, opts...)
@@ -161,6 +271,15 @@ func (c *imageServiceClient) ListModels(ctx context.Context, in *ListModelsReque
 	return out, nil
 }
 
+func (c *imageServiceClient) GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error) {
+	out := new(Model)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetModel", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageServiceServer is the server API for ImageService service.
 // All implementations must embed UnimplementedImageServiceServer
 // for forward compatibility
@@ -168,11 +287,24 @@ type ImageServiceServer interface {
 	// Generate creates `n` images from a prompt, or edits the images given in `image`.
 	// The response metadata `x-model-served` names the model that produced the images.
 	Generate(context.Context, *GenerateRequest) (*GenerateResponse, error)
-	// GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-	// GenerateRequest; its answer is the JSON form of a GenerateResponse
-	// (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-	// by the server, and pass through Envoy untouched. gRPC clients call Generate.
+	// GenerateHttp was the REST door of Generate until the door had to stream too (see
+	// GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+	// no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+	// GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+	// `b64_json` standard base64). gRPC clients call Generate.
 	GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error)
+	// GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+	// body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+	// message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+	// base64), image bytes encoded once by the server and passed through Envoy untouched.
+	// With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+	// OpenAI sends them, one message per event: `image_generation.partial_image` and
+	// `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+	// `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+	// after it, an `error` event whose data is that body. It streams because one path must
+	// answer both ways (an RPC cannot become streaming without breaking its clients, so this
+	// RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+	GenerateOrStreamHttp(*GenerateOrStreamHttpRequest, ImageService_GenerateOrStreamHttpServer) error
 	// StreamGenerate is Generate told as it happens: a `progress` event once the request is
 	// accepted (and every few seconds while nothing else happens), `partial_image` events
 	// where the upstream model streams previews (gpt-image models, when the request asks
@@ -190,6 +322,26 @@ type ImageServiceServer interface {
 	// `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
 	// reads this stream. gRPC clients call StreamGenerate.
 	StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error
+	// EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+	// the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+	// one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+	// form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+	// {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+	// It is Generate with source images and a mask: gRPC clients call Generate with `image`
+	// and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+	// `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+	// `image_edit.completed`), one message per event. An error before the first event is an
+	// HTTP error with the usual JSON body.
+	EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error
+	// VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+	// SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+	// the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+	// edit of that image with a fixed prompt, so it is served by a model that can edit
+	// (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+	// OpenAI provider is configured, else the local renderer); a model that cannot edit is
+	// refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+	// clients call Generate with `image` and a prompt of their own.
+	VariationHttp(context.Context, *VariationHttpRequest) (*httpbody.HttpBody, error)
 	// GetImage serves a stored image by the signed URL a `url` answer gave out.
 	// It needs no API key: the signature is the capability. The answer carries the
 	// image bytes with their `Content-Type`.
@@ -198,6 +350,10 @@ type ImageServiceServer interface {
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
 	// is also what the openai SDKs' `models.list()` reads.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
+	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	GetModel(context.Context, *GetModelRequest) (*Model, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -211,17 +367,29 @@ func (UnimplementedImageServiceServer) Generate(context.Context, *GenerateReques
 func (UnimplementedImageServiceServer) GenerateHttp(context.Context, *GenerateHttpRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GenerateHttp not implemented")
 }
+func (UnimplementedImageServiceServer) GenerateOrStreamHttp(*GenerateOrStreamHttpRequest, ImageService_GenerateOrStreamHttpServer) error {
+	return status.Errorf(codes.Unimplemented, "method GenerateOrStreamHttp not implemented")
+}
 func (UnimplementedImageServiceServer) StreamGenerate(*StreamGenerateRequest, ImageService_StreamGenerateServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamGenerate not implemented")
 }
 func (UnimplementedImageServiceServer) StreamGenerateHttp(*StreamGenerateHttpRequest, ImageService_StreamGenerateHttpServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamGenerateHttp not implemented")
 }
+func (UnimplementedImageServiceServer) EditHttp(*EditHttpRequest, ImageService_EditHttpServer) error {
+	return status.Errorf(codes.Unimplemented, "method EditHttp not implemented")
+}
+func (UnimplementedImageServiceServer) VariationHttp(context.Context, *VariationHttpRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VariationHttp not implemented")
+}
 func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetImage not implemented")
 }
 func (UnimplementedImageServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedImageServiceServer) GetModel(context.Context, *GetModelRequest) (*Model, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetModel not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 
@@ -272,6 +440,27 @@ func _ImageService_GenerateHttp_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_GenerateOrStreamHttp_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GenerateOrStreamHttpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).GenerateOrStreamHttp(m, &imageServiceGenerateOrStreamHttpServer{stream})
+}
+
+type ImageService_GenerateOrStreamHttpServer interface {
+	Send(*httpbody.HttpBody) error
+	grpc.ServerStream
+}
+
+type imageServiceGenerateOrStreamHttpServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceGenerateOrStreamHttpServer) Send(m *httpbody.HttpBody) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 func _ImageService_StreamGenerate_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(StreamGenerateRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -314,6 +503,45 @@ func (x *imageServiceStreamGenerateHttpServer) Send(m *httpbody.HttpBody) error 
 	return x.ServerStream.SendMsg(m)
 }
 
+func _ImageService_EditHttp_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EditHttpRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ImageServiceServer).EditHttp(m, &imageServiceEditHttpServer{stream})
+}
+
+type ImageService_EditHttpServer interface {
+	Send(*httpbody.HttpBody) error
+	grpc.ServerStream
+}
+
+type imageServiceEditHttpServer struct {
+	grpc.ServerStream
+}
+
+func (x *imageServiceEditHttpServer) Send(m *httpbody.HttpBody) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _ImageService_VariationHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VariationHttpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).VariationHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/VariationHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).VariationHttp(ctx, req.(*VariationHttpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ImageService_GetImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetImageRequest)
 	if err := dec(in); err != nil {
@@ -350,6 +578,24 @@ func _ImageService_ListModels_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_GetModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).GetModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/GetModel",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).GetModel(ctx, req.(*GetModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ImageService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.ImageService",
 	HandlerType: (*ImageServiceServer)(nil),
@@ -363,6 +609,10 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _ImageService_GenerateHttp_Handler,
 		},
 		{
+			MethodName: "VariationHttp",
+			Handler:    _ImageService_VariationHttp_Handler,
+		},
+		{
 			MethodName: "GetImage",
 			Handler:    _ImageService_GetImage_Handler,
 		},
@@ -370,8 +620,17 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "ListModels",
 			Handler:    _ImageService_ListModels_Handler,
 		},
+		{
+			MethodName: "GetModel",
+			Handler:    _ImageService_GetModel_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "GenerateOrStreamHttp",
+			Handler:       _ImageService_GenerateOrStreamHttp_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "StreamGenerate",
 			Handler:       _ImageService_StreamGenerate_Handler,
@@ -380,6 +639,11 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "StreamGenerateHttp",
 			Handler:       _ImageService_StreamGenerateHttp_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "EditHttp",
+			Handler:       _ImageService_EditHttp_Handler,
 			ServerStreams: true,
 		},
 	},

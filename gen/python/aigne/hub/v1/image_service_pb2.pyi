@@ -41,6 +41,8 @@ class GenerateRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    INPUT_FIDELITY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The text description of the wanted image(s). Required; non-empty after trimming;
     at most 1000 characters for dall-e-2, 4000 for dall-e-3, 32000 for gpt-image models.
@@ -58,7 +60,10 @@ class GenerateRequest(_message.Message):
     """
     response_format: _builtins.str
     """How images come back: `url` (a signed link valid for an hour) or `b64_json`
-    (the image bytes in the answer). Optional; default `url`.
+    (the image bytes in the answer). Optional; default: the model's `default_response_format`
+    in `GET /api/models`, which is `b64_json` for gpt-image models (as OpenAI answers them)
+    and `url` for the others (the seed's names dall-e-2 and dall-e-3, Gemini, Imagen and
+    the local renderer). `url` is honoured for gpt-image models too.
     """
     quality: _builtins.str
     """The quality. Optional; default `standard` (`auto` for gpt-image models).
@@ -83,13 +88,26 @@ class GenerateRequest(_message.Message):
     """An id for the end user, recorded with usage. Optional."""
     stream: _builtins.bool
     """Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
-    Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
-    stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+    The REST doors `POST /api/images/generations` and `/api/images/edits` then answer
+    OpenAI's image stream events, and StreamGenerate streams as always; Generate refuses
+    `true` with INVALID_ARGUMENT naming the streaming call.
     """
     partial_images: _builtins.int
     """How many partial images (previews) to stream for each image, 0 to 3. Optional;
     default 0. Streams only; sent where the model streams previews (`partial_images` in
     `GET /api/models`), else no previews come.
+    """
+    mask: _builtins.str
+    """A mask for an edit: where it is fully transparent (alpha 0) the first image of `image`
+    is edited; elsewhere it is kept. A PNG with an alpha channel, the size of the first
+    image, as an `http(s)` URL or base64 (raw or `data:image/png;base64,`). Optional; needs
+    `image`, and a model that takes masks (`masks` in `GET /api/models`); others refuse
+    it with INVALID_ARGUMENT naming `mask`.
+    """
+    input_fidelity: _builtins.str
+    """How closely an edit keeps the style and features (faces) of its input images: `high`
+    or `low`, for the models that list it (`input_fidelities` in `GET /api/models`).
+    Optional; default: the model's own (`low` upstream). Needs `image`.
     """
     @_builtins.property
     def image(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -116,10 +134,12 @@ class GenerateRequest(_message.Message):
         user: _builtins.str = ...,
         stream: _builtins.bool | None = ...,
         partial_images: _builtins.int | None = ...,
+        mask: _builtins.str = ...,
+        input_fidelity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "n", b"n", "output_compression", b"output_compression", "partial_images", b"partial_images", "stream", b"stream"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "background", b"background", "image", b"image", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "partial_images", b"partial_images", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "stream", b"stream", "style", b"style", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_n", b"_n", "_output_compression", b"_output_compression", "_partial_images", b"_partial_images", "_stream", b"_stream", "background", b"background", "image", b"image", "input_fidelity", b"input_fidelity", "mask", b"mask", "model", b"model", "moderation", b"moderation", "n", b"n", "output_compression", b"output_compression", "output_format", b"output_format", "partial_images", b"partial_images", "prompt", b"prompt", "quality", b"quality", "response_format", b"response_format", "size", b"size", "stream", b"stream", "style", b"style", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
     _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
@@ -290,7 +310,7 @@ Global___TokenDetails: _TypeAlias = TokenDetails  # noqa: Y015
 
 @_typing.final
 class GenerateHttpRequest(_message.Message):
-    """GenerateHttpRequest carries the raw JSON body of `POST /api/images/generations`."""
+    """GenerateHttpRequest carries the raw JSON body of a generation (GenerateHttp)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -311,6 +331,30 @@ class GenerateHttpRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateHttpRequest: _TypeAlias = GenerateHttpRequest  # noqa: Y015
+
+@_typing.final
+class GenerateOrStreamHttpRequest(_message.Message):
+    """GenerateOrStreamHttpRequest carries the raw JSON body of `POST /api/images/generations`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a GenerateRequest in its JSON form. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateOrStreamHttpRequest: _TypeAlias = GenerateOrStreamHttpRequest  # noqa: Y015
 
 @_typing.final
 class StreamGenerateRequest(_message.Message):
@@ -563,6 +607,76 @@ class StreamGenerateHttpRequest(_message.Message):
 Global___StreamGenerateHttpRequest: _TypeAlias = StreamGenerateHttpRequest  # noqa: Y015
 
 @_typing.final
+class EditHttpRequest(_message.Message):
+    """EditHttpRequest carries the raw body of `POST /api/images/edits`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a multipart form or a JSON object, as its `content_type` says. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditHttpRequest: _TypeAlias = EditHttpRequest  # noqa: Y015
+
+@_typing.final
+class VariationHttpRequest(_message.Message):
+    """VariationHttpRequest carries the raw body of `POST /api/images/variations`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """The HTTP body: a multipart form, as its `content_type` says. Required."""
+
+    def __init__(
+        self,
+        *,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariationHttpRequest: _TypeAlias = VariationHttpRequest  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    """GetModelRequest names one model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The model's name, as clients send it in `model`, e.g. `gpt-image-2`. Required."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
 class GetImageRequest(_message.Message):
     """GetImageRequest names a stored image and carries the signature of its URL."""
 
@@ -672,6 +786,9 @@ class Model(_message.Message):
     PROVIDER_CONFIGURED_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     PARTIAL_IMAGES_FIELD_NUMBER: _builtins.int
+    DEFAULT_RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    MASKS_FIELD_NUMBER: _builtins.int
+    INPUT_FIDELITIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The name clients send as `model`, e.g. `gpt-image-2`. Always set."""
     object: _builtins.str
@@ -714,6 +831,12 @@ class Model(_message.Message):
     """Whether the provider serving this model has credentials configured on this server."""
     partial_images: _builtins.bool
     """Whether streams of this model send partial images (previews) when asked for them."""
+    default_response_format: _builtins.str
+    """The `response_format` a request for this model gets when it names none: `url`, or
+    `b64_json` for gpt-image models. Always set.
+    """
+    masks: _builtins.bool
+    """Whether edits of this model take a `mask`."""
     @_builtins.property
     def sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sizes accepted as listed `WIDTHxHEIGHT` values (and `auto` where the model chooses)."""
@@ -756,6 +879,10 @@ class Model(_message.Message):
         last admin test. Empty when none is configured.
         """
 
+    @_builtins.property
+    def input_fidelities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Accepted `input_fidelity` values for edits; empty when the model takes none."""
+
     def __init__(
         self,
         *,
@@ -788,10 +915,13 @@ class Model(_message.Message):
         provider_configured: _builtins.bool = ...,
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         partial_images: _builtins.bool = ...,
+        default_response_format: _builtins.str = ...,
+        masks: _builtins.bool = ...,
+        input_fidelities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["size_rule", b"size_rule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "lifecycle", b"lifecycle", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aspect_ratios", b"aspect_ratios", "available", b"available", "backgrounds", b"backgrounds", "created", b"created", "default_quality", b"default_quality", "default_response_format", b"default_response_format", "default_size", b"default_size", "deployments", b"deployments", "deprecated_on", b"deprecated_on", "description", b"description", "edits", b"edits", "id", b"id", "input_fidelities", b"input_fidelities", "lifecycle", b"lifecycle", "masks", b"masks", "max_input_images", b"max_input_images", "max_n_per_call", b"max_n_per_call", "moderations", b"moderations", "object", b"object", "output_formats", b"output_formats", "owned_by", b"owned_by", "partial_images", b"partial_images", "prompt_limit", b"prompt_limit", "provider", b"provider", "provider_configured", b"provider_configured", "qualities", b"qualities", "served_by", b"served_by", "shutdown_on", b"shutdown_on", "size_rule", b"size_rule", "sizes", b"sizes", "styles", b"styles", "successor", b"successor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,8 +34,9 @@ class ImageServiceStub:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -64,6 +65,11 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GenerateOrStreamHttp = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/GenerateOrStreamHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.StreamGenerate = channel.unary_stream(
                 '/aigne.hub.v1.ImageService/StreamGenerate',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.SerializeToString,
@@ -72,6 +78,16 @@ class ImageServiceStub:
         self.StreamGenerateHttp = channel.unary_stream(
                 '/aigne.hub.v1.ImageService/StreamGenerateHttp',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.EditHttp = channel.unary_stream(
+                '/aigne.hub.v1.ImageService/EditHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.VariationHttp = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/VariationHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.GetImage = channel.unary_unary(
@@ -84,6 +100,11 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/GetModel',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class ImageServiceServicer:
@@ -94,8 +115,9 @@ class ImageServiceServicer:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -117,10 +139,28 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateHttp(self, request, context):
-        """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-        GenerateRequest; its answer is the JSON form of a GenerateResponse
-        (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-        by the server, and pass through Envoy untouched. gRPC clients call Generate.
+        """GenerateHttp was the REST door of Generate until the door had to stream too (see
+        GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+        no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+        GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+        `b64_json` standard base64). gRPC clients call Generate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateOrStreamHttp(self, request, context):
+        """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+        body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+        message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+        base64), image bytes encoded once by the server and passed through Envoy untouched.
+        With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+        OpenAI sends them, one message per event: `image_generation.partial_image` and
+        `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+        `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. It streams because one path must
+        answer both ways (an RPC cannot become streaming without breaking its clients, so this
+        RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +193,36 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditHttp(self, request, context):
+        """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+        the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+        one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+        form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+        {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+        It is Generate with source images and a mask: gRPC clients call Generate with `image`
+        and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+        `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+        `image_edit.completed`), one message per event. An error before the first event is an
+        HTTP error with the usual JSON body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VariationHttp(self, request, context):
+        """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+        SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+        the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+        edit of that image with a fixed prompt, so it is served by a model that can edit
+        (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+        OpenAI provider is configured, else the local renderer); a model that cannot edit is
+        refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+        clients call Generate with `image` and a prompt of their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImage(self, request, context):
         """GetImage serves a stored image by the signed URL a `url` answer gave out.
         It needs no API key: the signature is the capability. The answer carries the
@@ -171,6 +241,15 @@ class ImageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+        answers the Model itself (AIP-131), as `models.retrieve` expects it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +263,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
+            'GenerateOrStreamHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateOrStreamHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'StreamGenerate': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamGenerate,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateRequest.FromString,
@@ -192,6 +276,16 @@ def add_ImageServiceServicer_to_server(servicer, server):
             'StreamGenerateHttp': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamGenerateHttp,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'EditHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.EditHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'VariationHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.VariationHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetImage': grpc.unary_unary_rpc_method_handler(
@@ -203,6 +297,11 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.FromString,
+                    response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,8 +319,9 @@ class ImageService:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
     JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-    mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-    encodes from those same messages.
+    mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+    is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+    messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -289,6 +389,33 @@ class ImageService:
             _registered_method=True)
 
     @staticmethod
+    def GenerateOrStreamHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/GenerateOrStreamHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.GenerateOrStreamHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StreamGenerate(request,
             target,
             options=(),
@@ -331,6 +458,60 @@ class ImageService:
             target,
             '/aigne.hub.v1.ImageService/StreamGenerateHttp',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.StreamGenerateHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/EditHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.EditHttpRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VariationHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/VariationHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.VariationHttpRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -386,6 +567,33 @@ class ImageService:
             '/aigne.hub.v1.ImageService/ListModels',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/GetModel',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

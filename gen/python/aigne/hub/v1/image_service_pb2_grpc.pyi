@@ -35,8 +35,9 @@ class ImageServiceStub:
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -58,10 +59,24 @@ class ImageServiceStub:
     The response metadata `x-model-served` names the model that produced the images.
     """
     GenerateHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GenerateHttpRequest, _httpbody_pb2.HttpBody]
-    """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-    GenerateRequest; its answer is the JSON form of a GenerateResponse
-    (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-    by the server, and pass through Envoy untouched. gRPC clients call Generate.
+    """GenerateHttp was the REST door of Generate until the door had to stream too (see
+    GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+    no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+    GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+    `b64_json` standard base64). gRPC clients call Generate.
+    """
+    GenerateOrStreamHttp: _grpc.UnaryStreamMultiCallable[_image_service_pb2.GenerateOrStreamHttpRequest, _httpbody_pb2.HttpBody]
+    """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+    body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+    message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+    base64), image bytes encoded once by the server and passed through Envoy untouched.
+    With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+    OpenAI sends them, one message per event: `image_generation.partial_image` and
+    `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+    `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. It streams because one path must
+    answer both ways (an RPC cannot become streaming without breaking its clients, so this
+    RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
     """
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]
     """StreamGenerate is Generate told as it happens: a `progress` event once the request is
@@ -82,6 +97,28 @@ class ImageServiceStub:
     `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
     reads this stream. gRPC clients call StreamGenerate.
     """
+    EditHttp: _grpc.UnaryStreamMultiCallable[_image_service_pb2.EditHttpRequest, _httpbody_pb2.HttpBody]
+    """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+    the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+    one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+    form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+    {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+    It is Generate with source images and a mask: gRPC clients call Generate with `image`
+    and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+    `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+    `image_edit.completed`), one message per event. An error before the first event is an
+    HTTP error with the usual JSON body.
+    """
+    VariationHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.VariationHttpRequest, _httpbody_pb2.HttpBody]
+    """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+    SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+    the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+    edit of that image with a fixed prompt, so it is served by a model that can edit
+    (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+    OpenAI provider is configured, else the local renderer); a model that cannot edit is
+    refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+    clients call Generate with `image` and a prompt of their own.
+    """
     GetImage: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -91,6 +128,11 @@ class ImageServiceStub:
     """ListModels lists every model name this server knows, with its capabilities, its
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
     is also what the openai SDKs' `models.list()` reads.
+    """
+    GetModel: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]
+    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+    answers the Model itself (AIP-131), as `models.retrieve` expects it.
     """
 
 @_typing.type_check_only
@@ -102,8 +144,9 @@ class ImageServiceAsyncStub(ImageServiceStub):
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -122,10 +165,24 @@ class ImageServiceAsyncStub(ImageServiceStub):
     The response metadata `x-model-served` names the model that produced the images.
     """
     GenerateHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GenerateHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
-    """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-    GenerateRequest; its answer is the JSON form of a GenerateResponse
-    (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-    by the server, and pass through Envoy untouched. gRPC clients call Generate.
+    """GenerateHttp was the REST door of Generate until the door had to stream too (see
+    GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+    no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+    GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+    `b64_json` standard base64). gRPC clients call Generate.
+    """
+    GenerateOrStreamHttp: _aio.UnaryStreamMultiCallable[_image_service_pb2.GenerateOrStreamHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+    body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+    message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+    base64), image bytes encoded once by the server and passed through Envoy untouched.
+    With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+    OpenAI sends them, one message per event: `image_generation.partial_image` and
+    `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+    `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+    after it, an `error` event whose data is that body. It streams because one path must
+    answer both ways (an RPC cannot become streaming without breaking its clients, so this
+    RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
     """
     StreamGenerate: _aio.UnaryStreamMultiCallable[_image_service_pb2.StreamGenerateRequest, _image_service_pb2.StreamGenerateResponse]  # type: ignore[assignment]
     """StreamGenerate is Generate told as it happens: a `progress` event once the request is
@@ -146,6 +203,28 @@ class ImageServiceAsyncStub(ImageServiceStub):
     `openai` SDKs: with `base_url` ending in `/api/stream`, `images.generate(stream=True)`
     reads this stream. gRPC clients call StreamGenerate.
     """
+    EditHttp: _aio.UnaryStreamMultiCallable[_image_service_pb2.EditHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+    the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+    one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+    form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+    {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+    It is Generate with source images and a mask: gRPC clients call Generate with `image`
+    and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+    `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+    `image_edit.completed`), one message per event. An error before the first event is an
+    HTTP error with the usual JSON body.
+    """
+    VariationHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.VariationHttpRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+    SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+    the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+    edit of that image with a fixed prompt, so it is served by a model that can edit
+    (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+    OpenAI provider is configured, else the local renderer); a model that cannot edit is
+    refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+    clients call Generate with `image` and a prompt of their own.
+    """
     GetImage: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetImageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """GetImage serves a stored image by the signed URL a `url` answer gave out.
     It needs no API key: the signature is the capability. The answer carries the
@@ -156,6 +235,11 @@ class ImageServiceAsyncStub(ImageServiceStub):
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
     is also what the openai SDKs' `models.list()` reads.
     """
+    GetModel: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]  # type: ignore[assignment]
+    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+    answers the Model itself (AIP-131), as `models.retrieve` expects it.
+    """
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageService creates and edits images with the models of several providers
@@ -165,8 +249,9 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
     - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
     - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
       JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
-      mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
-      encodes from those same messages.
+      mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+      is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+      messages.
 
     Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
     and, for a bad field, google.rpc.BadRequest naming the field.
@@ -195,10 +280,30 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _image_service_pb2.GenerateHttpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
-        """GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-        GenerateRequest; its answer is the JSON form of a GenerateResponse
-        (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-        by the server, and pass through Envoy untouched. gRPC clients call Generate.
+        """GenerateHttp was the REST door of Generate until the door had to stream too (see
+        GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+        no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+        GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+        `b64_json` standard base64). gRPC clients call Generate.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateOrStreamHttp(
+        self,
+        request: _image_service_pb2.GenerateOrStreamHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+        body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+        message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+        base64), image bytes encoded once by the server and passed through Envoy untouched.
+        With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+        OpenAI sends them, one message per event: `image_generation.partial_image` and
+        `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+        `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+        after it, an `error` event whose data is that body. It streams because one path must
+        answer both ways (an RPC cannot become streaming without breaking its clients, so this
+        RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
         """
 
     @_abc_1.abstractmethod
@@ -233,6 +338,40 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def EditHttp(
+        self,
+        request: _image_service_pb2.EditHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_httpbody_pb2.HttpBody], _abc.AsyncIterator[_httpbody_pb2.HttpBody]]:
+        """EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+        the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+        one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+        form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+        {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+        It is Generate with source images and a mask: gRPC clients call Generate with `image`
+        and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+        `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+        `image_edit.completed`), one message per event. An error before the first event is an
+        HTTP error with the usual JSON body.
+        """
+
+    @_abc_1.abstractmethod
+    def VariationHttp(
+        self,
+        request: _image_service_pb2.VariationHttpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+        SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+        the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+        edit of that image with a fixed prompt, so it is served by a model that can edit
+        (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+        OpenAI provider is configured, else the local renderer); a model that cannot edit is
+        refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+        clients call Generate with `image` and a prompt of their own.
+        """
+
+    @_abc_1.abstractmethod
     def GetImage(
         self,
         request: _image_service_pb2.GetImageRequest,
@@ -252,6 +391,17 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListModels lists every model name this server knows, with its capabilities, its
         upstream lifecycle, and whether its provider is configured here. Over REST the answer
         is also what the openai SDKs' `models.list()` reads.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _image_service_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_image_service_pb2.Model, _abc.Awaitable[_image_service_pb2.Model]]:
+        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
+        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+        answers the Model itself (AIP-131), as `models.retrieve` expects it.
         """
 
 def add_ImageServiceServicer_to_server(servicer: ImageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

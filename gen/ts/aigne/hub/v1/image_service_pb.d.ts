@@ -61,7 +61,10 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
 
   /**
    * How images come back: `url` (a signed link valid for an hour) or `b64_json`
-   * (the image bytes in the answer). Optional; default `url`.
+   * (the image bytes in the answer). Optional; default: the model's `default_response_format`
+   * in `GET /api/models`, which is `b64_json` for gpt-image models (as OpenAI answers them)
+   * and `url` for the others (the seed's names dall-e-2 and dall-e-3, Gemini, Imagen and
+   * the local renderer). `url` is honoured for gpt-image models too.
    *
    * @generated from field: string response_format = 6;
    */
@@ -122,8 +125,9 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
 
   /**
    * Whether to stream the answer, as OpenAI's API takes it. Optional; default false.
-   * Only the streaming calls (StreamGenerate; REST `POST /api/images/generations:stream`)
-   * stream: Generate refuses `true` with INVALID_ARGUMENT naming the streaming call.
+   * The REST doors `POST /api/images/generations` and `/api/images/edits` then answer
+   * OpenAI's image stream events, and StreamGenerate streams as always; Generate refuses
+   * `true` with INVALID_ARGUMENT naming the streaming call.
    *
    * @generated from field: optional bool stream = 14;
    */
@@ -137,6 +141,26 @@ export declare type GenerateRequest = Message<"aigne.hub.v1.GenerateRequest"> & 
    * @generated from field: optional int32 partial_images = 15;
    */
   partialImages?: number | undefined;
+
+  /**
+   * A mask for an edit: where it is fully transparent (alpha 0) the first image of `image`
+   * is edited; elsewhere it is kept. A PNG with an alpha channel, the size of the first
+   * image, as an `http(s)` URL or base64 (raw or `data:image/png;base64,`). Optional; needs
+   * `image`, and a model that takes masks (`masks` in `GET /api/models`); others refuse
+   * it with INVALID_ARGUMENT naming `mask`.
+   *
+   * @generated from field: string mask = 16;
+   */
+  mask: string;
+
+  /**
+   * How closely an edit keeps the style and features (faces) of its input images: `high`
+   * or `low`, for the models that list it (`input_fidelities` in `GET /api/models`).
+   * Optional; default: the model's own (`low` upstream). Needs `image`.
+   *
+   * @generated from field: string input_fidelity = 17;
+   */
+  inputFidelity: string;
 };
 
 /**
@@ -315,7 +339,7 @@ export declare type TokenDetails = Message<"aigne.hub.v1.TokenDetails"> & {
 export declare const TokenDetailsSchema: GenMessage<TokenDetails>;
 
 /**
- * GenerateHttpRequest carries the raw JSON body of `POST /api/images/generations`.
+ * GenerateHttpRequest carries the raw JSON body of a generation (GenerateHttp).
  *
  * @generated from message aigne.hub.v1.GenerateHttpRequest
  */
@@ -333,6 +357,26 @@ export declare type GenerateHttpRequest = Message<"aigne.hub.v1.GenerateHttpRequ
  * Use `create(GenerateHttpRequestSchema)` to create a new message.
  */
 export declare const GenerateHttpRequestSchema: GenMessage<GenerateHttpRequest>;
+
+/**
+ * GenerateOrStreamHttpRequest carries the raw JSON body of `POST /api/images/generations`.
+ *
+ * @generated from message aigne.hub.v1.GenerateOrStreamHttpRequest
+ */
+export declare type GenerateOrStreamHttpRequest = Message<"aigne.hub.v1.GenerateOrStreamHttpRequest"> & {
+  /**
+   * The HTTP body: a GenerateRequest in its JSON form. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.GenerateOrStreamHttpRequest.
+ * Use `create(GenerateOrStreamHttpRequestSchema)` to create a new message.
+ */
+export declare const GenerateOrStreamHttpRequestSchema: GenMessage<GenerateOrStreamHttpRequest>;
 
 /**
  * StreamGenerateRequest asks for a generation whose progress is streamed.
@@ -613,6 +657,66 @@ export declare type StreamGenerateHttpRequest = Message<"aigne.hub.v1.StreamGene
  * Use `create(StreamGenerateHttpRequestSchema)` to create a new message.
  */
 export declare const StreamGenerateHttpRequestSchema: GenMessage<StreamGenerateHttpRequest>;
+
+/**
+ * EditHttpRequest carries the raw body of `POST /api/images/edits`.
+ *
+ * @generated from message aigne.hub.v1.EditHttpRequest
+ */
+export declare type EditHttpRequest = Message<"aigne.hub.v1.EditHttpRequest"> & {
+  /**
+   * The HTTP body: a multipart form or a JSON object, as its `content_type` says. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.EditHttpRequest.
+ * Use `create(EditHttpRequestSchema)` to create a new message.
+ */
+export declare const EditHttpRequestSchema: GenMessage<EditHttpRequest>;
+
+/**
+ * VariationHttpRequest carries the raw body of `POST /api/images/variations`.
+ *
+ * @generated from message aigne.hub.v1.VariationHttpRequest
+ */
+export declare type VariationHttpRequest = Message<"aigne.hub.v1.VariationHttpRequest"> & {
+  /**
+   * The HTTP body: a multipart form, as its `content_type` says. Required.
+   *
+   * @generated from field: google.api.HttpBody body = 1;
+   */
+  body?: HttpBody | undefined;
+};
+
+/**
+ * Describes the message aigne.hub.v1.VariationHttpRequest.
+ * Use `create(VariationHttpRequestSchema)` to create a new message.
+ */
+export declare const VariationHttpRequestSchema: GenMessage<VariationHttpRequest>;
+
+/**
+ * GetModelRequest names one model.
+ *
+ * @generated from message aigne.hub.v1.GetModelRequest
+ */
+export declare type GetModelRequest = Message<"aigne.hub.v1.GetModelRequest"> & {
+  /**
+   * The model's name, as clients send it in `model`, e.g. `gpt-image-2`. Required.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message aigne.hub.v1.GetModelRequest.
+ * Use `create(GetModelRequestSchema)` to create a new message.
+ */
+export declare const GetModelRequestSchema: GenMessage<GetModelRequest>;
 
 /**
  * GetImageRequest names a stored image and carries the signature of its URL.
@@ -901,6 +1005,28 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
    * @generated from field: bool partial_images = 29;
    */
   partialImages: boolean;
+
+  /**
+   * The `response_format` a request for this model gets when it names none: `url`, or
+   * `b64_json` for gpt-image models. Always set.
+   *
+   * @generated from field: string default_response_format = 30;
+   */
+  defaultResponseFormat: string;
+
+  /**
+   * Whether edits of this model take a `mask`.
+   *
+   * @generated from field: bool masks = 31;
+   */
+  masks: boolean;
+
+  /**
+   * Accepted `input_fidelity` values for edits; empty when the model takes none.
+   *
+   * @generated from field: repeated string input_fidelities = 32;
+   */
+  inputFidelities: string[];
 };
 
 /**
@@ -1029,8 +1155,9 @@ export declare const SizeRuleSchema: GenMessage<SizeRule>;
  * - gRPC: call Generate with the generated stubs (metadata `authorization: Bearer <key>`).
  * - REST JSON: `POST /api/images/generations` through Envoy, whose body is the proto3
  *   JSON mapping of GenerateRequest (snake_case names) and whose answer is the JSON
- *   mapping of GenerateResponse. It is bound to GenerateHttp, which decodes into and
- *   encodes from those same messages.
+ *   mapping of GenerateResponse, or with `stream: true` OpenAI's image stream events. It
+ *   is bound to GenerateOrStreamHttp, which decodes into and encodes from those same
+ *   messages.
  *
  * Errors are google.rpc.Status with google.rpc.ErrorInfo (reason, domain "aigne.dev")
  * and, for a bad field, google.rpc.BadRequest naming the field.
@@ -1057,16 +1184,37 @@ export declare const ImageService: GenService<{
     output: typeof GenerateResponseSchema;
   },
   /**
-   * GenerateHttp is the REST door of Generate. Its body is the JSON form of a
-   * GenerateRequest; its answer is the JSON form of a GenerateResponse
-   * (`created` a number, `b64_json` standard base64). Image bytes are encoded once,
-   * by the server, and pass through Envoy untouched. gRPC clients call Generate.
+   * GenerateHttp was the REST door of Generate until the door had to stream too (see
+   * GenerateOrStreamHttp, which now owns `POST /api/images/generations`); it is kept, with
+   * no HTTP binding, for gRPC callers that use it. Its body is the JSON form of a
+   * GenerateRequest; its answer is the JSON form of a GenerateResponse (`created` a number,
+   * `b64_json` standard base64). gRPC clients call Generate.
    *
    * @generated from rpc aigne.hub.v1.ImageService.GenerateHttp
    */
   generateHttp: {
     methodKind: "unary";
     input: typeof GenerateHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * GenerateOrStreamHttp is the REST door of Generate, `POST /api/images/generations`. Its
+   * body is the JSON form of a GenerateRequest. Without `stream: true` the answer is one
+   * message: the JSON form of a GenerateResponse (`created` a number, `b64_json` standard
+   * base64), image bytes encoded once by the server and passed through Envoy untouched.
+   * With `stream: true` (and `partial_images` 0 to 3) the answer is Server-Sent Events as
+   * OpenAI sends them, one message per event: `image_generation.partial_image` and
+   * `image_generation.completed` (`image_edit.*` when the request gives `image`), always
+   * `b64_json`. An error before the first event is an HTTP error with the usual JSON body;
+   * after it, an `error` event whose data is that body. It streams because one path must
+   * answer both ways (an RPC cannot become streaming without breaking its clients, so this
+   * RPC is new and GenerateHttp stays). gRPC clients call Generate or StreamGenerate.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.GenerateOrStreamHttp
+   */
+  generateOrStreamHttp: {
+    methodKind: "server_streaming";
+    input: typeof GenerateOrStreamHttpRequestSchema;
     output: typeof HttpBodySchema;
   },
   /**
@@ -1103,6 +1251,42 @@ export declare const ImageService: GenService<{
     output: typeof HttpBodySchema;
   },
   /**
+   * EditHttp is the REST door of edits, `POST /api/images/edits` as OpenAI defines it, for
+   * the `openai` SDKs' `images.edit`: a `multipart/form-data` body (`image` or `image[]`,
+   * one to 16 files; an optional `mask` file; every other field of GenerateRequest as a
+   * form field) or OpenAI's JSON form (`images: [{"image_url": ...}]`, `mask:
+   * {"image_url": ...}`, the other fields as in GenerateRequest; a `file_id` is refused).
+   * It is Generate with source images and a mask: gRPC clients call Generate with `image`
+   * and `mask`. The answer is Generate's JSON (one message, `application/json`), or with
+   * `stream: true` Server-Sent Events as OpenAI sends them (`image_edit.partial_image`,
+   * `image_edit.completed`), one message per event. An error before the first event is an
+   * HTTP error with the usual JSON body.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.EditHttp
+   */
+  editHttp: {
+    methodKind: "server_streaming";
+    input: typeof EditHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * VariationHttp is `POST /api/images/variations` as OpenAI defines it, for the `openai`
+   * SDKs' `images.create_variation`: a `multipart/form-data` body with one `image` file and
+   * the text fields `model`, `n`, `size`, `response_format` and `user`. A variation is an
+   * edit of that image with a fixed prompt, so it is served by a model that can edit
+   * (`edits` in `GET /api/models`; default: the server's default model, dall-e-2 where an
+   * OpenAI provider is configured, else the local renderer); a model that cannot edit is
+   * refused with INVALID_ARGUMENT naming `model`. The answer is Generate's JSON. gRPC
+   * clients call Generate with `image` and a prompt of their own.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.VariationHttp
+   */
+  variationHttp: {
+    methodKind: "unary";
+    input: typeof VariationHttpRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * GetImage serves a stored image by the signed URL a `url` answer gave out.
    * It needs no API key: the signature is the capability. The answer carries the
    * image bytes with their `Content-Type`.
@@ -1125,6 +1309,18 @@ export declare const ImageService: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * GetModel describes one model name as ListModels does; over REST it is what the `openai`
+   * SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
+   * answers the Model itself (AIP-131), as `models.retrieve` expects it.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.GetModel
+   */
+  getModel: {
+    methodKind: "unary";
+    input: typeof GetModelRequestSchema;
+    output: typeof ModelSchema;
   },
 }>;
 

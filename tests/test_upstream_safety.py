@@ -1,0 +1,123 @@
+"""What an upstream says cannot hurt us: an answer that carries a `url` goes through the
+source images' guard and limits (the allowlisted image host passes, loopback elsewhere is
+refused unfetched), and a credential an upstream quotes back is masked on both doors and
+never reaches the server's log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+import structlog
+
+from aigne.hub.v1 import image_service_pb2 as pb
+from service.errors import KnownSecrets
+from service.ops import logs
+from tests.conftest import GRPC_AUTH, ImageHost, http_client, provider_env, stub_of
+from tests.fakes.google_fake import FakeGoogle, google_error
+from tests.fakes.openai_fake import FakeOpenAI, error
+from tests.fakes.server import Reply
+from tests.stack import Stack
+from tests.test_bad_input import assert_error
+
+GENERATIONS = "/api/images/generations"
+HEX_KEY = "3f9a1c0b7e2d4a6f8b1c3e5d7f9a0b2c4d6e8f1a"  # no prefix a pattern would know
+GSK_KEY = "gsk_Zq81LmW0pXc4Rt7Yb2Nv6Hd9Ks3Jf5Ga"
+
+
+def url_answer(url: str) -> Reply:
+    return Reply(200, {"created": 1, "data": [{"url": url}]})
+
+
+def test_url_answer_on_the_allowed_image_host_is_fetched(provider_rest: httpx.Client,
+                                                         fakes) -> None:
+    fake_openai, _, host = fakes
+    fake_openai.script("generations", url_answer(f"{host.url}/64x64.png"))
+    answer = provider_rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x",
+                                                   "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    assert [r.route for r in host.received] == ["64x64.png"]
+
+
+@pytest.mark.parametrize("where", ["loopback", "redirect"])
+def test_url_answer_pointing_at_loopback_is_refused_unfetched(provider_rest: httpx.Client,
+                                                              fakes, where: str) -> None:
+    fake_openai, _, host = fakes
+    # The fake OpenAI itself: on 127.0.0.1, but not on the image host allowlist.
+    forbidden = f"{fake_openai.url}/v1/images/generations"
+    if where == "redirect":  # an allowed host that sends us on to it
+        host.script("bounce.png", Reply(302, raw=b"", headers={"location": forbidden}))
+    fake_openai.script("generations", url_answer(
+        forbidden if where == "loopback" else f"{host.url}/bounce.png"))
+    error_body = assert_error(provider_rest.post(GENERATIONS, json={
+        "model": "gpt-image-2", "prompt": "x"}), 502, None, "upstream_image_url_forbidden")
+    assert "did not fetch" in error_body["message"]
+    assert str(fake_openai.port) not in error_body["message"], "the URL is not repeated"
+    assert [r.method for r in fake_openai.received] == ["POST"]  # the generation alone
+
+
+@pytest.fixture(scope="module")
+def echo_stack(tmp_path_factory: pytest.TempPathFactory, image_host: ImageHost
+               ) -> Iterator[tuple[Stack, FakeOpenAI, FakeGoogle]]:
+    """Upstreams whose keys no pattern knows: a hex key (OpenAI) and a `gsk_` key (Google)."""
+    openai_fake, google_fake = FakeOpenAI(api_key=HEX_KEY).start(), FakeGoogle().start()
+    google_fake.api_key = GSK_KEY
+    try:
+        with Stack(tmp_path_factory.mktemp("echo"),
+                   provider_env(openai_fake, google_fake, image_host)) as running:
+            yield running, openai_fake, google_fake
+    finally:
+        openai_fake.stop()
+        google_fake.stop()
+
+
+def quoting_the_key(fake: FakeOpenAI | FakeGoogle, key: str) -> None:
+    """The next two calls fail with an error that quotes the key they were sent."""
+    if isinstance(fake, FakeOpenAI):
+        reply = error(400, f"Invalid 'quality' for the key {key}.", param="quality",
+                      code="invalid_value")
+        fake.script("generations", reply, reply)
+    else:
+        reply = google_error(400, "INVALID_ARGUMENT", f"Request with key {key} is invalid.")
+        fake.script("generateContent", reply, reply)
+
+
+@pytest.mark.parametrize(("model", "key"), [("gpt-image-2", HEX_KEY),
+                                            ("gemini-3.1-flash-image", GSK_KEY)])
+def test_a_quoted_credential_is_masked_on_both_doors_and_in_the_log(echo_stack, model: str,
+                                                                   key: str) -> None:
+    stack, openai_fake, google_fake = echo_stack
+    quoting_the_key(openai_fake if model.startswith("gpt") else google_fake, key)
+    before = len(stack.log_lines())
+    with http_client(stack) as rest:
+        body = assert_error(rest.post(GENERATIONS, json={"model": model, "prompt": "x"}), 400,
+                            "quality" if model.startswith("gpt") else None,
+                            "upstream_invalid_request")
+    assert key not in body["message"] and "***" in body["message"], body
+    for stub in stub_of(stack, "server"):
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Generate(pb.GenerateRequest(model=model, prompt="x"), metadata=GRPC_AUTH,
+                          timeout=30)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert key not in (failed.value.details() or "") and "***" in (failed.value.details() or "")
+    assert key not in str(failed.value.trailing_metadata())
+    logged = "\n".join(str(line) for line in stack.log_lines()[before:])
+    assert logged and key not in logged
+
+
+def test_the_log_masks_every_known_credential(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever carries a credential into a log line (an upstream's words, a traceback), the
+    line leaves with it masked."""
+    secrets = KnownSecrets([HEX_KEY])
+    logs.configure("INFO", secrets)
+    try:
+        secrets.update([GSK_KEY, "short"])  # learnt later, as the router reads deployments
+        structlog.get_logger("test").warning("upstream said", message=f"bad key {HEX_KEY}",
+                                             other=f"and {GSK_KEY}; short stays")
+        line = capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()
+    assert HEX_KEY not in line and GSK_KEY not in line, line
+    assert "bad key ***" in line and "and ***; short stays" in line
