@@ -23,10 +23,14 @@ from service.accounting.keys import KeyStore
 from service.accounting.quotas import Quotas
 from service.accounting.usage import UsageRecorder
 from service.catalog.models import load_registry
+from service.config import Settings
 from service.contract import json_codec
 from service.contract.images import image_request
+from service.errors import KnownSecrets
 from service.generation import validation
+from service.net.fetch import GuardedFetcher, image_fetch_limits
 from service.ops.metrics import Metrics
+from service.providers.base import ProviderDeps
 from service.providers.imaging import verified_mime_type
 from service.providers.openai import OpenAIProvider
 from service.routing.deployments import Deployment
@@ -81,9 +85,10 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
                          reserve_and_record - results[-1][1]))
         await engine.dispose()
 
+    deps = ProviderDeps(GuardedFetcher(image_fetch_limits(Settings())), KnownSecrets())
     provider = OpenAIProvider.build(
         Deployment(id="bench", name="bench", kind="openai", base_url=f"{provider_url}/v1"),
-        provider_key)
+        provider_key, deps)
     registry = load_registry(None)
     request = json_codec.decode(BODY, pb.GenerateRequest)
     job = validation.plan(image_request(request), registry.route(request.model)).job
