@@ -33,9 +33,11 @@ def image_request(request: pb.GenerateRequest) -> ImageRequest:
         mask=request.mask or None, input_fidelity=request.input_fidelity)
 
 
-def generate_response(answer: Answer) -> pb.GenerateResponse:
+def generate_response(answer: Answer, *, with_bytes: bool = True) -> pb.GenerateResponse:
+    """`answer` as a GenerateResponse; `with_bytes` False leaves the `b64_json` images'
+    bytes out (the wire writer puts them in: response_and_payloads)."""
     return pb.GenerateResponse(
-        created=answer.created, data=[image(i) for i in answer.data],
+        created=answer.created, data=[image(i, with_bytes=with_bytes) for i in answer.data],
         usage=image_usage(answer.usage), output_format=answer.output_format,
         background=answer.background or "")
 
@@ -44,19 +46,15 @@ def response_and_payloads(answer: Answer
                           ) -> tuple[pb.GenerateResponse, list[bytes | None]]:
     """`answer` as a GenerateResponse without its images' bytes, and those bytes (None for
     `url` images): for service/rpc/wire.py, which writes each answer once."""
-    response = pb.GenerateResponse(
-        created=answer.created, usage=image_usage(answer.usage),
-        output_format=answer.output_format, background=answer.background or "",
-        data=[pb.Image(revised_prompt=i.revised_prompt or "") if i.b64_json is not None
-              else pb.Image(url=i.url or "", revised_prompt=i.revised_prompt or "")
-              for i in answer.data])
-    return response, [i.b64_json for i in answer.data]
+    return generate_response(answer, with_bytes=False), [i.b64_json for i in answer.data]
 
 
-def image(value: AnswerImage) -> pb.Image:
-    if value.b64_json is not None:
-        return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt or "")
-    return pb.Image(url=value.url or "", revised_prompt=value.revised_prompt or "")
+def image(value: AnswerImage, *, with_bytes: bool = True) -> pb.Image:
+    if value.b64_json is None:
+        return pb.Image(url=value.url or "", revised_prompt=value.revised_prompt or "")
+    if not with_bytes:
+        return pb.Image(revised_prompt=value.revised_prompt or "")
+    return pb.Image(b64_json=value.b64_json, revised_prompt=value.revised_prompt or "")
 
 
 def image_usage(usage: TokenUsage | None) -> pb.ImageUsage | None:

@@ -51,20 +51,6 @@ def serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], byte
     return write
 
 
-def detach_images(response: pb.GenerateResponse
-                  ) -> tuple[pb.GenerateResponse, list[bytes | None]]:
-    """`response` without its `b64_json` bytes, and those bytes (None for `url` images),
-    taken out one image at a time."""
-    payloads: list[bytes | None] = []
-    for image in response.data:
-        if image.WhichOneof("content") == "b64_json":
-            payloads.append(image.b64_json)
-            image.ClearField("b64_json")
-        else:
-            payloads.append(None)
-    return response, payloads
-
-
 def grpc_answer(response: pb.GenerateResponse, payloads: Sequence[bytes | None]) -> Wire:
     """`response` with `payloads[i]` as the `b64_json` bytes of `response.data[i]` (which
     holds everything else of that image), as GenerateResponse wire bytes."""
