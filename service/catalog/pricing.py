@@ -40,6 +40,13 @@ class TokenUsage:
             self.output_image + other.output_image,
         )
 
+    @property
+    def inputs(self) -> int:
+        return self.input_text + self.input_image
+
+    @property
+    def outputs(self) -> int:
+        return self.output_text + self.output_image
 
 
 class TokenRates(BaseModel):

@@ -60,8 +60,7 @@ def image(value: AnswerImage, *, with_bytes: bool = True) -> pb.Image:
 def image_usage(usage: TokenUsage | None) -> pb.ImageUsage | None:
     if usage is None:
         return None
-    inputs = usage.input_text + usage.input_image
-    outputs = usage.output_text + usage.output_image
+    inputs, outputs = usage.inputs, usage.outputs
     return pb.ImageUsage(
         total_tokens=inputs + outputs, input_tokens=inputs, output_tokens=outputs,
         input_tokens_details=pb.TokenDetails(text_tokens=usage.input_text,

@@ -83,8 +83,7 @@ def _usage_json(usage: TokenUsage | None) -> dict[str, Any] | None:
     values left out), the form kept answers have always had."""
     if usage is None:
         return None
-    inputs = usage.input_text + usage.input_image
-    outputs = usage.output_text + usage.output_image
+    inputs, outputs = usage.inputs, usage.outputs
     shape: dict[str, Any] = {
         "total_tokens": inputs + outputs, "input_tokens": inputs, "output_tokens": outputs,
         "input_tokens_details": {"text_tokens": usage.input_text,
