@@ -25,7 +25,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import ApiKeyRow, Database, KeyGenerationRow, utcnow
+from service.db import ApiKeyRow, Database, KeyGenerationRow, rows_changed, utcnow
 from service.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 TOKEN_PREFIX = "ahk-"  # noqa: S105 - a marker, not a secret
@@ -210,7 +210,7 @@ class KeyStore:
         async def revoke_them(session: AsyncSession) -> int:
             revoked = await session.execute(
                 update(ApiKeyRow).where(*unconfigured).values(revoked_at=utcnow()))
-            count = int(revoked.rowcount or 0)  # type: ignore[attr-defined]
+            count = rows_changed(revoked)
             if count:
                 await _changed(session)
             return count

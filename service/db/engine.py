@@ -130,6 +130,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def rows_changed(result: object) -> int:
+    """The rows a write statement changed (its result, from a session's `execute`, is typed
+    as a plain Result, which does not say it has `rowcount`)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def to_the_end(work: Awaitable[T]) -> T:
     """Await `work` to its end even when the caller is cancelled meanwhile; the
     cancellation then lands at the caller's next await, once what `work` returned is in

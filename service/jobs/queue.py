@@ -12,7 +12,7 @@ from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.accounting.quotas import Reservation
-from service.db import Database, JobRow, utcnow
+from service.db import Database, JobRow, rows_changed, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 PENDING, DELIVERED = "pending", "delivered"
@@ -79,7 +79,7 @@ class JobQueue:
             taken = await session.execute(
                 update(JobRow).where(JobRow.id == job_id, _claimable(now))
                 .values(owner=self.instance, lease_until=now + self._lease))
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
+            if rows_changed(taken) != 1:
                 return None
             return await session.get(JobRow, job_id)
 
@@ -91,7 +91,7 @@ class JobQueue:
             renewed = await session.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.owner == self.instance)
                 .values(lease_until=utcnow() + self._lease))
-            return int(renewed.rowcount or 0)  # type: ignore[attr-defined]
+            return rows_changed(renewed)
 
         return await self._db.write(renew) == 1
 
@@ -117,7 +117,7 @@ class JobQueue:
         async def end_it(session: AsyncSession) -> JobRow:
             ended = await session.execute(update(JobRow).where(
                 JobRow.id == row.id, JobRow.owner == self.instance).values(**values))
-            if ended.rowcount != 1:  # type: ignore[attr-defined]
+            if rows_changed(ended) != 1:
                 raise ClaimLost(row.id)
             await settle(session)
             return (await session.scalars(select(JobRow).where(JobRow.id == row.id))).one()

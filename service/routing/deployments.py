@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.catalog.deployments import KINDS, Credential, Deployment
 from service.config import Settings
-from service.db import CredentialRow, Database, DeploymentRow, utcnow
+from service.db import CredentialRow, Database, DeploymentRow, rows_changed, utcnow
 from service.errors import Conflict, InvalidArgument, NotFound
 from service.routing.secretbox import SecretBox
 
@@ -112,7 +112,7 @@ class DeploymentStore:
                                   .where(CredentialRow.deployment_id == deployment_id))
             done = await session.execute(delete(DeploymentRow)
                                          .where(DeploymentRow.id == deployment_id))
-            return _count(done)
+            return rows_changed(done)
 
         done = await self._db.write(remove)
         if not done:
@@ -149,7 +149,7 @@ class DeploymentStore:
         async def change(session: AsyncSession) -> tuple[int, CredentialRow | None]:
             done = await session.execute(update(CredentialRow)
                                          .where(CredentialRow.id == credential_id).values(**values))
-            return _count(done), await session.get(CredentialRow, credential_id)
+            return rows_changed(done), await session.get(CredentialRow, credential_id)
 
         done, row = await self._db.write(change)
         if not done or row is None:
@@ -161,7 +161,7 @@ class DeploymentStore:
         async def remove(session: AsyncSession) -> int:
             done = await session.execute(delete(CredentialRow)
                                          .where(CredentialRow.id == credential_id))
-            return _count(done)
+            return rows_changed(done)
 
         done = await self._db.write(remove)
         if not done:
@@ -211,7 +211,7 @@ class DeploymentStore:
                 done = await session.execute(update(DeploymentRow)
                                              .where(DeploymentRow.id == deployment_id)
                                              .values(**values))
-                return _count(done)
+                return rows_changed(done)
 
             done = await self._db.write(change)
         except IntegrityError:
@@ -256,8 +256,3 @@ def _check(deployment: Deployment) -> None:
 
 def cooldown(seconds: float) -> datetime:
     return utcnow() + timedelta(seconds=seconds)
-
-
-def _count(result: object) -> int:
-    """The rows a statement changed."""
-    return int(getattr(result, "rowcount", 0) or 0)
