@@ -92,7 +92,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
     registry = load_registry(None)
     request = json_codec.decode(BODY, pb.GenerateRequest)
     job = validation.plan(image_request(request), registry.route(request.model)).job
-    results.append(("upstream call, openai SDK, raw answer + orjson (OpenAIProvider)",
+    results.append(("upstream call, the SDK's request on bare aiohttp (OpenAIProvider)",
                     await cpu_micros(lambda: provider.generate(job))))
     await provider.aclose()
     results.append(("upstream call, openai SDK with its response models (images.generate)",

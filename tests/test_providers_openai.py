@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 
 import grpc
 import httpx
+import openai
 import pytest
 
 from aigne.hub.v1 import image_service_pb2 as pb
@@ -57,6 +58,22 @@ def test_gpt_image_2_through_the_openai_sdk(provider_stack: Stack, fakes) -> Non
     assert result.usage is not None and result.usage.output_tokens > 0
     assert result.usage.input_tokens_details.text_tokens > 0
     assert result.output_format == "webp"
+
+
+def test_the_upstream_gets_the_sdks_own_request(rest: httpx.Client, fakes) -> None:
+    """Generations go out on a bare aiohttp session (providers/openai_wire.py), with the
+    request the `openai` SDK builds: its auth, its headers, our request id, plain JSON."""
+    answer = rest.post("/api/images/generations", json={
+        "model": "gpt-image-2", "prompt": "a fox", "response_format": "b64_json"},
+        headers={"x-request-id": "req-sdk-headers-1"})
+    assert answer.status_code == 200, answer.text
+    sent = fakes[0].requests_to("generations")[-1]
+    assert sent.headers["authorization"] == f"Bearer {fakes[0].api_key}"
+    assert sent.headers["user-agent"] == f"AsyncOpenAI/Python {openai.__version__}"
+    assert sent.headers["x-stainless-lang"] == "python"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["x-request-id"] == "req-sdk-headers-1"
+    assert sent.json["model"] == "gpt-image-2" and sent.json["prompt"] == "a fox"
 
 
 def test_gpt_image_2_url_answer_is_served_from_our_store(rest: httpx.Client,

@@ -2,12 +2,13 @@
 base URL (AsyncOpenAI), and Azure OpenAI (AsyncAzureOpenAI: endpoint, API version, and a
 deployment name per model from the deployment's `model_map`).
 
-Generations go to `images.generate`; a job with source images goes to `images.edit`
-(multipart: one file as `image`, several as `image[]`, and the `mask`); the raw answer is read
-by openai_answer.py beside this module. The SDK's own retries are off: the service retries in
+Generations are the SDK's `/images/generations` request, built by the SDK once and sent on a
+bare aiohttp session (openai_wire.py); streamed ones go to `images.generate`; a job with
+source images goes to `images.edit` (multipart: one file as `image`, several as `image[]`,
+and the `mask`); the raw answer is read by openai_answer.py beside this module. The SDK's own retries are off: the service retries in
 one place, the router (service/routing/router.py), which moves on to the next deployment
 and goes round again. Every SDK error is mapped to a HubError here (`hub_error`; `generate`
-maps the few that are not APIErrors), and nothing outside this module sees the SDK.
+maps the few that are not APIErrors), and nothing outside these modules sees the SDK.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.net.fetch import FetchFailed
 from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
 from service.providers.imaging import verified_mime_type
 from service.providers.openai_answer import _decode, _json, token_usage, url_answer_error
+from service.providers.openai_wire import JsonPoster
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
@@ -56,6 +58,7 @@ class OpenAIProvider:
         self._fetcher = deps.fetcher  # `url` answers: the source images' guard and limits
         self._secrets = deps.secrets
         self._model_map = model_map or {}
+        self._poster = JsonPoster(client, connections=UPSTREAM_CONNECTIONS)
 
     @classmethod
     def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> OpenAIProvider:
@@ -91,12 +94,11 @@ class OpenAIProvider:
                     **edit_args(job, model), **options)
                 content = raw.http_response.content
             else:
-                # The SDK's own POST (its auth, Azure's paths, its errors), without the
-                # typed-params transform that `images.generate` runs on every call (about a
-                # third of the SDK's CPU per call, docs/performance.md): these are plain JSON.
-                content = (await self._client.post(
-                    "/images/generations", body=generate_args(job, model),
-                    cast_to=httpx2.Response, options=_request_options(options))).content
+                # The SDK's request (its auth, Azure's paths, its errors), prepared once and
+                # sent on a bare aiohttp session: openai_wire.py.
+                content = await self._poster.post(
+                    "/images/generations", generate_args(job, model),
+                    seconds=options["timeout"], headers=options.get("extra_headers", {}))
             body = _json(content)
             made = await self._images(body, job)
         except openai.APIError as exc:
@@ -170,15 +172,8 @@ class OpenAIProvider:
         return await self._fetcher.fetch(url)
 
     async def aclose(self) -> None:
+        await self._poster.aclose()
         await self._client.close()
-
-
-def _request_options(options: dict[str, Any]) -> Any:
-    """`timeout` and `extra_headers` as the SDK's RequestOptions."""
-    request: dict[str, Any] = {"timeout": options["timeout"]}
-    if "extra_headers" in options:
-        request["headers"] = options["extra_headers"]
-    return request
 
 
 def generate_args(job: ImageJob, model: str) -> dict[str, Any]:
