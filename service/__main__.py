@@ -33,7 +33,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -45,7 +47,7 @@ from service.cli import keys as cli
 from service.config import Settings
 from service.errors import HubError, KnownSecrets
 from service.ops import envoy, envoy_edges, logs, ports, replicas
-from service.server import Hub, create_server, serve
+from service.server import Hub, create_server, log_serving, serve
 
 log = structlog.get_logger("aigne.hub")
 ENVOY_FLUSH_SECONDS = 0.5  # at least this long for Envoy to write answers just sent
@@ -77,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 1
     if args.command == "serve":
-        asyncio.run(serve(settings, secrets))
+        in_loop(settings, serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
-        asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
+        in_loop(settings, replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
-        return asyncio.run(run(settings, secrets))
+        return in_loop(settings, run(settings, secrets))
     elif args.command == "envoy-config":
         print(json.dumps(envoy_edges.sds_files(settings)) if args.sds else envoy.render(settings))
     else:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                    "deployments": deployments_cli.deployments_command,
                    "credentials": deployments_cli.credentials_command}[args.command]
         try:
-            return asyncio.run(command(settings, args))
+            return in_loop(settings, command(settings, args))
         except Exception as exc:  # a HubError, or a database that cannot do its part
             error = exc if isinstance(exc, HubError) else db.hub_error(exc)
             if error is None:
@@ -97,6 +99,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error.message}", file=sys.stderr)
             return 1
     return 0
+
+
+T = TypeVar("T")
+
+
+def in_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """`main` run to its end on the configured event loop (AIGNE_HUB_EVENT_LOOP): uvloop
+    where it is installed (not on Windows), else asyncio's own."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+            factory = uvloop.new_event_loop
+        except ImportError:  # no uvloop for this platform
+            factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 async def run(settings: Settings, secrets: KnownSecrets | None = None) -> int:
@@ -114,6 +133,7 @@ async def run(settings: Settings, secrets: KnownSecrets | None = None) -> int:
             print("error: Envoy did not start: see its log above", file=sys.stderr)
             return 1
         key_note = await ensure_first_key(hub.parts.keys, settings)
+        log_serving(settings, hub)
         print(f"\nAIGNE Hub image service\n"
               f"  REST  POST {settings.edge_url}/api/images/generations\n"
               f"  Console  {settings.edge_url}/console/\n"

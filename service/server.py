@@ -270,10 +270,15 @@ def add_servicers(server: grpc.aio.Server, settings: Settings, parts: Parts) -> 
         database=parts.database, store=storage.store, admission=parts.admission), server)
 
 
+def log_serving(settings: Settings, hub: Hub) -> None:
+    log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model,
+             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+
 async def serve(settings: Settings, secrets: KnownSecrets | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
     hub = await create_server(settings, secrets)
-    log.info("serving", grpc=f"{settings.host}:{hub.port}", default_model=hub.default_model)
+    log_serving(settings, hub)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

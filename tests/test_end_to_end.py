@@ -19,7 +19,7 @@ from PIL import Image
 from aigne.hub.v1 import image_service_pb2 as pb
 from tests.conftest import GRPC_AUTH, open_image
 from tests.openai_schema import IMAGES_RESPONSE
-from tests.stack import Stack
+from tests.stack import TEST_KEY, Stack
 
 PROMPT = "A photorealistic image of a cat programming on a laptop"
 
@@ -176,3 +176,20 @@ def test_grpc_error_carries_rich_status(stub) -> None:
     assert infos.reason == "INTEGER_ABOVE_MAX_VALUE" and infos.domain == "aigne.dev"
     assert violations.field_violations[0].field == "n"
     assert "x-hub-error" not in dict(error.trailing_metadata() or ()), "REST-only metadata"
+
+
+def test_the_server_runs_on_uvloop_unless_told_otherwise(stack: Stack, tmp_path) -> None:
+    """AIGNE_HUB_EVENT_LOOP: uvloop by default (docs/performance.md), asyncio's own loop
+    when asked; both serve."""
+    [serving] = [line for line in stack.log_lines() if line.get("event") == "serving"]
+    assert serving["event_loop"] == "uvloop"
+    plain = Stack(tmp_path, {"AIGNE_HUB_EVENT_LOOP": "asyncio"}).start()
+    try:
+        [serving] = [line for line in plain.log_lines() if line.get("event") == "serving"]
+        assert serving["event_loop"] == "asyncio"
+        answer = httpx.post(f"{plain.base_url}/api/images/generations", timeout=30,
+                            headers={"Authorization": f"Bearer {TEST_KEY}"},
+                            json={"model": "local", "prompt": PROMPT, "size": "256x256"})
+        assert answer.status_code == 200, answer.text
+    finally:
+        plain.stop()

@@ -5,10 +5,11 @@ deployment name per model from the deployment's `model_map`).
 Generations are the SDK's `/images/generations` request, built by the SDK once and sent on a
 bare aiohttp session (openai_wire.py); streamed ones go to `images.generate`; a job with
 source images goes to `images.edit` (multipart: one file as `image`, several as `image[]`,
-and the `mask`); the raw answer is read by openai_answer.py beside this module. The SDK's own retries are off: the service retries in
-one place, the router (service/routing/router.py), which moves on to the next deployment
-and goes round again. Every SDK error is mapped to a HubError here (`hub_error`; `generate`
-maps the few that are not APIErrors), and nothing outside these modules sees the SDK.
+and the `mask`); the raw answer is read by openai_answer.py beside this module. The SDK's
+own retries are off: the service retries in one place, the router
+(service/routing/router.py), which moves on to the next deployment and goes round again.
+Every SDK error is mapped to a HubError here (`hub_error`; `generate` maps the few that are
+not APIErrors), and nothing outside these modules sees the SDK.
 """
 
 from __future__ import annotations
