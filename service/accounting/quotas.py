@@ -38,30 +38,32 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.accounting.keys import ApiKey
 from service.db import Database, QuotaCounterRow, QuotaReservationRow, utcnow
 from service.db.batch import BatchWriter
+from service.db.hot import hot
 from service.errors import ResourceExhausted
 
 MINUTE, DAY, MONTH = "minute", "day", "month"
 # INSERT ... ON CONFLICT, by database
 INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
-# The statements of every request, built once with bound parameters: building them per call
-# (and through the ORM) cost ~2.5 ms of CPU a reservation (docs/performance.md).
+# The statements of every request, built once with bound parameters (building them per call,
+# and through the ORM, cost ~2.5 ms of CPU a reservation), and hot: on SQLite they run on the
+# batch's cursor (db/hot.py; docs/performance.md).
 COUNTERS = cast(Table, QuotaCounterRow.__table__)
-PAST_MINUTES = delete(COUNTERS).where(
+PAST_MINUTES = hot(delete(COUNTERS).where(
     COUNTERS.c.key_id == bindparam("owner"), COUNTERS.c.period == MINUTE,
-    COUNTERS.c.period_start < bindparam("window_start"))
+    COUNTERS.c.period_start < bindparam("window_start")))
 RESERVATIONS = cast(Table, QuotaReservationRow.__table__)
-REMEMBER = insert(RESERVATIONS).values(
+REMEMBER = hot(insert(RESERVATIONS).values(
     id=bindparam("reservation"), key_id=bindparam("owner"), images=bindparam("images"),
-    windows=bindparam("windows"), expires_at=bindparam("expires_at"))
-FORGET = delete(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("reservation")).returning(
-    RESERVATIONS.c.id)
+    windows=bindparam("windows"), expires_at=bindparam("expires_at")))
+FORGET = hot(delete(RESERVATIONS).where(RESERVATIONS.c.id == bindparam("reservation"))
+             .returning(RESERVATIONS.c.id))
 LAPSED = delete(RESERVATIONS).where(RESERVATIONS.c.expires_at < bindparam("now")).returning(
     RESERVATIONS.c.key_id, RESERVATIONS.c.images, RESERVATIONS.c.windows)
-GIVE_BACK = update(COUNTERS).where(
+GIVE_BACK = hot(update(COUNTERS).where(
     COUNTERS.c.key_id == bindparam("owner"), COUNTERS.c.period == bindparam("window"),
     COUNTERS.c.period_start == bindparam("window_start"),
-).values(used=COUNTERS.c.used - bindparam("unused"))
+).values(used=COUNTERS.c.used - bindparam("unused")))
 
 
 def _claim_statements(insert_of: Any) -> dict[bool, Any]:
@@ -72,12 +74,12 @@ def _claim_statements(insert_of: Any) -> dict[bool, Any]:
         period_start=bindparam("window_start"), used=bindparam("amount"))
     statements = {}
     for limited in (False, True):
-        statements[limited] = insert.on_conflict_do_update(
+        statements[limited] = hot(insert.on_conflict_do_update(
             index_elements=[COUNTERS.c.key_id, COUNTERS.c.period, COUNTERS.c.period_start],
             set_={"used": COUNTERS.c.used + insert.excluded.used},
             where=(COUNTERS.c.used + insert.excluded.used <= bindparam("limit"))
             if limited else None,
-        ).returning(COUNTERS.c.used)
+        ).returning(COUNTERS.c.used))
     return statements
 
 

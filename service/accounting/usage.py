@@ -24,15 +24,16 @@ from service.accounting.charge import Charge
 from service.catalog import pricing
 from service.db import Database, UsageAttemptRow, UsageRecordRow
 from service.db.batch import BatchWriter
+from service.db.hot import hot
 from service.errors import InvalidArgument
 
 log = structlog.get_logger("aigne.hub")
 
 MAX_PAGE_SIZE = 1000
 # Written on every request: Core statements built once (through the ORM's unit of work a
-# record cost ~1 ms more CPU; docs/performance.md).
-ADD_RECORD = insert(cast(Table, UsageRecordRow.__table__)).returning(UsageRecordRow.id)
-ADD_ATTEMPT = insert(cast(Table, UsageAttemptRow.__table__))
+# record cost ~1 ms more CPU), and hot (db/hot.py; docs/performance.md).
+ADD_RECORD = hot(insert(cast(Table, UsageRecordRow.__table__)).returning(UsageRecordRow.id))
+ADD_ATTEMPT = hot(insert(cast(Table, UsageAttemptRow.__table__)))
 DEFAULT_PAGE_SIZE = 100
 
 

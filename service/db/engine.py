@@ -86,6 +86,11 @@ class Database:
         async with self._turn:
             yield
 
+    def writer_idle(self) -> bool:
+        """Whether no writer of this process holds its turn now (a caller that writes
+        without awaiting in between may then go ahead as if it held it)."""
+        return self._turn is None or not self._turn.locked()
+
     async def ping(self) -> None:
         """A round trip to the database (readiness)."""
         async with self.engine.connect() as connection:
