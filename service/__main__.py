@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         asyncio.run(serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
-        asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
+        return asyncio.run(replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
         return asyncio.run(run(settings, secrets))
     elif args.command == "envoy-config":
