@@ -182,7 +182,9 @@ class KnownSecrets:
     SUFFIX_SHOWN = 4  # a suffix echo: this many last characters (OpenAI shows four)
     # What every key of a kind starts with: sk-, sk-proj-, gsk_, Google's AIza.
     _SCHEME = re.compile(r"AIza|[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*[-_]")
-    _ELIDED = re.compile(r"(?P<head>[-\w]*)(?:[*.…]{3,}|[*.]*…[*.…]*)(?P<tail>[-\w]*)")
+    # From a word's start only: linear in the text, however long its words.
+    _ELIDED = re.compile(
+        r"(?<![-\w])(?P<head>[-\w]*)(?:[*.…]{3,}|[*.]*…[*.…]*)(?P<tail>[-\w]*)")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: frozenset[str] = frozenset()
