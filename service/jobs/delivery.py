@@ -54,16 +54,17 @@ class WebhookShares:
     more than half of it, so a key whose receiver is slow (each delivery may take the whole
     AIGNE_HUB_WEBHOOK_TIMEOUT_SECONDS) leaves room for every other key's webhooks."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, delivering: Collection[str]) -> None:
         self.size = size
         self.share = max(1, size // 2)
+        self._delivering = delivering  # the job ids of the deliveries in the pool now
         self._holders: dict[str, str] = {}  # job id -> key id, of the deliveries admitted
 
-    def admit(self, job_id: str, key_id: str, delivering: Collection[str]) -> bool:
-        """Whether the job's delivery may join the pool now (`delivering`: the job ids in
-        it): the pool has room and the key holds less than its share. Remembered if so."""
-        self._holders = {j: k for j, k in self._holders.items() if j in delivering}
-        if len(delivering) >= self.size or sum(
+    def admit(self, job_id: str, key_id: str) -> bool:
+        """Whether the job's delivery may join the pool now: it has room and the key holds
+        less than its share. The job's key is remembered if so."""
+        self._holders = {j: k for j, k in self._holders.items() if j in self._delivering}
+        if len(self._delivering) >= self.size or sum(
                 k == key_id for k in self._holders.values()) >= self.share:
             return False
         self._holders[job_id] = key_id

@@ -1,5 +1,4 @@
-"""Background jobs: generations kept in the database, run by whichever server process
-claims them, and their webhooks.
+"""Background jobs: generations kept in the database, run by any process that claims them.
 
 A job is a row of `image_jobs`. Work on it (running the generation, then delivering the
 webhook) belongs to the process whose claim (`owner`, `lease_until`) holds; the owner
@@ -9,9 +8,7 @@ renews the claim every third of AIGNE_HUB_JOB_LEASE_SECONDS while it works. So:
   (AIGNE_HUB_JOB_CONCURRENCY); otherwise any process's poll takes it up, fairly across
   keys (round-robin: `JobQueue.runnable`), as soon as a slot comes free;
 - its webhook is posted by a pool of its own (AIGNE_HUB_WEBHOOK_CONCURRENCY), the claim
-  handed over with it: a slow receiver never holds a job slot; no key holds more than half
-  the pool, and due webhooks are taken up round-robin across keys
-  (`WebhookShares`, `JobQueue.deliverable`), so a slow receiver delays no other key's;
+  handed over with it: no job slot held, one key in half the pool at most (`WebhookShares`);
 - a stopping process lets its running jobs finish for AIGNE_HUB_JOB_STOP_GRACE_SECONDS,
   then cancels them and hands them back (`queued`, unclaimed): the next start, or another
   process, runs them again from the start;
@@ -114,9 +111,9 @@ class Jobs:
         self._run_seconds = run_seconds
         self._grace = stop_grace_seconds
         self._executor: Executor | None = None
-        self._shares = WebhookShares(webhook_concurrency)
         self._working: dict[str, asyncio.Task[None]] = {}  # the job slots: generations
         self._delivering: dict[str, asyncio.Task[None]] = {}  # the webhook pool
+        self._shares = WebhookShares(webhook_concurrency, self._delivering)
         self._wake = asyncio.Event()  # a slot came free: poll now
         self._loop: asyncio.Task[None] | None = None
 
@@ -181,7 +178,7 @@ class Jobs:
                 self._take_up(await self._queue.runnable(free) if free > 0 else [])
                 free = self._shares.size - len(self._delivering)
                 for job_id, key_id in await self._queue.deliverable(free) if free > 0 else []:
-                    if self._shares.admit(job_id, key_id, self._delivering):
+                    if self._shares.admit(job_id, key_id):
                         self._start(job_id, self._delivering, self._deliver_job(job_id))
             except Exception:  # the database may be away for a moment: poll again
                 log.exception("job poll failed")
@@ -233,8 +230,7 @@ class Jobs:
             # one trace per job run: its steps' spans
             with _tracer.start_as_current_span("job", attributes={"aigne.hub.job_id": row.id}):
                 row = await self._run(row)
-        if row.webhook_status != PENDING or not self._shares.admit(row.id, row.key_id,
-                                                                     self._delivering):
+        if row.webhook_status != PENDING or not self._shares.admit(row.id, row.key_id):
             return False  # nothing to deliver, or no room for its key: a poll takes it up
         self._working.pop(row.id, None)  # the slot is free now; the claim goes with the webhook
         self._wake.set()
