@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         in_loop(settings, serve(settings, secrets))
     elif args.command == "run" and args.replicas > 1:
-        in_loop(settings, replicas.run(settings, args.replicas, ensure_first_key))
+        return in_loop(settings, replicas.run(settings, args.replicas, ensure_first_key))
     elif args.command == "run":
         return in_loop(settings, run(settings, secrets))
     elif args.command == "envoy-config":

@@ -167,13 +167,29 @@ def redact(text: str, secrets: KnownSecrets | None = None) -> str:
 class KnownSecrets:
     """The provider credentials this server holds (every deployment's, the environment's),
     as plain values: masked wherever an upstream's words are passed on, in error bodies and
-    in the log. Shared by the router, which keeps it current, the providers and the log."""
+    in the log. Shared by the router, which keeps it current, the providers and the log.
+
+    Upstreams also quote a key in part, and those echoes are masked too: a token cut by an
+    elision (three or more `*` and `.`, or a `…`) whose visible ends are the ends of one
+    known credential, e.g. `sk-proj-****abcd` (its last `SUFFIX_SHOWN` characters or more
+    after the elision, with nothing or a start of the key before it) or `sk-abc123...` (at
+    least `PREFIX_SHOWN` characters past the key's scheme, such as `sk-`, `sk-proj-` or
+    `AIza`, and `MIN_LENGTH` in all). A scheme alone (`sk-proj-...`) or a shorter end says
+    nothing of the key and stays."""
 
     MIN_LENGTH = 8  # shorter values would mask ordinary words; no real credential is
+    PREFIX_SHOWN = 6  # a prefix echo shows this much of a key beyond its scheme
+    SUFFIX_SHOWN = 4  # a suffix echo: this many last characters (OpenAI shows four)
+    # What every key of a kind starts with: sk-, sk-proj-, gsk_, Google's AIza.
+    _SCHEME = re.compile(r"AIza|[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*[-_]")
+    # From a word's start only: linear in the text, however long its words.
+    _ELIDED = re.compile(
+        r"(?<![-\w])(?P<head>[-\w]*)(?:[*.…]{3,}|[*.]*…[*.…]*)(?P<tail>[-\w]*)")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: frozenset[str] = frozenset()
         self._pattern: re.Pattern[str] | None = None
+        self._shortest_prefix: dict[str, int] = {}
         self.update(values)
 
     def update(self, values: Iterable[str]) -> None:
@@ -183,8 +199,27 @@ class KnownSecrets:
             self._values = frozenset(values)
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            self._shortest_prefix = {v: self._prefix_shown(v) for v in ordered}
+
+    def _prefix_shown(self, value: str) -> int:
+        scheme = self._SCHEME.match(value[:16])
+        return max(self.MIN_LENGTH, (scheme.end() if scheme else 0) + self.PREFIX_SHOWN)
 
     def mask(self, text: str) -> str:
         if self._pattern is None or not text:
             return text
-        return self._pattern.sub("***", text)
+        text = self._pattern.sub("***", text)
+        if "**" in text or ".." in text or "…" in text:
+            text = self._ELIDED.sub(self._masked_echo, text)
+        return text
+
+    def _masked_echo(self, elided: re.Match[str]) -> str:
+        """`***` for an elided token that shows the ends of a known credential."""
+        head, tail = elided.group("head"), elided.group("tail")
+        for value, shortest in self._shortest_prefix.items():
+            if not value.startswith(head):
+                continue
+            if len(head) >= shortest or (len(tail) >= self.SUFFIX_SHOWN
+                                         and value.endswith(tail)):
+                return "***"
+        return elided.group(0)

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.stack import ROOT, SIGNING_SECRET, TEST_KEY, free_port
 
 REPLICA_LINE = re.compile(r"replica (\d+)\s+\S+:(\d+) \(pid (\d+)\)")
+ENVOY_LINE = re.compile(r"\(Envoy, pid (\d+)\)")
 
 
 def free_ports(count: int) -> int:
@@ -116,12 +117,22 @@ class ReplicatedStack:
 
     def pids(self) -> dict[str, int]:
         """Each replica's pid, by its target, as the start-up banner lists them."""
+        return {f"127.0.0.1:{port}": int(pid)
+                for _, port, pid in REPLICA_LINE.findall(self.banner())}
+
+    def envoy_pid(self) -> int:
+        """Envoy's pid, as the start-up banner gives it."""
+        found = ENVOY_LINE.search(self.banner())
+        assert found is not None, self.log_tail()
+        return int(found.group(1))
+
+    def banner(self) -> str:
+        """What this start wrote to the log."""
         if not self.log_path.exists():
-            return {}
+            return ""
         with self.log_path.open("rb") as log:
             log.seek(getattr(self, "_log_start", 0))
-            text = log.read().decode(errors="replace")
-        return {f"127.0.0.1:{port}": int(pid) for _, port, pid in REPLICA_LINE.findall(text)}
+            return log.read().decode(errors="replace")
 
     def children(self) -> list[int]:
         """The processes the stack started (Envoy and the replicas) that are still running."""

@@ -295,6 +295,29 @@ def fresh_stack(request: pytest.FixtureRequest, tmp_path, fake_openai: FakeOpenA
         stack.stop()
 
 
+def test_one_keys_slow_webhook_receiver_does_not_delay_another_keys_webhook(
+        fresh_stack: Hub, fakes, receiver: WebhookReceiver) -> None:
+    """Twelve jobs of one key whose receiver takes 6 s to answer once filled the webhook pool
+    (eight), and another key's webhook waited for a slot; no key holds more than half the
+    pool now. A stack of its own: no other test's deliveries in its pool."""
+    receiver.clear()
+    slow, other = (fresh_stack.create_key(f"{name} {uuid.uuid4().hex[:6]}")
+                   for name in ("slow receiver", "other"))
+    receiver.script("hooks/slow-receiver", *[Reply(204, raw=b"", delay=6)] * 12)
+    for _ in range(12):
+        assert create(fresh_stack, slow, model="local", size="64x64",
+                      webhook_url=f"{receiver.url}/hooks/slow-receiver").status_code == 200
+    wait_for(lambda: len(receiver.deliveries("hooks/slow-receiver")) >= 4)
+    time.sleep(1)  # every slot the slow key may take is taken
+    started = time.monotonic()
+    assert create(fresh_stack, other, model="local", size="64x64",
+                  webhook_url=f"{receiver.url}/hooks/other").status_code == 200
+    wait_for(lambda: receiver.deliveries("hooks/other"), timeout=30, every=0.05)
+    assert time.monotonic() - started < 3, "another key's webhook waited for the slow ones"
+    assert len(receiver.deliveries("hooks/slow-receiver")) == 4  # the slow key's half
+    wait_for(lambda: len(receiver.deliveries("hooks/slow-receiver")) == 12, timeout=60)
+
+
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_a_job_in_flight_when_the_server_stops_finishes_after_the_restart(
         fresh_stack: Hub, fakes, receiver: WebhookReceiver, stop: str) -> None:

@@ -33,8 +33,8 @@ def test_admin_creates_lists_limits_and_revokes_a_key_over_rest(hub: Hub) -> Non
     hub.secrets.append(secret)
     assert secret.startswith("ahk-") and len(secret) > 40
     assert view["prefix"] == secret[:12] and view["name"] == "team blue"
-    assert view["limits"] == {"allowed_models": ["local"], "daily_image_quota": 20,
-                              "monthly_image_quota": 0, "requests_per_minute": 0}, "0: none"
+    assert view["limits"] == {"allowed_models": ["local"], "daily_image_quota": 20}, \
+        "a limit that does not apply is left out"
     assert not view.get("admin") and view["source"] == "api"
     key = Key(view["id"], secret)
     assert hub.generate(key).status_code == 200
@@ -46,13 +46,35 @@ def test_admin_creates_lists_limits_and_revokes_a_key_over_rest(hub: Hub) -> Non
     assert shown["images_today"] == 1 and shown["images_this_month"] == 1
 
     changed = hub.set_limits(key, requests_per_minute=100)
-    assert changed["limits"] == {"allowed_models": [], "daily_image_quota": 0,
-                                 "monthly_image_quota": 0, "requests_per_minute": 100}, \
-        "a limit left out is removed"
+    assert changed["limits"] == {"requests_per_minute": 100}, "a limit left out is removed"
 
     revoked = hub.admin.post(f"/api/admin/keys/{key.id}:revoke")
     assert revoked.status_code == 200 and revoked.json()["key"]["revoke_time"]
     assert_error(hub.generate(key), 403, None, "key_revoked")
+
+
+def test_rest_answers_leave_out_what_is_not_set_and_keep_counts_at_zero(hub: Hub) -> None:
+    """Envoy printed typed answers with every unset field: `"daily_image_quota": 0` for a
+    key without a quota, `"next_page_token": ""` on the last page. The server writes them
+    now: a limit that does not apply is absent; counts and flags are there at 0 and false;
+    timestamps are RFC 3339 strings. gRPC carries the same messages as before."""
+    created = hub.admin.post("/api/admin/keys", json={"name": "no limits"})
+    assert created.status_code == 200, created.text
+    assert created.headers["content-type"].startswith("application/json")
+    hub.secrets.append(created.json()["secret"])
+    view = created.json()["key"]
+    assert view["limits"] == {}, view
+    assert view["images_today"] == 0 and view["images_this_month"] == 0
+    assert view["admin"] is False and "revoke_time" not in view
+    assert datetime.fromisoformat(view["create_time"].replace("Z", "+00:00")) <= datetime.now(UTC)
+    shown = hub.admin.get(f"/api/admin/keys/{view['id']}").json()["key"]
+    assert shown == view
+    last_page = hub.admin.get("/api/admin/keys", params={"page_size": 1000}).json()
+    assert "next_page_token" not in last_page and last_page["keys"]
+    with grpc.insecure_channel(hub.stack.envoy_target) as channel:
+        typed = admin_grpc.AdminServiceStub(channel).GetKey(
+            admin_pb.GetKeyRequest(key_id=view["id"]), metadata=ADMIN_METADATA, timeout=30)
+    assert typed.key.limits == admin_pb.KeyLimits() and typed.key.images_today == 0
 
 
 def test_listing_pages_through_every_key(hub: Hub) -> None:

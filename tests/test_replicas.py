@@ -292,3 +292,31 @@ def test_nothing_is_left_running(how: str, tmp_path_factory: pytest.TempPathFact
                 assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("part", ["Envoy", "a replica"])
+def test_a_part_that_dies_makes_the_supervisor_fail_and_say_which(
+        part: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Envoy killed after the start once left the supervisor to print "Envoy exited" and
+    exit 0, as after a Ctrl-C. Now: Envoy dying stops the replicas at once; a replica dying
+    leaves the others serving behind Envoy until the stop. Either way the exit status is 1
+    and the last line names the part that died and how."""
+    stack = ReplicatedStack(tmp_path_factory.mktemp("replicas-part-dies"), 2).start()
+    try:
+        assert stack.process is not None
+        replicas = list(stack.pids().values())
+        victim = ("Envoy", stack.envoy_pid()) if part == "Envoy" else ("replica 1", replicas[1])
+        os.kill(victim[1], signal.SIGKILL)
+        if part == "a replica":  # the other replica still answers; then Ctrl-C
+            time.sleep(1)
+            assert stack.process.poll() is None, stack.log_tail()
+            assert httpx.get(f"{stack.base_url}/api/models", timeout=30,
+                             headers={"Authorization": f"Bearer {TEST_KEY}"}).status_code == 200
+            stack.interrupt()
+        assert stack.process.wait(timeout=90) == 1, stack.log_tail()
+        last = stack.log_tail().strip().splitlines()[-1]
+        assert last == (f"error: {victim[0]} (pid {victim[1]}) was killed by SIGKILL. "
+                        "Every other part was stopped."), stack.log_tail()
+        assert not [pid for pid in [stack.envoy_pid(), *replicas] if process_alive(pid)]
+    finally:
+        stack.stop()

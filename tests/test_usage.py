@@ -66,9 +66,32 @@ def test_failed_requests_are_recorded_and_cost_nothing(hub: Hub) -> None:
     assert records["local"]["status"] == "INVALID_VALUE"
     assert records["local"]["http_status"] == 400 and records["local"]["size"] == "big"
     assert records["no-such-model"]["status"] == "MODEL_NOT_FOUND"
-    assert records["no-such-model"]["served_model"] == "", "never routed"
+    assert "served_model" not in records["no-such-model"], "never routed"
     for record in records.values():
         assert record["images"] == 0 and record["cost_usd"] == 0
+
+
+def test_rest_answers_keep_counts_at_zero_and_leave_out_empty_strings(hub: Hub) -> None:
+    """Envoy printed every unset string of a typed answer as "" (a total's date and model,
+    a record's served model when nothing was routed); the server writes these answers now:
+    empty strings are left out, counts and costs stay at 0, 64-bit integers are strings as
+    before. gRPC carries the same messages, every field present."""
+    key = hub.create_key("empty usage")
+    empty = hub.usage(key)
+    assert empty["days"] == [] and empty["models"] == []
+    assert empty["total"] == {"requests": "0", "failed_requests": "0", "images": "0",
+                              "bytes": "0", "cost_usd": 0, "cost_credits": 0}, empty
+    assert "next_page_token" not in hub.admin.get(
+        "/api/usage/records", params={"key_id": key.id}).json()
+    assert_error(hub.generate(key, model="no-such-model"), 404, "model")
+    (record,) = hub.records(key)
+    assert {"served_model", "provider", "user", "tokens"}.isdisjoint(record), record
+    assert (record["images"], record["bytes"], record["cost_usd"]) == (0, "0", 0)
+    assert record["upstream_latency_ms"] == 0 and record["attempts"] == []
+    with grpc.insecure_channel(hub.stack.envoy_target) as channel:
+        typed = usage_grpc.UsageServiceStub(channel).ListUsageRecords(
+            usage_pb.ListUsageRecordsRequest(), metadata=key.metadata, timeout=30)
+    assert typed.records[0].served_model == "" and typed.records[0].images == 0
 
 
 def test_overlong_client_values_still_leave_a_record(hub: Hub) -> None:

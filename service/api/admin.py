@@ -1,7 +1,9 @@
 """The AdminService servicer: API keys over gRPC and REST (`/api/admin/keys...`).
 
 Only admin keys reach it (the interceptor refuses the others). Each method maps protobuf
-to the KeyStore and back; a secret appears once, in CreateKey's answer.
+to the KeyStore and back; a secret appears once, in CreateKey's answer. Each `XxxHttp`
+method is the REST door of `Xxx`: the same answer as JSON the server writes
+(contract/json_codec), where a limit that does not apply is left out instead of reading 0.
 """
 
 from __future__ import annotations
@@ -9,14 +11,22 @@ from __future__ import annotations
 from collections.abc import Container
 from datetime import UTC, datetime
 
+from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from aigne.hub.v1 import admin_service_pb2 as pb
 from aigne.hub.v1 import admin_service_pb2_grpc as pb_grpc
 from service.accounting.keys import ApiKey, KeyLimits, KeyStore
 from service.accounting.quotas import Quotas
+from service.contract import json_codec
 
 DEFAULT_PAGE_SIZE = 100
+JSON = "application/json"
+# Limits whose 0 or empty list means "no limit": left out of REST answers. Counts
+# (images_today) and flags (admin) mean what they say at 0 and false, and stay.
+NO_LIMIT_WHEN_EMPTY = frozenset(f"{pb.KeyLimits.DESCRIPTOR.full_name}.{name}" for name in (
+    "allowed_models", "daily_image_quota", "monthly_image_quota", "requests_per_minute"))
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
@@ -52,9 +62,36 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         key = await self._keys.revoke(request.key_id)
         return pb.RevokeKeyResponse(key=(await self._views([key]))[0])
 
+    async def CreateKeyHttp(self, request: pb.CreateKeyRequest,
+                            context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.CreateKey(request, context))
+
+    async def ListKeysHttp(self, request: pb.ListKeysRequest,
+                           context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.ListKeys(request, context))
+
+    async def GetKeyHttp(self, request: pb.GetKeyRequest, context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.GetKey(request, context))
+
+    async def SetKeyLimitsHttp(self, request: pb.SetKeyLimitsRequest,
+                               context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.SetKeyLimits(request, context))
+
+    async def RevokeKeyHttp(self, request: pb.RevokeKeyRequest,
+                            context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.RevokeKey(request, context))
+
     async def _views(self, keys: list[ApiKey]) -> list[pb.ApiKey]:
         used = await self._quotas.used([key.id for key in keys])
         return [key_view(key, *used[key.id]) for key in keys]
+
+
+def json_answer(response: Message,
+                unset_when_empty: frozenset[str] = NO_LIMIT_WHEN_EMPTY) -> httpbody_pb2.HttpBody:
+    """A typed answer as the REST door's JSON: what is not set is left out, not 0 or "";
+    64-bit integers stay strings, as the proto3 JSON mapping (and Envoy, before) has them."""
+    return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(
+        response, unset_when_empty, int64_as_string=True))
 
 
 def limits_of(message: pb.KeyLimits) -> KeyLimits:

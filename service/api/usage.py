@@ -1,18 +1,22 @@
 """The UsageService servicer: usage totals and records over gRPC and REST (`/api/usage`).
 
 A key reads its own usage; an admin key reads any key's, or every key's with `key_id` `-`.
+Each `XxxHttp` method is the REST door of `Xxx`: the same answer as JSON the server writes,
+where an empty string (a model not chosen) is left out; counts and costs stay, 0 included.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from aigne.hub.v1 import usage_service_pb2 as pb
 from aigne.hub.v1 import usage_service_pb2_grpc as pb_grpc
 from service.accounting.keys import ApiKey
 from service.accounting.usage import UsageReports, UsageTotal
+from service.api.admin import json_answer
 from service.db import UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument, PermissionDenied
 from service.rpc.call import current_call
@@ -53,6 +57,15 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         return pb.ListUsageRecordsResponse(
             records=[_record(r, attempts.get(r.id, [])) for r in records],
             next_page_token=next_token)
+
+
+    async def GetUsageHttp(self, request: pb.GetUsageRequest,
+                           context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.GetUsage(request, context), frozenset())
+
+    async def ListUsageRecordsHttp(self, request: pb.ListUsageRecordsRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.ListUsageRecords(request, context), frozenset())
 
 
 def scope(caller: ApiKey, asked: str) -> str | None:

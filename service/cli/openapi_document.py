@@ -125,11 +125,16 @@ class Generator:
         # sibling's messages as JSON, encoded by the server.
         sibling = typed.get(OPENAI_DOORS.get(proto.name, proto.name.removesuffix("Http"))) \
             if proto.name.endswith("Http") else None
+        # A door that takes its sibling's own request (ListKeysHttp beside ListKeys) is that
+        # method on REST: named and told by it, its answer printed as the proto3 JSON
+        # mapping has it (64-bit integers as strings), without what is not set.
+        reprint = sibling is not None and sibling.proto.input_type == proto.input_type
+        named = sibling if reprint and sibling is not None else method
         operation: Schema = {
-            "operationId": proto.name,
+            "operationId": named.proto.name,
             "tags": [short],
-            "summary": _first_sentence(method.comment),
-            "description": method.comment,
+            "summary": _first_sentence(named.comment),
+            "description": named.comment,
             "x-grpc-method": f"{service_name}/{(sibling or method).proto.name}",
         }
         if f"/{service_name}/{proto.name}" in self.public:
@@ -141,7 +146,7 @@ class Generator:
             operation["parameters"] = parameters
         operation["responses"] = {"200": self._answer(
             full, response_type, sibling, proto.server_streaming
-            and proto.name not in OPENAI_DOORS),
+            and proto.name not in OPENAI_DOORS, int64_numbers=not reprint),
                                   "4XX": {"$ref": "#/components/responses/Error"},
                                   "5XX": {"$ref": "#/components/responses/Error"}}
         return operation
@@ -183,7 +188,7 @@ class Generator:
         return {"allOf": [inner, self.schemas.object(name, rest, True)]} if rest else inner
 
     def _answer(self, full: str, response_type: str, sibling: Element | None,
-                streaming: bool = False) -> Schema:
+                streaming: bool = False, int64_numbers: bool = True) -> Schema:
         if response_type != HTTP_BODY:
             return {"description": self.d.messages[response_type].comment or "OK",
                     "content": {"application/json": {
@@ -199,7 +204,8 @@ class Generator:
         if sibling is not None:
             typed = sibling.proto.output_type.lstrip(".")
             return {"description": self.d.messages[typed].comment,
-                    "content": {"application/json": {"schema": self.schemas.ref(typed, True)}}}
+                    "content": {"application/json": {
+                        "schema": self.schemas.ref(typed, int64_numbers)}}}
         media, text = RAW_ANSWERS.get(full, ("application/octet-stream", "The bytes."))
         return {"description": text,
                 "content": {media: {"schema": {"type": "string", "format": "binary"}}}}

@@ -6,13 +6,17 @@ unset), plus one leniency the contract asks for: a single string where a list of
 expected. A bad field is an InvalidArgument naming it.
 
 Answers are the proto3 JSON mapping with three choices the contract fixes: 64-bit integers
-are JSON numbers, field names stay snake_case, and fields without presence are left out
-when they are empty strings or bytes (numbers and booleans are always printed).
+are JSON numbers (strings where a door asks, as the mapping itself has them), field names
+stay snake_case, and fields without presence are left out when they are empty strings or
+bytes. Numbers, booleans and lists are always printed, unless the caller names them as
+unset when 0 or empty (`unset_when_empty`: a limit whose 0 means "no limit"). Timestamps
+are RFC 3339 strings.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 import orjson
@@ -23,6 +27,9 @@ from google.protobuf.message import Message
 from service.errors import InvalidArgument
 
 M = TypeVar("M", bound=Message)
+_INT64 = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+                    FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
+                    FieldDescriptor.TYPE_SFIXED64})
 
 _KINDS = {
     FieldDescriptor.TYPE_STRING: "a string",
@@ -93,33 +100,44 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def encode(message: Message) -> bytes:
-    """`message` as JSON bytes (see the module docstring for the mapping)."""
-    return orjson.dumps(to_json_value(message))
+def encode(message: Message, unset_when_empty: Collection[str] = (), *,
+           int64_as_string: bool = False) -> bytes:
+    """`message` as JSON bytes (see the module docstring for the mapping); the fields named
+    in `unset_when_empty` (full names) are left out when they are 0 or empty, and 64-bit
+    integers are strings with `int64_as_string` (the proto3 JSON mapping's own choice)."""
+    return orjson.dumps(to_json_value(message, unset_when_empty, int64_as_string))
 
 
-def to_json_value(message: Message) -> dict[str, Any]:
+def to_json_value(message: Message, unset_when_empty: Collection[str] = (),
+                  int64_as_string: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.is_repeated:
-            out[field.name] = [_scalar(field, item) for item in value]
+            if value or field.full_name not in unset_when_empty:
+                out[field.name] = [_scalar(field, item, unset_when_empty, int64_as_string)
+                                   for item in value]
         elif field.has_presence:
             if message.HasField(field.name):
-                out[field.name] = _scalar(field, value)
+                out[field.name] = _scalar(field, value, unset_when_empty, int64_as_string)
         elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
             if value:
-                out[field.name] = _scalar(field, value)
-        else:
-            out[field.name] = _scalar(field, value)
+                out[field.name] = _scalar(field, value, unset_when_empty, int64_as_string)
+        elif value or field.full_name not in unset_when_empty:
+            out[field.name] = _scalar(field, value, unset_when_empty, int64_as_string)
     return out
 
 
-def _scalar(field: Any, value: Any) -> Any:
+def _scalar(field: Any, value: Any, unset_when_empty: Collection[str],
+            int64_as_string: bool) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return to_json_value(value)
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return value.ToJsonString()
+        return to_json_value(value, unset_when_empty, int64_as_string)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode("ascii")
     if field.type == FieldDescriptor.TYPE_ENUM:
         return field.enum_type.values_by_number[value].name
+    if int64_as_string and field.type in _INT64:
+        return str(value)
     return value

@@ -1,8 +1,9 @@
-"""Delivering a job's webhook: one signed POST (service/jobs/webhooks.py) per try, and the
-backoff between tries."""
+"""Delivering a job's webhook: one signed POST (service/jobs/webhooks.py) per try, the
+backoff between tries, and each key's share of the webhook pool."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -46,3 +47,25 @@ class Delivery:
         log.info("webhook", job_id=row.id, attempt=attempts, delivered=failure is None,
                  error=failure)
         return values
+
+
+class WebhookShares:
+    """Who holds the webhook pool (AIGNE_HUB_WEBHOOK_CONCURRENCY deliveries at once): no key
+    more than half of it, so a key whose receiver is slow (each delivery may take the whole
+    AIGNE_HUB_WEBHOOK_TIMEOUT_SECONDS) leaves room for every other key's webhooks."""
+
+    def __init__(self, size: int, delivering: Collection[str]) -> None:
+        self.size = size
+        self.share = max(1, size // 2)
+        self._delivering = delivering  # the job ids of the deliveries in the pool now
+        self._holders: dict[str, str] = {}  # job id -> key id, of the deliveries admitted
+
+    def admit(self, job_id: str, key_id: str) -> bool:
+        """Whether the job's delivery may join the pool now: it has room and the key holds
+        less than its share. The job's key is remembered if so."""
+        self._holders = {j: k for j, k in self._holders.items() if j in self._delivering}
+        if len(self._delivering) >= self.size or sum(
+                k == key_id for k in self._holders.values()) >= self.share:
+            return False
+        self._holders[job_id] = key_id
+        return True

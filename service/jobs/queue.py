@@ -59,17 +59,24 @@ class JobQueue:
                 .order_by(ranked.c.turn, ranked.c.created_at).limit(limit))
             return list(rows)
 
-    async def deliverable(self, limit: int) -> list[str]:
-        """Up to `limit` ended jobs whose webhook is due and whose claim is free or lapsed."""
+    async def deliverable(self, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` ended jobs whose webhook is due and whose claim is free or lapsed,
+        with their key, fair across keys as `runnable` is: each key's due webhooks are
+        ranked by when they fell due, those being delivered now included, and the lowest
+        ranks go first, so one key's backlog never keeps another's webhook waiting."""
         now = utcnow()
+        ranked = select(
+            JobRow.id, JobRow.key_id, JobRow.webhook_next_at, JobRow.owner, JobRow.lease_until,
+            func.row_number().over(partition_by=JobRow.key_id,
+                                   order_by=(JobRow.webhook_next_at, JobRow.id)).label("turn"),
+        ).where(JobRow.status.in_((SUCCEEDED, FAILED)), JobRow.webhook_status == PENDING,
+                JobRow.webhook_next_at <= now).subquery()
         async with self._db.read() as session:
-            rows = await session.scalars(
-                select(JobRow.id).where(
-                    or_(JobRow.owner.is_(None), JobRow.lease_until < now),
-                    JobRow.status.in_((SUCCEEDED, FAILED)), JobRow.webhook_status == PENDING,
-                    JobRow.webhook_next_at <= now)
-                .order_by(JobRow.webhook_next_at).limit(limit))
-            return list(rows)
+            rows = await session.execute(
+                select(ranked.c.id, ranked.c.key_id)
+                .where(or_(ranked.c.owner.is_(None), ranked.c.lease_until < now))
+                .order_by(ranked.c.turn, ranked.c.webhook_next_at).limit(limit))
+            return [(job_id, key_id) for job_id, key_id in rows]
 
     async def claim(self, job_id: str) -> JobRow | None:
         """The job, now claimed by this process; None if another holds it or it is done."""

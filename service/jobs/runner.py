@@ -1,5 +1,4 @@
-"""Background jobs: generations kept in the database, run by whichever server process
-claims them, and their webhooks.
+"""Background jobs: generations kept in the database, run by any process that claims them.
 
 A job is a row of `image_jobs`. Work on it (running the generation, then delivering the
 webhook) belongs to the process whose claim (`owner`, `lease_until`) holds; the owner
@@ -9,7 +8,7 @@ renews the claim every third of AIGNE_HUB_JOB_LEASE_SECONDS while it works. So:
   (AIGNE_HUB_JOB_CONCURRENCY); otherwise any process's poll takes it up, fairly across
   keys (round-robin: `JobQueue.runnable`), as soon as a slot comes free;
 - its webhook is posted by a pool of its own (AIGNE_HUB_WEBHOOK_CONCURRENCY), the claim
-  handed over with it: a slow receiver never holds a job slot;
+  handed over with it: no job slot held, one key in half the pool at most (`WebhookShares`);
 - a stopping process lets its running jobs finish for AIGNE_HUB_JOB_STOP_GRACE_SECONDS,
   then cancels them and hands them back (`queued`, unclaimed): the next start, or another
   process, runs them again from the start;
@@ -57,7 +56,7 @@ from service.generation.events import NO_EVENTS, GenerationEvents
 from service.generation.request import Answer, ImageRequest
 from service.generation.validation import GenerationPlan
 from service.jobs.claims import Claims
-from service.jobs.delivery import Delivery
+from service.jobs.delivery import Delivery, WebhookShares
 from service.jobs.messages import JobMessages
 from service.jobs.queue import (
     FAILED,
@@ -112,9 +111,9 @@ class Jobs:
         self._run_seconds = run_seconds
         self._grace = stop_grace_seconds
         self._executor: Executor | None = None
-        self._webhook_concurrency = webhook_concurrency
         self._working: dict[str, asyncio.Task[None]] = {}  # the job slots: generations
         self._delivering: dict[str, asyncio.Task[None]] = {}  # the webhook pool
+        self._shares = WebhookShares(webhook_concurrency, self._delivering)
         self._wake = asyncio.Event()  # a slot came free: poll now
         self._loop: asyncio.Task[None] | None = None
 
@@ -177,9 +176,10 @@ class Jobs:
             try:
                 free = self._concurrency - len(self._working)
                 self._take_up(await self._queue.runnable(free) if free > 0 else [])
-                free = self._webhook_concurrency - len(self._delivering)
-                for job_id in await self._queue.deliverable(free) if free > 0 else []:
-                    self._start(job_id, self._delivering, self._deliver_job(job_id))
+                free = self._shares.size - len(self._delivering)
+                for job_id, key_id in await self._queue.deliverable(free) if free > 0 else []:
+                    if self._shares.admit(job_id, key_id):
+                        self._start(job_id, self._delivering, self._deliver_job(job_id))
             except Exception:  # the database may be away for a moment: poll again
                 log.exception("job poll failed")
             with contextlib.suppress(TimeoutError):
@@ -230,8 +230,8 @@ class Jobs:
             # one trace per job run: its steps' spans
             with _tracer.start_as_current_span("job", attributes={"aigne.hub.job_id": row.id}):
                 row = await self._run(row)
-        if row.webhook_status != PENDING or len(self._delivering) >= self._webhook_concurrency:
-            return False  # nothing to deliver, or the pool is full: a poll takes it up
+        if row.webhook_status != PENDING or not self._shares.admit(row.id, row.key_id):
+            return False  # nothing to deliver, or no room for its key: a poll takes it up
         self._working.pop(row.id, None)  # the slot is free now; the claim goes with the webhook
         self._wake.set()
         self._start(row.id, self._delivering, self._deliver_job(row.id, row))

@@ -12,7 +12,10 @@ Every child runs in its own process group, so Ctrl-C reaches only this superviso
 then stops the replicas (each drains its calls in flight, through the still-running Envoy)
 and then Envoy. Children are also told to die with it (PR_SET_PDEATHSIG): nothing is left
 running, even if the supervisor is killed. A replica that dies is not restarted: Envoy
-balances over the others, and the supervisor stops when none is left.
+balances over the others, and the supervisor stops when none is left. Envoy dying stops
+everything at once. Whatever part died, the supervisor's exit status then says so (1), and
+its last line names the parts that died: a wrapper (systemd, a shell loop) sees a failure,
+never a clean stop.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = structlog.get_logger("aigne.hub")
 START_SECONDS = 60.0
 STOP_SECONDS = 45.0  # the server's drain (30 s) and a margin, then SIGKILL
 POLL_SECONDS = 0.2
+SIGNALS = frozenset(int(s) for s in signal.Signals)
 
 
 @dataclass
@@ -67,9 +71,11 @@ class Replica:
 
 
 async def run(settings: Settings, count: int,
-              welcome: Callable[[KeyStore, Settings], Awaitable[str]]) -> None:
-    """Run `count` replicas and Envoy until Ctrl-C or SIGTERM, or until no replica is left.
-    `welcome` says which API key to use (and makes the first one, on a first start)."""
+              welcome: Callable[[KeyStore, Settings], Awaitable[str]]) -> int:
+    """Run `count` replicas and Envoy until Ctrl-C or SIGTERM, or until Envoy or the last
+    replica exits. `welcome` says which API key to use (and makes the first one, on a first
+    start). The exit status: 0 for a stop asked for with every part running, 1 if any part
+    exited by itself (named on stderr, after the rest were stopped)."""
     settings = settings.with_generated_secrets()  # once, into var/, before any replica reads
     upstreams = [(settings.host, settings.grpc_port + i) for i in range(count)]
     # Every child first, while this process has no threads yet (preexec_fn after fork).
@@ -80,23 +86,29 @@ async def run(settings: Settings, count: int,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    died: list[str] = []
     try:
-        if not await _wait_serving(replicas, stop, settings):
-            return
+        if not await _wait_serving(proxy, replicas, stop, settings):
+            return 0
         key_note = await _welcome(settings, welcome)
         lines = "\n".join(f"  replica {r.index}  {settings.host}:{r.port} (pid {r.process.pid})"
                           for r in replicas)
         print(f"\nAIGNE Hub image service, {count} replicas behind Envoy\n"
               f"  REST  POST {settings.edge_url}/api/images/generations\n"
-              f"  gRPC  {settings.host}:{settings.http_port} (Envoy)\n{lines}\n"
-              f"  {key_note}\n  Ctrl-C stops them all.\n", flush=True)
-        await _until_stopped(proxy, replicas, stop)
+              f"  gRPC  {settings.host}:{settings.http_port} (Envoy, pid {proxy.pid})\n"
+              f"{lines}\n  {key_note}\n  Ctrl-C stops them all.\n", flush=True)
+        died = await _until_stopped(proxy, replicas, stop)
     finally:
         await _stop(proxy, replicas)
+    if died:
+        print(f"error: {'; '.join(died)}. Every other part was stopped.", file=sys.stderr,
+              flush=True)
+        return 1
+    return 0
 
 
-async def _wait_serving(replicas: list[Replica], stop: asyncio.Event,
-                        settings: Settings) -> bool:
+async def _wait_serving(proxy: subprocess.Popen[bytes], replicas: list[Replica],
+                        stop: asyncio.Event, settings: Settings) -> bool:
     """Wait until every replica answers SERVING; False if told to stop first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_SECONDS
@@ -106,6 +118,8 @@ async def _wait_serving(replicas: list[Replica], stop: asyncio.Event,
             return False
         if any(not r.alive() for r in waiting):
             raise RuntimeError("a replica exited while starting: see the log above")
+        if proxy.poll() is not None:
+            raise RuntimeError("Envoy exited while starting: see the log above")
         if loop.time() > deadline:
             raise RuntimeError(f"replicas not serving after {START_SECONDS:.0f} s: "
                                + ", ".join(r.target for r in waiting))
@@ -146,25 +160,40 @@ async def _welcome(settings: Settings, welcome: Callable[[KeyStore, Settings], A
 
 
 async def _until_stopped(proxy: subprocess.Popen[bytes], replicas: list[Replica],
-                         stop: asyncio.Event) -> None:
+                         stop: asyncio.Event) -> list[str]:
+    """Wait for Ctrl-C or SIGTERM, or for Envoy or the last replica to exit. What exited by
+    itself meanwhile, each part named (empty: a stop asked for, everything running)."""
+    died: list[str] = []
     running = {r.index for r in replicas}
     while not stop.is_set():
-        if proxy.poll() is not None:
-            print("Envoy exited; stopping.", file=sys.stderr)
-            return
         for replica in replicas:
             if replica.index in running and not replica.alive():
                 running.discard(replica.index)
+                died.append(_exited(f"replica {replica.index}", replica.process))
                 log.warning("replica exited; Envoy balances over the others",
                             replica=replica.index, port=replica.port,
                             returncode=replica.process.returncode, left=len(running))
+        if proxy.poll() is not None:
+            died.append(_exited("Envoy", proxy))
+            print(f"{died[-1]}; stopping the replicas.", file=sys.stderr, flush=True)
+            break
         if not running:
-            print("No replica is left; stopping.", file=sys.stderr)
-            return
+            print("No replica is left; stopping Envoy.", file=sys.stderr, flush=True)
+            break
         try:
             await asyncio.wait_for(stop.wait(), POLL_SECONDS)
         except TimeoutError:
             continue
+    return died
+
+
+def _exited(name: str, process: subprocess.Popen[bytes]) -> str:
+    """`name` (pid ...) and how it ended: its exit status, or the signal that killed it."""
+    code = process.returncode
+    how = f"exited with status {code}"
+    if code < 0:
+        how = f"was killed by {signal.Signals(-code).name if -code in SIGNALS else -code}"
+    return f"{name} (pid {process.pid}) {how}"
 
 
 async def _stop(proxy: subprocess.Popen[bytes], replicas: list[Replica]) -> None:

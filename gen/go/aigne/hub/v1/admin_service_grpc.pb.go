@@ -4,6 +4,7 @@ package hubv1
 
 import (
 	context "context"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -20,16 +21,26 @@ type AdminServiceClient interface {
 	// CreateKey makes a new API key. The answer carries its secret, the only time it is
 	// shown; the hub keeps only a keyed digest of it.
 	CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*CreateKeyResponse, error)
+	// CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse.
+	CreateKeyHttp(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets.
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	// ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse.
+	ListKeysHttp(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// GetKey shows one key.
 	GetKey(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*GetKeyResponse, error)
+	// GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse.
+	GetKeyHttp(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// SetKeyLimits replaces all limits of a key at once: a limit left out is removed.
 	// New limits apply from the key's next request.
 	SetKeyLimits(ctx context.Context, in *SetKeyLimitsRequest, opts ...grpc.CallOption) (*SetKeyLimitsResponse, error)
+	// SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse.
+	SetKeyLimitsHttp(ctx context.Context, in *SetKeyLimitsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// RevokeKey revokes a key for good; its next request is refused (HTTP 403,
 	// code `key_revoked`). Revoking a revoked key changes nothing.
 	RevokeKey(ctx context.Context, in *RevokeKeyRequest, opts ...grpc.CallOption) (*RevokeKeyResponse, error)
+	// RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse.
+	RevokeKeyHttp(ctx context.Context, in *RevokeKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type adminServiceClient struct {
@@ -49,9 +60,27 @@ func (c *adminServiceClient) CreateKey(ctx context.Context, in *CreateKeyRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) CreateKeyHttp(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/CreateKeyHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error) {
 	out := new(ListKeysResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/ListKeys", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListKeysHttp(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/ListKeysHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -67,9 +96,27 @@ func (c *adminServiceClient) GetKey(ctx context.Context, in *GetKeyRequest, opts
 	return out, nil
 }
 
+func (c *adminServiceClient) GetKeyHttp(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/GetKeyHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) SetKeyLimits(ctx context.Context, in *SetKeyLimitsRequest, opts ...grpc.CallOption) (*SetKeyLimitsResponse, error) {
 	out := new(SetKeyLimitsResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/SetKeyLimits", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetKeyLimitsHttp(ctx context.Context, in *SetKeyLimitsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/SetKeyLimitsHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -85,6 +132,15 @@ func (c *adminServiceClient) RevokeKey(ctx context.Context, in *RevokeKeyRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) RevokeKeyHttp(ctx context.Context, in *RevokeKeyRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.AdminService/RevokeKeyHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -92,16 +148,26 @@ type AdminServiceServer interface {
 	// CreateKey makes a new API key. The answer carries its secret, the only time it is
 	// shown; the hub keeps only a keyed digest of it.
 	CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error)
+	// CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse.
+	CreateKeyHttp(context.Context, *CreateKeyRequest) (*httpbody.HttpBody, error)
 	// ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets.
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	// ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse.
+	ListKeysHttp(context.Context, *ListKeysRequest) (*httpbody.HttpBody, error)
 	// GetKey shows one key.
 	GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error)
+	// GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse.
+	GetKeyHttp(context.Context, *GetKeyRequest) (*httpbody.HttpBody, error)
 	// SetKeyLimits replaces all limits of a key at once: a limit left out is removed.
 	// New limits apply from the key's next request.
 	SetKeyLimits(context.Context, *SetKeyLimitsRequest) (*SetKeyLimitsResponse, error)
+	// SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse.
+	SetKeyLimitsHttp(context.Context, *SetKeyLimitsRequest) (*httpbody.HttpBody, error)
 	// RevokeKey revokes a key for good; its next request is refused (HTTP 403,
 	// code `key_revoked`). Revoking a revoked key changes nothing.
 	RevokeKey(context.Context, *RevokeKeyRequest) (*RevokeKeyResponse, error)
+	// RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse.
+	RevokeKeyHttp(context.Context, *RevokeKeyRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -112,17 +178,32 @@ type UnimplementedAdminServiceServer struct {
 func (UnimplementedAdminServiceServer) CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateKey not implemented")
 }
+func (UnimplementedAdminServiceServer) CreateKeyHttp(context.Context, *CreateKeyRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateKeyHttp not implemented")
+}
 func (UnimplementedAdminServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) ListKeysHttp(context.Context, *ListKeysRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListKeysHttp not implemented")
 }
 func (UnimplementedAdminServiceServer) GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetKey not implemented")
 }
+func (UnimplementedAdminServiceServer) GetKeyHttp(context.Context, *GetKeyRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetKeyHttp not implemented")
+}
 func (UnimplementedAdminServiceServer) SetKeyLimits(context.Context, *SetKeyLimitsRequest) (*SetKeyLimitsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetKeyLimits not implemented")
 }
+func (UnimplementedAdminServiceServer) SetKeyLimitsHttp(context.Context, *SetKeyLimitsRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetKeyLimitsHttp not implemented")
+}
 func (UnimplementedAdminServiceServer) RevokeKey(context.Context, *RevokeKeyRequest) (*RevokeKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeKey not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeKeyHttp(context.Context, *RevokeKeyRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeKeyHttp not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -155,6 +236,24 @@ func _AdminService_CreateKey_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CreateKeyHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateKeyHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.AdminService/CreateKeyHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateKeyHttp(ctx, req.(*CreateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListKeysRequest)
 	if err := dec(in); err != nil {
@@ -169,6 +268,24 @@ func _AdminService_ListKeys_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).ListKeys(ctx, req.(*ListKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListKeysHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListKeysHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.AdminService/ListKeysHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListKeysHttp(ctx, req.(*ListKeysRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -191,6 +308,24 @@ func _AdminService_GetKey_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetKeyHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetKeyHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.AdminService/GetKeyHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetKeyHttp(ctx, req.(*GetKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_SetKeyLimits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SetKeyLimitsRequest)
 	if err := dec(in); err != nil {
@@ -205,6 +340,24 @@ func _AdminService_SetKeyLimits_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).SetKeyLimits(ctx, req.(*SetKeyLimitsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetKeyLimitsHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetKeyLimitsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetKeyLimitsHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.AdminService/SetKeyLimitsHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetKeyLimitsHttp(ctx, req.(*SetKeyLimitsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -227,6 +380,24 @@ func _AdminService_RevokeKey_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RevokeKeyHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeKeyHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.AdminService/RevokeKeyHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeKeyHttp(ctx, req.(*RevokeKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -236,20 +407,40 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_CreateKey_Handler,
 		},
 		{
+			MethodName: "CreateKeyHttp",
+			Handler:    _AdminService_CreateKeyHttp_Handler,
+		},
+		{
 			MethodName: "ListKeys",
 			Handler:    _AdminService_ListKeys_Handler,
+		},
+		{
+			MethodName: "ListKeysHttp",
+			Handler:    _AdminService_ListKeysHttp_Handler,
 		},
 		{
 			MethodName: "GetKey",
 			Handler:    _AdminService_GetKey_Handler,
 		},
 		{
+			MethodName: "GetKeyHttp",
+			Handler:    _AdminService_GetKeyHttp_Handler,
+		},
+		{
 			MethodName: "SetKeyLimits",
 			Handler:    _AdminService_SetKeyLimits_Handler,
 		},
 		{
+			MethodName: "SetKeyLimitsHttp",
+			Handler:    _AdminService_SetKeyLimitsHttp_Handler,
+		},
+		{
 			MethodName: "RevokeKey",
 			Handler:    _AdminService_RevokeKey_Handler,
+		},
+		{
+			MethodName: "RevokeKeyHttp",
+			Handler:    _AdminService_RevokeKeyHttp_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

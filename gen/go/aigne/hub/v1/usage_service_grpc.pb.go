@@ -4,6 +4,7 @@ package hubv1
 
 import (
 	context "context"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -20,8 +21,13 @@ type UsageServiceClient interface {
 	// GetUsage totals usage per UTC day and model, per model, and overall, over a range of
 	// days.
 	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse.
+	GetUsageHttp(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// ListUsageRecords lists the records of single image requests, newest first.
 	ListUsageRecords(ctx context.Context, in *ListUsageRecordsRequest, opts ...grpc.CallOption) (*ListUsageRecordsResponse, error)
+	// ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+	// ListUsageRecordsResponse.
+	ListUsageRecordsHttp(ctx context.Context, in *ListUsageRecordsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type usageServiceClient struct {
@@ -41,9 +47,27 @@ func (c *usageServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, 
 	return out, nil
 }
 
+func (c *usageServiceClient) GetUsageHttp(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.UsageService/GetUsageHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *usageServiceClient) ListUsageRecords(ctx context.Context, in *ListUsageRecordsRequest, opts ...grpc.CallOption) (*ListUsageRecordsResponse, error) {
 	out := new(ListUsageRecordsResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.UsageService/ListUsageRecords", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *usageServiceClient) ListUsageRecordsHttp(ctx context.Context, in *ListUsageRecordsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.UsageService/ListUsageRecordsHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -57,8 +81,13 @@ type UsageServiceServer interface {
 	// GetUsage totals usage per UTC day and model, per model, and overall, over a range of
 	// days.
 	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse.
+	GetUsageHttp(context.Context, *GetUsageRequest) (*httpbody.HttpBody, error)
 	// ListUsageRecords lists the records of single image requests, newest first.
 	ListUsageRecords(context.Context, *ListUsageRecordsRequest) (*ListUsageRecordsResponse, error)
+	// ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+	// ListUsageRecordsResponse.
+	ListUsageRecordsHttp(context.Context, *ListUsageRecordsRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedUsageServiceServer()
 }
 
@@ -69,8 +98,14 @@ type UnimplementedUsageServiceServer struct {
 func (UnimplementedUsageServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetUsage not implemented")
 }
+func (UnimplementedUsageServiceServer) GetUsageHttp(context.Context, *GetUsageRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUsageHttp not implemented")
+}
 func (UnimplementedUsageServiceServer) ListUsageRecords(context.Context, *ListUsageRecordsRequest) (*ListUsageRecordsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListUsageRecords not implemented")
+}
+func (UnimplementedUsageServiceServer) ListUsageRecordsHttp(context.Context, *ListUsageRecordsRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListUsageRecordsHttp not implemented")
 }
 func (UnimplementedUsageServiceServer) mustEmbedUnimplementedUsageServiceServer() {}
 
@@ -103,6 +138,24 @@ func _UsageService_GetUsage_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UsageService_GetUsageHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UsageServiceServer).GetUsageHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.UsageService/GetUsageHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UsageServiceServer).GetUsageHttp(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _UsageService_ListUsageRecords_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListUsageRecordsRequest)
 	if err := dec(in); err != nil {
@@ -121,6 +174,24 @@ func _UsageService_ListUsageRecords_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UsageService_ListUsageRecordsHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUsageRecordsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UsageServiceServer).ListUsageRecordsHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.UsageService/ListUsageRecordsHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UsageServiceServer).ListUsageRecordsHttp(ctx, req.(*ListUsageRecordsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _UsageService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.UsageService",
 	HandlerType: (*UsageServiceServer)(nil),
@@ -130,8 +201,16 @@ var _UsageService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _UsageService_GetUsage_Handler,
 		},
 		{
+			MethodName: "GetUsageHttp",
+			Handler:    _UsageService_GetUsageHttp_Handler,
+		},
+		{
 			MethodName: "ListUsageRecords",
 			Handler:    _UsageService_ListUsageRecords_Handler,
+		},
+		{
+			MethodName: "ListUsageRecordsHttp",
+			Handler:    _UsageService_ListUsageRecordsHttp_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

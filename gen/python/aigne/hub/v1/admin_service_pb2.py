@@ -23,50 +23,51 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/admin_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06limits\x18\x08 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\x12\x14\n\x0cimages_today\x18\t \x01(\x05\x12\x19\n\x11images_this_month\x18\n \x01(\x05\"\xa9\x01\n\tKeyLimits\x12\x16\n\x0e\x61llowed_models\x18\x01 \x03(\t\x12\x19\n\x11\x64\x61ily_image_quota\x18\x02 \x01(\x05\x12\x1b\n\x13monthly_image_quota\x18\x03 \x01(\x05\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\'\n\x06limits\x18\x03 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\"F\n\x11\x43reateKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"8\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x10ListKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.aigne.hub.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"3\n\x0eGetKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\"N\n\x13SetKeyLimitsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\'\n\x06limits\x18\x02 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\"9\n\x14SetKeyLimitsResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"6\n\x11RevokeKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey2\xc6\x04\n\x0c\x41\x64minService\x12h\n\tCreateKey\x12\x1e.aigne.hub.v1.CreateKeyRequest\x1a\x1f.aigne.hub.v1.CreateKeyResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/admin/keys:\x01*\x12\x62\n\x08ListKeys\x12\x1d.aigne.hub.v1.ListKeysRequest\x1a\x1e.aigne.hub.v1.ListKeysResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/admin/keys\x12\x65\n\x06GetKey\x12\x1b.aigne.hub.v1.GetKeyRequest\x1a\x1c.aigne.hub.v1.GetKeyResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/admin/keys/{key_id}\x12\x86\x01\n\x0cSetKeyLimits\x12!.aigne.hub.v1.SetKeyLimitsRequest\x1a\".aigne.hub.v1.SetKeyLimitsResponse\"/\x82\xd3\xe4\x93\x02)\x1a\x1f/api/admin/keys/{key_id}/limits:\x06limits\x12x\n\tRevokeKey\x12\x1e.aigne.hub.v1.RevokeKeyRequest\x1a\x1f.aigne.hub.v1.RevokeKeyResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/api/admin/keys/{key_id}:revoke:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/admin_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06limits\x18\x08 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\x12\x14\n\x0cimages_today\x18\t \x01(\x05\x12\x19\n\x11images_this_month\x18\n \x01(\x05\"\xa9\x01\n\tKeyLimits\x12\x16\n\x0e\x61llowed_models\x18\x01 \x03(\t\x12\x19\n\x11\x64\x61ily_image_quota\x18\x02 \x01(\x05\x12\x1b\n\x13monthly_image_quota\x18\x03 \x01(\x05\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\x05\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\'\n\x06limits\x18\x03 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\"F\n\x11\x43reateKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"8\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x10ListKeysResponse\x12\"\n\x04keys\x18\x01 \x03(\x0b\x32\x14.aigne.hub.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"3\n\x0eGetKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\"N\n\x13SetKeyLimitsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\'\n\x06limits\x18\x02 \x01(\x0b\x32\x17.aigne.hub.v1.KeyLimits\"9\n\x14SetKeyLimitsResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"6\n\x11RevokeKeyResponse\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.aigne.hub.v1.ApiKey2\xa6\x07\n\x0c\x41\x64minService\x12L\n\tCreateKey\x12\x1e.aigne.hub.v1.CreateKeyRequest\x1a\x1f.aigne.hub.v1.CreateKeyResponse\x12\x61\n\rCreateKeyHttp\x12\x1e.aigne.hub.v1.CreateKeyRequest\x1a\x14.google.api.HttpBody\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/admin/keys:\x01*\x12I\n\x08ListKeys\x12\x1d.aigne.hub.v1.ListKeysRequest\x1a\x1e.aigne.hub.v1.ListKeysResponse\x12\\\n\x0cListKeysHttp\x12\x1d.aigne.hub.v1.ListKeysRequest\x1a\x14.google.api.HttpBody\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/admin/keys\x12\x43\n\x06GetKey\x12\x1b.aigne.hub.v1.GetKeyRequest\x1a\x1c.aigne.hub.v1.GetKeyResponse\x12\x61\n\nGetKeyHttp\x12\x1b.aigne.hub.v1.GetKeyRequest\x1a\x14.google.api.HttpBody\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/api/admin/keys/{key_id}\x12U\n\x0cSetKeyLimits\x12!.aigne.hub.v1.SetKeyLimitsRequest\x1a\".aigne.hub.v1.SetKeyLimitsResponse\x12|\n\x10SetKeyLimitsHttp\x12!.aigne.hub.v1.SetKeyLimitsRequest\x1a\x14.google.api.HttpBody\"/\x82\xd3\xe4\x93\x02)\x1a\x1f/api/admin/keys/{key_id}/limits:\x06limits\x12L\n\tRevokeKey\x12\x1e.aigne.hub.v1.RevokeKeyRequest\x1a\x1f.aigne.hub.v1.RevokeKeyResponse\x12q\n\rRevokeKeyHttp\x12\x1e.aigne.hub.v1.RevokeKeyRequest\x1a\x14.google.api.HttpBody\"*\x82\xd3\xe4\x93\x02$\"\x1f/api/admin/keys/{key_id}:revoke:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aigne.hub.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['CreateKey']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['CreateKey']._serialized_options = b'\202\323\344\223\002\024\"\017/api/admin/keys:\001*'
-  _globals['_ADMINSERVICE'].methods_by_name['ListKeys']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['ListKeys']._serialized_options = b'\202\323\344\223\002\021\022\017/api/admin/keys'
-  _globals['_ADMINSERVICE'].methods_by_name['GetKey']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['GetKey']._serialized_options = b'\202\323\344\223\002\032\022\030/api/admin/keys/{key_id}'
-  _globals['_ADMINSERVICE'].methods_by_name['SetKeyLimits']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['SetKeyLimits']._serialized_options = b'\202\323\344\223\002)\032\037/api/admin/keys/{key_id}/limits:\006limits'
-  _globals['_ADMINSERVICE'].methods_by_name['RevokeKey']._loaded_options = None
-  _globals['_ADMINSERVICE'].methods_by_name['RevokeKey']._serialized_options = b'\202\323\344\223\002$\"\037/api/admin/keys/{key_id}:revoke:\001*'
-  _globals['_APIKEY']._serialized_start=114
-  _globals['_APIKEY']._serialized_end=383
-  _globals['_KEYLIMITS']._serialized_start=386
-  _globals['_KEYLIMITS']._serialized_end=555
-  _globals['_CREATEKEYREQUEST']._serialized_start=557
-  _globals['_CREATEKEYREQUEST']._serialized_end=645
-  _globals['_CREATEKEYRESPONSE']._serialized_start=647
-  _globals['_CREATEKEYRESPONSE']._serialized_end=717
-  _globals['_LISTKEYSREQUEST']._serialized_start=719
-  _globals['_LISTKEYSREQUEST']._serialized_end=775
-  _globals['_LISTKEYSRESPONSE']._serialized_start=777
-  _globals['_LISTKEYSRESPONSE']._serialized_end=856
-  _globals['_GETKEYREQUEST']._serialized_start=858
-  _globals['_GETKEYREQUEST']._serialized_end=889
-  _globals['_GETKEYRESPONSE']._serialized_start=891
-  _globals['_GETKEYRESPONSE']._serialized_end=942
-  _globals['_SETKEYLIMITSREQUEST']._serialized_start=944
-  _globals['_SETKEYLIMITSREQUEST']._serialized_end=1022
-  _globals['_SETKEYLIMITSRESPONSE']._serialized_start=1024
-  _globals['_SETKEYLIMITSRESPONSE']._serialized_end=1081
-  _globals['_REVOKEKEYREQUEST']._serialized_start=1083
-  _globals['_REVOKEKEYREQUEST']._serialized_end=1117
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=1119
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=1173
-  _globals['_ADMINSERVICE']._serialized_start=1176
-  _globals['_ADMINSERVICE']._serialized_end=1758
+  _globals['_ADMINSERVICE'].methods_by_name['CreateKeyHttp']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['CreateKeyHttp']._serialized_options = b'\202\323\344\223\002\024\"\017/api/admin/keys:\001*'
+  _globals['_ADMINSERVICE'].methods_by_name['ListKeysHttp']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['ListKeysHttp']._serialized_options = b'\202\323\344\223\002\021\022\017/api/admin/keys'
+  _globals['_ADMINSERVICE'].methods_by_name['GetKeyHttp']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['GetKeyHttp']._serialized_options = b'\202\323\344\223\002\032\022\030/api/admin/keys/{key_id}'
+  _globals['_ADMINSERVICE'].methods_by_name['SetKeyLimitsHttp']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['SetKeyLimitsHttp']._serialized_options = b'\202\323\344\223\002)\032\037/api/admin/keys/{key_id}/limits:\006limits'
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeKeyHttp']._loaded_options = None
+  _globals['_ADMINSERVICE'].methods_by_name['RevokeKeyHttp']._serialized_options = b'\202\323\344\223\002$\"\037/api/admin/keys/{key_id}:revoke:\001*'
+  _globals['_APIKEY']._serialized_start=141
+  _globals['_APIKEY']._serialized_end=410
+  _globals['_KEYLIMITS']._serialized_start=413
+  _globals['_KEYLIMITS']._serialized_end=582
+  _globals['_CREATEKEYREQUEST']._serialized_start=584
+  _globals['_CREATEKEYREQUEST']._serialized_end=672
+  _globals['_CREATEKEYRESPONSE']._serialized_start=674
+  _globals['_CREATEKEYRESPONSE']._serialized_end=744
+  _globals['_LISTKEYSREQUEST']._serialized_start=746
+  _globals['_LISTKEYSREQUEST']._serialized_end=802
+  _globals['_LISTKEYSRESPONSE']._serialized_start=804
+  _globals['_LISTKEYSRESPONSE']._serialized_end=883
+  _globals['_GETKEYREQUEST']._serialized_start=885
+  _globals['_GETKEYREQUEST']._serialized_end=916
+  _globals['_GETKEYRESPONSE']._serialized_start=918
+  _globals['_GETKEYRESPONSE']._serialized_end=969
+  _globals['_SETKEYLIMITSREQUEST']._serialized_start=971
+  _globals['_SETKEYLIMITSREQUEST']._serialized_end=1049
+  _globals['_SETKEYLIMITSRESPONSE']._serialized_start=1051
+  _globals['_SETKEYLIMITSRESPONSE']._serialized_end=1108
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1110
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1144
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=1146
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=1200
+  _globals['_ADMINSERVICE']._serialized_start=1203
+  _globals['_ADMINSERVICE']._serialized_end=2137
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from aigne.hub.v1 import admin_service_pb2 as aigne_dot_hub_dot_v1_dot_admin__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -31,9 +32,12 @@ class AdminServiceStub:
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     def __init__(self, channel):
@@ -47,25 +51,50 @@ class AdminServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateKeyHttp = channel.unary_unary(
+                '/aigne.hub.v1.AdminService/CreateKeyHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListKeys = channel.unary_unary(
                 '/aigne.hub.v1.AdminService/ListKeys',
                 request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.ListKeysHttp = channel.unary_unary(
+                '/aigne.hub.v1.AdminService/ListKeysHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.GetKey = channel.unary_unary(
                 '/aigne.hub.v1.AdminService/GetKey',
                 request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyResponse.FromString,
                 _registered_method=True)
+        self.GetKeyHttp = channel.unary_unary(
+                '/aigne.hub.v1.AdminService/GetKeyHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.SetKeyLimits = channel.unary_unary(
                 '/aigne.hub.v1.AdminService/SetKeyLimits',
                 request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsResponse.FromString,
                 _registered_method=True)
+        self.SetKeyLimitsHttp = channel.unary_unary(
+                '/aigne.hub.v1.AdminService/SetKeyLimitsHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.RevokeKey = channel.unary_unary(
                 '/aigne.hub.v1.AdminService/RevokeKey',
                 request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeKeyHttp = channel.unary_unary(
+                '/aigne.hub.v1.AdminService/RevokeKeyHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
@@ -75,14 +104,24 @@ class AdminServiceServicer:
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     def CreateKey(self, request, context):
         """CreateKey makes a new API key. The answer carries its secret, the only time it is
         shown; the hub keeps only a keyed digest of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKeyHttp(self, request, context):
+        """CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,8 +134,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListKeysHttp(self, request, context):
+        """ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetKey(self, request, context):
         """GetKey shows one key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyHttp(self, request, context):
+        """GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,9 +163,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetKeyLimitsHttp(self, request, context):
+        """SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeKey(self, request, context):
         """RevokeKey revokes a key for good; its next request is refused (HTTP 403,
         code `key_revoked`). Revoking a revoked key changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKeyHttp(self, request, context):
+        """RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,25 +193,50 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyResponse.SerializeToString,
             ),
+            'CreateKeyHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKeyHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'ListKeysHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeysHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKey,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyResponse.SerializeToString,
             ),
+            'GetKeyHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'SetKeyLimits': grpc.unary_unary_rpc_method_handler(
                     servicer.SetKeyLimits,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsResponse.SerializeToString,
             ),
+            'SetKeyLimitsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetKeyLimitsHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'RevokeKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeKey,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'RevokeKeyHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKeyHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,9 +252,12 @@ class AdminService:
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     @staticmethod
@@ -182,6 +277,33 @@ class AdminService:
             '/aigne.hub.v1.AdminService/CreateKey',
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKeyHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.AdminService/CreateKeyHttp',
+            aigne_dot_hub_dot_v1_dot_admin__service__pb2.CreateKeyRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -220,6 +342,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def ListKeysHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.AdminService/ListKeysHttp',
+            aigne_dot_hub_dot_v1_dot_admin__service__pb2.ListKeysRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetKey(request,
             target,
             options=(),
@@ -236,6 +385,33 @@ class AdminService:
             '/aigne.hub.v1.AdminService/GetKey',
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.AdminService/GetKeyHttp',
+            aigne_dot_hub_dot_v1_dot_admin__service__pb2.GetKeyRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -274,6 +450,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def SetKeyLimitsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.AdminService/SetKeyLimitsHttp',
+            aigne_dot_hub_dot_v1_dot_admin__service__pb2.SetKeyLimitsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RevokeKey(request,
             target,
             options=(),
@@ -290,6 +493,33 @@ class AdminService:
             '/aigne.hub.v1.AdminService/RevokeKey',
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKeyHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.AdminService/RevokeKeyHttp',
+            aigne_dot_hub_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from aigne.hub.v1 import admin_service_pb2 as _admin_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -32,9 +33,12 @@ class AdminServiceStub:
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     @_typing.overload
@@ -45,18 +49,28 @@ class AdminServiceStub:
     """CreateKey makes a new API key. The answer carries its secret, the only time it is
     shown; the hub keeps only a keyed digest of it.
     """
+    CreateKeyHttp: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateKeyRequest, _httpbody_pb2.HttpBody]
+    """CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListKeysRequest, _admin_service_pb2.ListKeysResponse]
     """ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets."""
+    ListKeysHttp: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListKeysRequest, _httpbody_pb2.HttpBody]
+    """ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse."""
     GetKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetKeyRequest, _admin_service_pb2.GetKeyResponse]
     """GetKey shows one key."""
+    GetKeyHttp: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetKeyRequest, _httpbody_pb2.HttpBody]
+    """GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse."""
     SetKeyLimits: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetKeyLimitsRequest, _admin_service_pb2.SetKeyLimitsResponse]
     """SetKeyLimits replaces all limits of a key at once: a limit left out is removed.
     New limits apply from the key's next request.
     """
+    SetKeyLimitsHttp: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetKeyLimitsRequest, _httpbody_pb2.HttpBody]
+    """SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse."""
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeKeyRequest, _admin_service_pb2.RevokeKeyResponse]
     """RevokeKey revokes a key for good; its next request is refused (HTTP 403,
     code `key_revoked`). Revoking a revoked key changes nothing.
     """
+    RevokeKeyHttp: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeKeyRequest, _httpbody_pb2.HttpBody]
+    """RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -65,9 +79,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,18 +92,28 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """CreateKey makes a new API key. The answer carries its secret, the only time it is
     shown; the hub keeps only a keyed digest of it.
     """
+    CreateKeyHttp: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateKeyRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListKeysRequest, _admin_service_pb2.ListKeysResponse]  # type: ignore[assignment]
     """ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets."""
+    ListKeysHttp: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListKeysRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse."""
     GetKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetKeyRequest, _admin_service_pb2.GetKeyResponse]  # type: ignore[assignment]
     """GetKey shows one key."""
+    GetKeyHttp: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetKeyRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse."""
     SetKeyLimits: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetKeyLimitsRequest, _admin_service_pb2.SetKeyLimitsResponse]  # type: ignore[assignment]
     """SetKeyLimits replaces all limits of a key at once: a limit left out is removed.
     New limits apply from the key's next request.
     """
+    SetKeyLimitsHttp: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetKeyLimitsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse."""
     RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeKeyRequest, _admin_service_pb2.RevokeKeyResponse]  # type: ignore[assignment]
     """RevokeKey revokes a key for good; its next request is refused (HTTP 403,
     code `key_revoked`). Revoking a revoked key changes nothing.
     """
+    RevokeKeyHttp: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeKeyRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages the hub's API keys: create them (the secret is shown once),
@@ -94,9 +121,12 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
 
     Two doors lead to the same code path: gRPC with the generated stubs (metadata
-    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
-    whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
-    names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+    `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+    (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+    JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+    server writes the answers, leaving out what is not set rather than printing it as 0 or
+    "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+    are always there, 0 and false included.
     """
 
     @_abc_1.abstractmethod
@@ -110,6 +140,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def CreateKeyHttp(
+        self,
+        request: _admin_service_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse."""
+
+    @_abc_1.abstractmethod
     def ListKeys(
         self,
         request: _admin_service_pb2.ListKeysRequest,
@@ -118,12 +156,28 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets."""
 
     @_abc_1.abstractmethod
+    def ListKeysHttp(
+        self,
+        request: _admin_service_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse."""
+
+    @_abc_1.abstractmethod
     def GetKey(
         self,
         request: _admin_service_pb2.GetKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetKeyResponse, _abc.Awaitable[_admin_service_pb2.GetKeyResponse]]:
         """GetKey shows one key."""
+
+    @_abc_1.abstractmethod
+    def GetKeyHttp(
+        self,
+        request: _admin_service_pb2.GetKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse."""
 
     @_abc_1.abstractmethod
     def SetKeyLimits(
@@ -136,6 +190,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def SetKeyLimitsHttp(
+        self,
+        request: _admin_service_pb2.SetKeyLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse."""
+
+    @_abc_1.abstractmethod
     def RevokeKey(
         self,
         request: _admin_service_pb2.RevokeKeyRequest,
@@ -144,5 +206,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """RevokeKey revokes a key for good; its next request is refused (HTTP 403,
         code `key_revoked`). Revoking a revoked key changes nothing.
         """
+
+    @_abc_1.abstractmethod
+    def RevokeKeyHttp(
+        self,
+        request: _admin_service_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,36 +23,37 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/usage_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0fGetUsageRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\xc3\x01\n\x10GetUsageResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12&\n\x04\x64\x61ys\x18\x04 \x03(\x0b\x32\x18.aigne.hub.v1.UsageTotal\x12(\n\x06models\x18\x05 \x03(\x0b\x32\x18.aigne.hub.v1.UsageTotal\x12\'\n\x05total\x18\x06 \x01(\x0b\x32\x18.aigne.hub.v1.UsageTotal\"\x9b\x01\n\nUsageTotal\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x61iled_requests\x18\x04 \x01(\x03\x12\x0e\n\x06images\x18\x05 \x01(\x03\x12\r\n\x05\x62ytes\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x08 \x01(\x01\"\xe1\x01\n\x17ListUsageRecordsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"_\n\x18ListUsageRecordsResponse\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.aigne.hub.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf4\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64oor\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0cserved_model\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\t\n\x01n\x18\x08 \x01(\x05\x12\x0c\n\x04size\x18\t \x01(\t\x12\x0f\n\x07quality\x18\n \x01(\t\x12\x17\n\x0fresponse_format\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x13\n\x0bhttp_status\x18\r \x01(\x05\x12\x0e\n\x06images\x18\x0e \x01(\x05\x12\r\n\x05\x62ytes\x18\x0f \x01(\x03\x12\x1b\n\x13upstream_latency_ms\x18\x10 \x01(\x01\x12\x18\n\x10total_latency_ms\x18\x11 \x01(\x01\x12)\n\x06tokens\x18\x12 \x01(\x0b\x32\x19.aigne.hub.v1.TokenCounts\x12\x10\n\x08\x63ost_usd\x18\x13 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x14 \x01(\x01\x12\x0c\n\x04user\x18\x15 \x01(\t\x12,\n\x08\x61ttempts\x18\x16 \x03(\x0b\x32\x1a.aigne.hub.v1.UsageAttempt\"\x8b\x01\n\x0cUsageAttempt\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x0bTokenCounts\x12\x12\n\ninput_text\x18\x01 \x01(\x03\x12\x13\n\x0binput_image\x18\x02 \x01(\x03\x12\x13\n\x0boutput_text\x18\x03 \x01(\x03\x12\x14\n\x0coutput_image\x18\x04 \x01(\x03\x32\xec\x01\n\x0cUsageService\x12]\n\x08GetUsage\x12\x1d.aigne.hub.v1.GetUsageRequest\x1a\x1e.aigne.hub.v1.GetUsageResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/api/usage\x12}\n\x10ListUsageRecords\x12%.aigne.hub.v1.ListUsageRecordsRequest\x1a&.aigne.hub.v1.ListUsageRecordsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/usage/recordsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aigne/hub/v1/usage_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0fGetUsageRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\xc3\x01\n\x10GetUsageResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12&\n\x04\x64\x61ys\x18\x04 \x03(\x0b\x32\x18.aigne.hub.v1.UsageTotal\x12(\n\x06models\x18\x05 \x03(\x0b\x32\x18.aigne.hub.v1.UsageTotal\x12\'\n\x05total\x18\x06 \x01(\x0b\x32\x18.aigne.hub.v1.UsageTotal\"\x9b\x01\n\nUsageTotal\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x61iled_requests\x18\x04 \x01(\x03\x12\x0e\n\x06images\x18\x05 \x01(\x03\x12\r\n\x05\x62ytes\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x08 \x01(\x01\"\xe1\x01\n\x17ListUsageRecordsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"_\n\x18ListUsageRecordsResponse\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.aigne.hub.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf4\x03\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64oor\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0cserved_model\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\t\n\x01n\x18\x08 \x01(\x05\x12\x0c\n\x04size\x18\t \x01(\t\x12\x0f\n\x07quality\x18\n \x01(\t\x12\x17\n\x0fresponse_format\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x13\n\x0bhttp_status\x18\r \x01(\x05\x12\x0e\n\x06images\x18\x0e \x01(\x05\x12\r\n\x05\x62ytes\x18\x0f \x01(\x03\x12\x1b\n\x13upstream_latency_ms\x18\x10 \x01(\x01\x12\x18\n\x10total_latency_ms\x18\x11 \x01(\x01\x12)\n\x06tokens\x18\x12 \x01(\x0b\x32\x19.aigne.hub.v1.TokenCounts\x12\x10\n\x08\x63ost_usd\x18\x13 \x01(\x01\x12\x14\n\x0c\x63ost_credits\x18\x14 \x01(\x01\x12\x0c\n\x04user\x18\x15 \x01(\t\x12,\n\x08\x61ttempts\x18\x16 \x03(\x0b\x32\x1a.aigne.hub.v1.UsageAttempt\"\x8b\x01\n\x0cUsageAttempt\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x0bTokenCounts\x12\x12\n\ninput_text\x18\x01 \x01(\x03\x12\x13\n\x0binput_image\x18\x02 \x01(\x03\x12\x13\n\x0boutput_text\x18\x03 \x01(\x03\x12\x14\n\x0coutput_image\x18\x04 \x01(\x03\x32\x86\x03\n\x0cUsageService\x12I\n\x08GetUsage\x12\x1d.aigne.hub.v1.GetUsageRequest\x1a\x1e.aigne.hub.v1.GetUsageResponse\x12W\n\x0cGetUsageHttp\x12\x1d.aigne.hub.v1.GetUsageRequest\x1a\x14.google.api.HttpBody\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/api/usage\x12\x61\n\x10ListUsageRecords\x12%.aigne.hub.v1.ListUsageRecordsRequest\x1a&.aigne.hub.v1.ListUsageRecordsResponse\x12o\n\x14ListUsageRecordsHttp\x12%.aigne.hub.v1.ListUsageRecordsRequest\x1a\x14.google.api.HttpBody\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/usage/recordsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aigne.hub.v1.usage_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USAGESERVICE'].methods_by_name['GetUsage']._loaded_options = None
-  _globals['_USAGESERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\014\022\n/api/usage'
-  _globals['_USAGESERVICE'].methods_by_name['ListUsageRecords']._loaded_options = None
-  _globals['_USAGESERVICE'].methods_by_name['ListUsageRecords']._serialized_options = b'\202\323\344\223\002\024\022\022/api/usage/records'
-  _globals['_GETUSAGEREQUEST']._serialized_start=113
-  _globals['_GETUSAGEREQUEST']._serialized_end=199
-  _globals['_GETUSAGERESPONSE']._serialized_start=202
-  _globals['_GETUSAGERESPONSE']._serialized_end=397
-  _globals['_USAGETOTAL']._serialized_start=400
-  _globals['_USAGETOTAL']._serialized_end=555
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=558
-  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=783
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=785
-  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=880
-  _globals['_USAGERECORD']._serialized_start=883
-  _globals['_USAGERECORD']._serialized_end=1383
-  _globals['_USAGEATTEMPT']._serialized_start=1386
-  _globals['_USAGEATTEMPT']._serialized_end=1525
-  _globals['_TOKENCOUNTS']._serialized_start=1527
-  _globals['_TOKENCOUNTS']._serialized_end=1624
-  _globals['_USAGESERVICE']._serialized_start=1627
-  _globals['_USAGESERVICE']._serialized_end=1863
+  _globals['_USAGESERVICE'].methods_by_name['GetUsageHttp']._loaded_options = None
+  _globals['_USAGESERVICE'].methods_by_name['GetUsageHttp']._serialized_options = b'\202\323\344\223\002\014\022\n/api/usage'
+  _globals['_USAGESERVICE'].methods_by_name['ListUsageRecordsHttp']._loaded_options = None
+  _globals['_USAGESERVICE'].methods_by_name['ListUsageRecordsHttp']._serialized_options = b'\202\323\344\223\002\024\022\022/api/usage/records'
+  _globals['_GETUSAGEREQUEST']._serialized_start=140
+  _globals['_GETUSAGEREQUEST']._serialized_end=226
+  _globals['_GETUSAGERESPONSE']._serialized_start=229
+  _globals['_GETUSAGERESPONSE']._serialized_end=424
+  _globals['_USAGETOTAL']._serialized_start=427
+  _globals['_USAGETOTAL']._serialized_end=582
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=585
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=810
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=812
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=907
+  _globals['_USAGERECORD']._serialized_start=910
+  _globals['_USAGERECORD']._serialized_end=1410
+  _globals['_USAGEATTEMPT']._serialized_start=1413
+  _globals['_USAGEATTEMPT']._serialized_end=1552
+  _globals['_TOKENCOUNTS']._serialized_start=1554
+  _globals['_TOKENCOUNTS']._serialized_end=1651
+  _globals['_USAGESERVICE']._serialized_start=1654
+  _globals['_USAGESERVICE']._serialized_end=2044
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from aigne.hub.v1 import usage_service_pb2 as aigne_dot_hub_dot_v1_dot_usage__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -31,8 +32,12 @@ class UsageServiceStub:
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -51,10 +56,20 @@ class UsageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetUsageHttp = channel.unary_unary(
+                '/aigne.hub.v1.UsageService/GetUsageHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListUsageRecords = channel.unary_unary(
                 '/aigne.hub.v1.UsageService/ListUsageRecords',
                 request_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsResponse.FromString,
+                _registered_method=True)
+        self.ListUsageRecordsHttp = channel.unary_unary(
+                '/aigne.hub.v1.UsageService/ListUsageRecordsHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
@@ -64,8 +79,12 @@ class UsageServiceServicer:
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -81,8 +100,23 @@ class UsageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageHttp(self, request, context):
+        """GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListUsageRecords(self, request, context):
         """ListUsageRecords lists the records of single image requests, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsageRecordsHttp(self, request, context):
+        """ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+        ListUsageRecordsResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,10 +130,20 @@ def add_UsageServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageResponse.SerializeToString,
             ),
+            'GetUsageHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'ListUsageRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUsageRecords,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsResponse.SerializeToString,
+            ),
+            'ListUsageRecordsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsageRecordsHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -115,8 +159,12 @@ class UsageService:
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -152,6 +200,33 @@ class UsageService:
             _registered_method=True)
 
     @staticmethod
+    def GetUsageHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.UsageService/GetUsageHttp',
+            aigne_dot_hub_dot_v1_dot_usage__service__pb2.GetUsageRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListUsageRecords(request,
             target,
             options=(),
@@ -168,6 +243,33 @@ class UsageService:
             '/aigne.hub.v1.UsageService/ListUsageRecords',
             aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsageRecordsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.UsageService/ListUsageRecordsHttp',
+            aigne_dot_hub_dot_v1_dot_usage__service__pb2.ListUsageRecordsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from aigne.hub.v1 import usage_service_pb2 as _usage_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -32,8 +33,12 @@ class UsageServiceStub:
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -49,8 +54,14 @@ class UsageServiceStub:
     """GetUsage totals usage per UTC day and model, per model, and overall, over a range of
     days.
     """
+    GetUsageHttp: _grpc.UnaryUnaryMultiCallable[_usage_service_pb2.GetUsageRequest, _httpbody_pb2.HttpBody]
+    """GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse."""
     ListUsageRecords: _grpc.UnaryUnaryMultiCallable[_usage_service_pb2.ListUsageRecordsRequest, _usage_service_pb2.ListUsageRecordsResponse]
     """ListUsageRecords lists the records of single image requests, newest first."""
+    ListUsageRecordsHttp: _grpc.UnaryUnaryMultiCallable[_usage_service_pb2.ListUsageRecordsRequest, _httpbody_pb2.HttpBody]
+    """ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+    ListUsageRecordsResponse.
+    """
 
 @_typing.type_check_only
 class UsageServiceAsyncStub(UsageServiceStub):
@@ -59,8 +70,12 @@ class UsageServiceAsyncStub(UsageServiceStub):
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -73,8 +88,14 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """GetUsage totals usage per UTC day and model, per model, and overall, over a range of
     days.
     """
+    GetUsageHttp: _aio.UnaryUnaryMultiCallable[_usage_service_pb2.GetUsageRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse."""
     ListUsageRecords: _aio.UnaryUnaryMultiCallable[_usage_service_pb2.ListUsageRecordsRequest, _usage_service_pb2.ListUsageRecordsResponse]  # type: ignore[assignment]
     """ListUsageRecords lists the records of single image requests, newest first."""
+    ListUsageRecordsHttp: _aio.UnaryUnaryMultiCallable[_usage_service_pb2.ListUsageRecordsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+    ListUsageRecordsResponse.
+    """
 
 class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """UsageService reports what API keys used and what it cost: totals per day and model,
@@ -82,8 +103,12 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Any key may read its own usage; admin keys may read any key's, or every key's at once
     (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
-    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
-    fields as query parameters.
+    (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+    ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+    the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+    timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+    are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+    always there, 0 included.
 
     Every image request that passed authentication leaves one record, whether it
     succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -102,11 +127,29 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetUsageHttp(
+        self,
+        request: _usage_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse."""
+
+    @_abc_1.abstractmethod
     def ListUsageRecords(
         self,
         request: _usage_service_pb2.ListUsageRecordsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_usage_service_pb2.ListUsageRecordsResponse, _abc.Awaitable[_usage_service_pb2.ListUsageRecordsResponse]]:
         """ListUsageRecords lists the records of single image requests, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListUsageRecordsHttp(
+        self,
+        request: _usage_service_pb2.ListUsageRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+        ListUsageRecordsResponse.
+        """
 
 def add_UsageServiceServicer_to_server(servicer: UsageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { HttpBodySchema } from "../../../google/api/httpbody_pb.js";
 
 /**
  * Describes the file aigne/hub/v1/admin_service.proto.
@@ -399,9 +400,12 @@ export declare const RevokeKeyResponseSchema: GenMessage<RevokeKeyResponse>;
  * key gets PERMISSION_DENIED (HTTP 403), no key UNAUTHENTICATED (HTTP 401).
  *
  * Two doors lead to the same code path: gRPC with the generated stubs (metadata
- * `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy,
- * whose bodies and answers are the proto3 JSON mapping of these messages (snake_case
- * names; 64-bit integers print as strings; timestamps as RFC 3339 strings).
+ * `authorization: Bearer <admin key>`), and REST JSON under `/api/admin/` through Envoy
+ * (each `XxxHttp` method is the REST door of `Xxx`). REST bodies and answers are the proto3
+ * JSON mapping of these messages (snake_case names, timestamps as RFC 3339 strings); the
+ * server writes the answers, leaving out what is not set rather than printing it as 0 or
+ * "": a limit that does not apply, an empty string. Counts (`images_today`) and booleans
+ * are always there, 0 and false included.
  *
  * @generated from service aigne.hub.v1.AdminService
  */
@@ -418,6 +422,16 @@ export declare const AdminService: GenService<{
     output: typeof CreateKeyResponseSchema;
   },
   /**
+   * CreateKeyHttp is the REST door of CreateKey: the JSON of a CreateKeyResponse.
+   *
+   * @generated from rpc aigne.hub.v1.AdminService.CreateKeyHttp
+   */
+  createKeyHttp: {
+    methodKind: "unary";
+    input: typeof CreateKeyRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * ListKeys lists the keys, oldest first: ids, prefixes, limits, state. Never secrets.
    *
    * @generated from rpc aigne.hub.v1.AdminService.ListKeys
@@ -428,6 +442,16 @@ export declare const AdminService: GenService<{
     output: typeof ListKeysResponseSchema;
   },
   /**
+   * ListKeysHttp is the REST door of ListKeys: the JSON of a ListKeysResponse.
+   *
+   * @generated from rpc aigne.hub.v1.AdminService.ListKeysHttp
+   */
+  listKeysHttp: {
+    methodKind: "unary";
+    input: typeof ListKeysRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * GetKey shows one key.
    *
    * @generated from rpc aigne.hub.v1.AdminService.GetKey
@@ -436,6 +460,16 @@ export declare const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetKeyRequestSchema;
     output: typeof GetKeyResponseSchema;
+  },
+  /**
+   * GetKeyHttp is the REST door of GetKey: the JSON of a GetKeyResponse.
+   *
+   * @generated from rpc aigne.hub.v1.AdminService.GetKeyHttp
+   */
+  getKeyHttp: {
+    methodKind: "unary";
+    input: typeof GetKeyRequestSchema;
+    output: typeof HttpBodySchema;
   },
   /**
    * SetKeyLimits replaces all limits of a key at once: a limit left out is removed.
@@ -449,6 +483,16 @@ export declare const AdminService: GenService<{
     output: typeof SetKeyLimitsResponseSchema;
   },
   /**
+   * SetKeyLimitsHttp is the REST door of SetKeyLimits: the JSON of a SetKeyLimitsResponse.
+   *
+   * @generated from rpc aigne.hub.v1.AdminService.SetKeyLimitsHttp
+   */
+  setKeyLimitsHttp: {
+    methodKind: "unary";
+    input: typeof SetKeyLimitsRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * RevokeKey revokes a key for good; its next request is refused (HTTP 403,
    * code `key_revoked`). Revoking a revoked key changes nothing.
    *
@@ -458,6 +502,16 @@ export declare const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeKeyRequestSchema;
     output: typeof RevokeKeyResponseSchema;
+  },
+  /**
+   * RevokeKeyHttp is the REST door of RevokeKey: the JSON of a RevokeKeyResponse.
+   *
+   * @generated from rpc aigne.hub.v1.AdminService.RevokeKeyHttp
+   */
+  revokeKeyHttp: {
+    methodKind: "unary";
+    input: typeof RevokeKeyRequestSchema;
+    output: typeof HttpBodySchema;
   },
 }>;
 

@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { HttpBodySchema } from "../../../google/api/httpbody_pb.js";
 
 /**
  * Describes the file aigne/hub/v1/usage_service.proto.
@@ -543,8 +544,12 @@ export declare const TokenCountsSchema: GenMessage<TokenCounts>;
  *
  * Any key may read its own usage; admin keys may read any key's, or every key's at once
  * (`key_id` `-`). Another key's usage asked for by a non-admin key is PERMISSION_DENIED
- * (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records`, with the request
- * fields as query parameters.
+ * (HTTP 403). On REST: `GET /api/usage` and `GET /api/usage/records` (GetUsageHttp and
+ * ListUsageRecordsHttp), with the request fields as query parameters; their answers are
+ * the proto3 JSON mapping of the responses (snake_case names, 64-bit integers as strings,
+ * timestamps as RFC 3339 strings), written by the server, which leaves out strings that
+ * are empty (a model not yet chosen, a total's `date`). Counts, costs and latencies are
+ * always there, 0 included.
  *
  * Every image request that passed authentication leaves one record, whether it
  * succeeded or failed. Costs are in US dollars and in credits (the server's
@@ -566,6 +571,16 @@ export declare const UsageService: GenService<{
     output: typeof GetUsageResponseSchema;
   },
   /**
+   * GetUsageHttp is the REST door of GetUsage: the JSON of a GetUsageResponse.
+   *
+   * @generated from rpc aigne.hub.v1.UsageService.GetUsageHttp
+   */
+  getUsageHttp: {
+    methodKind: "unary";
+    input: typeof GetUsageRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * ListUsageRecords lists the records of single image requests, newest first.
    *
    * @generated from rpc aigne.hub.v1.UsageService.ListUsageRecords
@@ -574,6 +589,17 @@ export declare const UsageService: GenService<{
     methodKind: "unary";
     input: typeof ListUsageRecordsRequestSchema;
     output: typeof ListUsageRecordsResponseSchema;
+  },
+  /**
+   * ListUsageRecordsHttp is the REST door of ListUsageRecords: the JSON of a
+   * ListUsageRecordsResponse.
+   *
+   * @generated from rpc aigne.hub.v1.UsageService.ListUsageRecordsHttp
+   */
+  listUsageRecordsHttp: {
+    methodKind: "unary";
+    input: typeof ListUsageRecordsRequestSchema;
+    output: typeof HttpBodySchema;
   },
 }>;
 
