@@ -12,7 +12,7 @@ outcome; a job settles in the transaction that ends it (`settle_in`).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from opentelemetry import trace
@@ -121,7 +121,9 @@ class Charge:
         return self.reservation
 
     def generated(self, generation: Generation) -> None:
-        self.generation = generation
+        """Its usage and time, kept for the record; not its images (a charge lives until
+        the answer is sent, which must not keep tens of megabytes of them alive)."""
+        self.generation = replace(generation, images=[])
 
     def returned(self, images: Iterable[GeneratedImage]) -> None:
         images = list(images)

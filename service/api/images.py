@@ -83,7 +83,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         call = current_call()
         if not asked.stream:
             answer = await self._pipeline.generate(call, asked, refuse_streams=OPENAI_STREAM)
-            yield wire.rest_answer(*response_and_payloads(answer))
+            written = wire.rest_answer(*response_and_payloads(answer))
+            del answer  # its images, not kept while gRPC copies the answer out
+            yield written
             return
         asked = openai_streams.streamed(asked)
         call.response_headers.append(("cache-control", "no-cache"))

@@ -30,6 +30,7 @@ from yarl import URL
 
 # Headers the SDK sets per attempt; ours are set per call, or not at all.
 PER_CALL_HEADERS = {"content-length", "x-stainless-read-timeout", "x-stainless-retry-count"}
+LARGE_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class JsonPoster:
         self._session: aiohttp.ClientSession | None = None
 
     async def post(self, path: str, body: dict[str, Any], *, seconds: float,
-                   headers: dict[str, str]) -> bytes:
+                   headers: dict[str, str]) -> bytes | bytearray:
         """The answer's body, or the SDK's error for it."""
         prepared = await self._prepare(path, str(body.get("model", "")))
         url = prepared.url
@@ -59,14 +60,14 @@ class JsonPoster:
                     url, data=orjson.dumps(body), headers={**prepared.headers, **headers},
                     timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=False,
                     proxy=prepared.proxy, proxy_auth=prepared.proxy_auth) as response:
-                content = await response.read()
+                content = await _body(response)
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise openai.APITimeoutError(request=_request(url)) from exc
         except aiohttp.ClientError as exc:
             raise openai.APIConnectionError(request=_request(url)) from exc
         if response.status >= 400:
             raise self._client._make_status_error_from_response(httpx2.Response(
-                response.status, headers=list(response.headers.items()), content=content,
+                response.status, headers=list(response.headers.items()), content=bytes(content),
                 request=_request(url)))
         return content
 
@@ -106,6 +107,26 @@ class JsonPoster:
                                                keepalive_timeout=self._keepalive,
                                                ssl=httpx2.create_ssl_context()))
         return self._session
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes | bytearray:
+    """The whole body. A large one of known length is read into a buffer of its size as it
+    arrives: read() keeps every chunk and then joins them, twice the body at its peak (a
+    10-image answer is ~33 MB)."""
+    length = response.content_length
+    if length is None or length < LARGE_BODY or response.headers.get("Content-Encoding"):
+        return await response.read()  # (a compressed body's length is not what arrives)
+    buffer = bytearray(length)
+    with memoryview(buffer) as view:
+        filled = 0
+        async for chunk in response.content.iter_any():
+            if filled + len(chunk) > length:
+                raise aiohttp.ClientPayloadError("the body is longer than its Content-Length")
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+    if filled != length:
+        raise aiohttp.ClientPayloadError("the body is shorter than its Content-Length")
+    return buffer
 
 
 def _request(url: str) -> httpx2.Request:
