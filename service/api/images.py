@@ -83,6 +83,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
         call = current_call()
         if not asked.stream:
             answer = await self._pipeline.generate(call, asked, refuse_streams=OPENAI_STREAM)
+            call.answered_once = True  # recorded before it leaves, as GenerateHttp's answer
             yield wire.rest_answer(*response_and_payloads(answer))
             return
         asked = openai_streams.streamed(asked)
