@@ -7,11 +7,14 @@ In one run, same requests, same concurrency, same load generators (wrk, h2load):
   3. our gRPC door and 4. our REST door, through Envoy (`python -m service run`);
   5. LiteLLM's proxy in front of the same fake provider.
 p50/p99 latency added over the baseline and requests per second at concurrency 1, 16 and 64;
-then n=10 1024x1024 `b64_json` (~2.4 MB noise PNGs, ~33 MB of JSON): time, and peak RSS of
-the server and Envoy; then the CPU cost of each piece of our request path, measured alone.
-then the burst case: BURST_N (1,000) generations at once against a provider that takes
-BURST_DELAY (3) seconds, ours with `make run`'s defaults and LiteLLM: how many were served,
-what each waited beyond the provider's time, and the memory per waiting request.
+then the REST door's RPC, the unary GenerateHttp it was against the streaming
+GenerateOrStreamHttp it is (bench/rest_rpcs.py): the same small request to each, gRPC straight
+to the server, their latency and server CPU per request; then n=10 1024x1024 `b64_json`
+(~2.4 MB noise PNGs, ~33 MB of JSON): time, and peak RSS of the server and Envoy; then the
+CPU cost of each piece of our request path, measured alone; then the burst case: BURST_N
+(1,000) generations at once against a provider that takes BURST_DELAY (3) seconds, ours with
+`make run`'s defaults and LiteLLM: how many were served, what each waited beyond the
+provider's time, and the memory per waiting request.
 Figures are printed, not asserted. BENCH_SECONDS sets each run's length (default 5);
 BENCH_DATABASE=postgres runs our server on a throwaway PostgreSQL cluster (the tests' own)
 instead of SQLite.
@@ -38,7 +41,7 @@ import httpx
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
-from bench import burst, litellm_proxy, load, pieces, processes, tracing
+from bench import burst, litellm_proxy, load, pieces, processes, rest_rpcs, tracing
 from service.config import Settings
 from service.ops import envoy
 from tests.stack import TEST_KEY, Stack, free_port
@@ -85,8 +88,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aigne-bench-") as tmp, \
             contextlib.ExitStack() as running:
         database = database_env(running)
-        paths = running.enter_context(started(Path(tmp), database))
+        paths, ours = running.enter_context(started(Path(tmp), database))
         small = small_requests(paths)
+        assert ours.process is not None
+        rest_rpc_rows = rest_rpcs.measure(ours.server_target, ours.process.pid, REQUEST,
+                                          SECONDS)
+        print(rest_rpcs.report(rest_rpc_rows, REQUEST), flush=True)
         big = big_requests(paths)
         costs = pieces.measure(paths[0].url.rsplit("/v1/", 1)[0], PROVIDER_KEY)
     with tempfile.TemporaryDirectory(prefix="aigne-burst-") as tmp, \
@@ -114,9 +121,9 @@ def burst_case(running: contextlib.ExitStack, tmp: Path,
     """BURST_N generations at once, against a provider that answers after BURST_DELAY s:
     ours as `make run` starts it (its defaults, not the tests' bounds), then LiteLLM."""
     fake_port = free_port()
-    fake = popen(running, [sys.executable, "-m", "bench.fake_provider", str(fake_port),
-                           str(BURST_DELAY)], tmp / "slow-fake.log")
-    wait_for_line(tmp / "slow-fake.log", "ready", fake)
+    fake = processes.start(running, [sys.executable, "-m", "bench.fake_provider",
+                                     str(fake_port), str(BURST_DELAY)], tmp / "slow-fake.log")
+    processes.wait_for_line(tmp / "slow-fake.log", "ready", fake)
     provider = f"http://127.0.0.1:{fake_port}"
     defaults = Settings()
     ours = Stack(tmp / "ours", {
@@ -132,7 +139,7 @@ def burst_case(running: contextlib.ExitStack, tmp: Path,
     ours.stop()
     lite_port = free_port()
     lite = litellm_proxy.start(tmp, lite_port, provider)
-    running.callback(stop, lite)
+    running.callback(processes.stop, lite)
     lite_pids = [lite.pid, *processes.children(lite.pid)]
     results["LiteLLM proxy"] = asyncio.run(burst.burst(
         f"http://127.0.0.1:{lite_port}/v1/images/generations",
@@ -155,8 +162,9 @@ def envoy_version() -> str:
 
 
 @contextlib.contextmanager
-def started(tmp: Path, database: dict[str, str]) -> Iterator[list[Contender]]:
-    """The fake provider, our stack, the floor and LiteLLM, stopped for sure at the end."""
+def started(tmp: Path, database: dict[str, str]) -> Iterator[tuple[list[Contender], Stack]]:
+    """The fake provider, our stack, the floor and LiteLLM, stopped for sure at the end: the
+    ways to the provider, and our stack."""
     with contextlib.ExitStack() as stack:
         # The floor's Envoy first: envoy.start forks with a preexec function, which is only
         # safe while this process has no threads yet (gRPC clients below start some).
@@ -167,11 +175,11 @@ def started(tmp: Path, database: dict[str, str]) -> Iterator[list[Contender]]:
                                                      [("127.0.0.1", floor_port)]),
                                   concurrency=settings.envoy_concurrency,
                                   output=(tmp / "floor-envoy.log").open("wb"))
-        stack.callback(stop, floor_envoy)
+        stack.callback(processes.stop, floor_envoy)
         fake_port = free_port()
-        fake = popen(stack, [sys.executable, "-m", "bench.fake_provider", str(fake_port)],
-                     tmp / "fake.log")
-        wait_for_line(tmp / "fake.log", "ready", fake)
+        fake = processes.start(stack, [sys.executable, "-m", "bench.fake_provider",
+                                       str(fake_port)], tmp / "fake.log")
+        processes.wait_for_line(tmp / "fake.log", "ready", fake)
         provider = f"http://127.0.0.1:{fake_port}"
         ours = Stack(tmp / "ours", {"OPENAI_API_KEY": PROVIDER_KEY,
                                     "OPENAI_BASE_URL": f"{provider}/v1", **database}).start()
@@ -179,18 +187,18 @@ def started(tmp: Path, database: dict[str, str]) -> Iterator[list[Contender]]:
         assert ours.process is not None
         server, ours_envoy = ours.process.pid, processes.children(ours.process.pid)[0]
         answers = record_answers(ours, tmp / "answers")
-        floor = popen(stack, [sys.executable, "-m", "bench.floor", str(floor_port),
-                              str(answers)], tmp / "floor.log")
-        wait_for_line(tmp / "floor.log", "ready", floor)
+        floor = processes.start(stack, [sys.executable, "-m", "bench.floor", str(floor_port),
+                                        str(answers)], tmp / "floor.log")
+        processes.wait_for_line(tmp / "floor.log", "ready", floor)
         wait_ready(f"http://127.0.0.1:{floor_admin}/ready")
         lite_port = free_port()
         lite = litellm_proxy.start(tmp, lite_port, provider)
-        stack.callback(stop, lite)
+        stack.callback(processes.stop, lite)
         lite_pids = {"litellm": lite.pid, **{f"worker{i}": p for i, p in
                                               enumerate(processes.children(lite.pid))}}
         ours_pids = {"server": server, "envoy": ours_envoy}
         floor_pids = {"server": floor.pid, "envoy": floor_envoy.pid}
-        yield [
+        yield ([
             Contender("provider, direct (baseline)", "http", f"{provider}/v1/images/generations",
                   f"Bearer {PROVIDER_KEY}", {"fake": fake.pid}),
             Contender("floor, REST", "http", f"http://127.0.0.1:{floor_http}/api/images/generations",
@@ -203,32 +211,7 @@ def started(tmp: Path, database: dict[str, str]) -> Iterator[list[Contender]]:
                   f"Bearer {TEST_KEY}", ours_pids),
             Contender("LiteLLM proxy", "http", f"http://127.0.0.1:{lite_port}/v1/images/generations",
                   f"Bearer {litellm_proxy.MASTER_KEY}", lite_pids),
-        ]
-
-
-def popen(stack: contextlib.ExitStack, command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT)
-    stack.callback(stop, process)
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while text not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{process.args} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
+        ], ours)
 
 
 def wait_ready(url: str) -> None:

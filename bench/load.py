@@ -72,15 +72,29 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load(url: str, message: bytes, auth: str, *, connections: int,
-           seconds: float | None = None, requests: int | None = None) -> Result:
-    """Unary gRPC calls of `message` to `url` (http://host:port/package.Service/Method)."""
+@dataclass(frozen=True)
+class Calls:
+    """h2load's calls: each successful one's latency, and how many failed."""
+
+    elapsed_ms: list[float]
+    failed: int
+    wall_seconds: float
+
+
+def h2load_calls(url: str, message: bytes, auth: str, *, connections: int,
+                 seconds: float | None = None, requests: int | None = None,
+                 headers: dict[str, str] | None = None) -> Calls:
+    """Unary gRPC calls of `message` to `url` (http://host:port/package.Service/Method), or
+    calls of a server-streaming method that answers one message: h2load sends and reads the
+    same frames."""
     with tempfile.TemporaryDirectory() as tmp:
         body, log = Path(tmp) / "body", Path(tmp) / "log"
         body.write_bytes(grpc_frame(message))
         command = ["h2load", f"-c{connections}", "-m1", "-t1", "-w30", "-W30",
                    "-H", "content-type: application/grpc", "-H", "te: trailers",
                    "-H", f"authorization: {auth}", "-d", str(body), f"--log-file={log}", url]
+        for name, value in (headers or {}).items():
+            command[-1:-1] = ["-H", f"{name}: {value}"]
         command[1:1] = [f"-D{seconds:g}"] if seconds else [f"-n{requests}"]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
@@ -88,12 +102,21 @@ def h2load(url: str, message: bytes, auth: str, *, connections: int,
     elapsed = sorted(int(row[2]) / 1000 for row in done)
     starts = [int(row[0]) for row in rows]
     span = (max(starts) - min(starts)) / 1e6 if len(starts) > 1 else 0.0
-    wall = seconds or span + (elapsed[-1] / 1000 if elapsed else 0.0)
     failed = len(rows) - len(done)
     if "succeeded" not in out:
         failed = max(failed, 1)
+    return Calls(elapsed, failed, seconds or span + (elapsed[-1] / 1000 if elapsed else 0.0))
+
+
+def h2load(url: str, message: bytes, auth: str, *, connections: int,
+           seconds: float | None = None, requests: int | None = None,
+           headers: dict[str, str] | None = None) -> Result:
+    """Unary gRPC calls of `message` to `url` (http://host:port/package.Service/Method)."""
+    calls = h2load_calls(url, message, auth, connections=connections, seconds=seconds,
+                         requests=requests, headers=headers)
+    elapsed, wall = calls.elapsed_ms, calls.wall_seconds
     return Result(percentile(elapsed, 50), percentile(elapsed, 99),
-                  len(done) / wall if wall else 0.0, len(done), failed)
+                  len(elapsed) / wall if wall else 0.0, len(elapsed), calls.failed)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -1,11 +1,43 @@
-"""What a process uses, read from /proc: CPU time, resident memory and its peak."""
+"""The bench's helper processes (started, waited for, stopped for sure), and what a process
+uses, read from /proc: CPU time, resident memory and its peak."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import time
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(running: contextlib.ExitStack, command: list[str],
+          log: Path) -> subprocess.Popen[bytes]:
+    """`command` in the repository's root, its output in `log`, stopped when `running` ends."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT)
+    running.callback(stop, process)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while text not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
 
 
 def children(pid: int) -> list[int]:

@@ -3,7 +3,7 @@
 Playwright's own browser download cannot work here, so it launches /usr/bin/chromium.
 `ConsolePage` wraps a page of the console: it signs in with a key the way a person does and
 records what should never happen (script errors, CSP violations, requests to other origins,
-dialogs), for the tests to assert on.
+dialogs), for the tests to assert on. `console_page` opens one in a fresh browser context.
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def console_page(browser: Browser, base_url: str, out_dir: Path) -> Iterator[ConsolePage]:
+    """A tab on the console at `base_url`, in a context of its own (its own session storage),
+    closed at the end."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900},
+                                  accept_downloads=True)
+    try:
+        yield ConsolePage(context.new_page(), base_url, out_dir)
+    finally:
+        context.close()
 
 
 @dataclass

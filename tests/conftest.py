@@ -1,6 +1,6 @@
 """Fixtures: the real stack (server and Envoy), fake providers, and clients for both doors; a
 real PostgreSQL server, and a stack per database (SQLite, PostgreSQL) for the tests of keys,
-quotas and usage."""
+quotas and usage; headless Chromium for the web console's tests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser
 
 from aigne.hub.v1 import image_service_pb2_grpc
+from tests.browser import chromium
 from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.images import picture
 from tests.fakes.openai_fake import FakeOpenAI
@@ -189,6 +191,13 @@ def out_dir(request: pytest.FixtureRequest) -> Path:
     path = Path(__file__).resolve().parents[1] / "test-output" / request.node.name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (tests/browser.py), for the tests that use the web console."""
+    with chromium() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser import ConsolePage, chromium
+from tests.browser import ConsolePage, console_page
 from tests.hub import ADMIN_KEY, GENERATIONS, Hub
 from tests.stack import ROOT, TEST_KEY, Stack
 
@@ -34,20 +34,10 @@ def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     assert not [secret[:12] for secret in hub.secrets if secret in log]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as running:
-        yield running
-
-
 @pytest.fixture
 def console(browser: Browser, console_hub: Hub, out_dir: Path) -> Iterator[ConsolePage]:
-    context = browser.new_context(viewport={"width": 1360, "height": 900},
-                                  accept_downloads=True)
-    try:
-        yield ConsolePage(context.new_page(), console_hub.stack.base_url, out_dir)
-    finally:
-        context.close()
+    with console_page(browser, console_hub.stack.base_url, out_dir) as page:
+        yield page
 
 
 # ---- served by the stack ---------------------------------------------------------------

@@ -33,36 +33,114 @@ export class ApiError extends Error {
 }
 
 /**
- * Call the API. `query` entries that are empty are left out; `body` is sent as JSON.
+ * Call the API. `query` entries that are empty are left out; `body` is sent as JSON, or as a
+ * multipart form when it is a FormData (the browser writes its boundary).
  * Answers { data, headers, status, ms }; throws ApiError on an error status, TypeError when
  * the hub cannot be reached.
  */
 export async function api(path, { method = "GET", query, body, signal, auth = true } = {}) {
-  const url = new URL(path, window.location.origin);
-  for (const [name, value] of Object.entries(query || {})) {
-    if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
-  }
-  const headers = { Accept: "application/json" };
-  if (auth && apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
   const started = performance.now();
-  const response = await fetch(url, {
-    method, headers, signal, cache: "no-store", credentials: "omit",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  const response = await send(path, { method, query, body, signal, auth,
+    accept: "application/json" });
   const text = await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
+  const data = parseJson(text);
   if (!response.ok) {
     throw new ApiError(response.status, data, text.slice(0, 300),
       response.headers.get("retry-after"));
   }
   return { data, headers: response.headers, status: response.status,
     ms: performance.now() - started };
+}
+
+/**
+ * POST a request whose answer is OpenAI's image stream (`stream: true`): Server-Sent Events.
+ * Answers { headers, events } once the hub has accepted it; `events` yields each event as
+ * { name, data } as it arrives. An error before the first event throws ApiError as api()
+ * does; an `error` event ends `events` with an ApiError whose `streamed` is true.
+ */
+export async function streamEvents(path, { body, signal }) {
+  const response = await send(path, { method: "POST", body, signal, auth: true,
+    accept: "text/event-stream" });
+  if (!response.ok || !response.headers.get("content-type")?.startsWith("text/event-stream")) {
+    const text = await response.text();
+    throw new ApiError(response.status, parseJson(text),
+      response.ok ? `Expected text/event-stream, got ${response.headers.get("content-type")}`
+        : text.slice(0, 300), response.headers.get("retry-after"));
+  }
+  return { headers: response.headers, status: response.status,
+    events: imageEvents(response.body) };
+}
+
+async function* imageEvents(stream) {
+  for await (const event of serverSentEvents(stream)) {
+    if (event.name === "error") {
+      const error = new ApiError(event.data?.error?.http_status || 500, event.data,
+        "The stream stopped with an error");
+      error.streamed = true;
+      throw error;
+    }
+    yield event;
+  }
+}
+
+/** The events of a `text/event-stream` body: `event:` names, `data:` JSON; comments skipped. */
+async function* serverSentEvents(stream) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let finished = false;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) {
+        finished = true;
+        break;
+      }
+      buffer += value.replaceAll("\r\n", "\n");
+      let end = buffer.indexOf("\n\n");
+      while (end >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) yield event;
+        end = buffer.indexOf("\n\n");
+      }
+    }
+  } finally {
+    if (!finished) reader.cancel().catch(() => {});
+  }
+}
+
+function parseEvent(block) {
+  let name = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) name = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  }
+  if (!data.length) return null; // a comment (`: keep-alive`) or an empty block
+  return { name, data: parseJson(data.join("\n")) };
+}
+
+function send(path, { method = "GET", query, body, signal, auth = true, accept }) {
+  const url = new URL(path, window.location.origin);
+  for (const [name, value] of Object.entries(query || {})) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
+  }
+  const headers = { Accept: accept };
+  if (auth && apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
+  const form = body instanceof FormData;
+  if (body !== undefined && !form) headers["Content-Type"] = "application/json";
+  return fetch(url, {
+    method, headers, signal, cache: "no-store", credentials: "omit",
+    body: body === undefined || form ? body : JSON.stringify(body),
+  });
+}
+
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
 }
 
 let adminCache = null;

@@ -1,7 +1,8 @@
 // The request form's model-dependent part: what the chosen model is (from GET /api/models)
 // and the controls it accepts — sizes (listed, a free-size rule, or aspect ratios), n,
-// quality, style, format, compression, background, moderation, source images — and the JSON
-// body they make.
+// quality, style, format, compression, background, moderation, streaming with partial
+// images, source images and a mask — and the body they make: JSON for a generation, OpenAI's
+// multipart form for an edit.
 
 import { append, field, h, replace, select } from "./dom.js";
 
@@ -94,13 +95,33 @@ export function renderOptions(el, model, onChange) {
   if (model.moderations?.length) {
     controls.push(field("Moderation", select(model.moderations, "auto", { id: "moderation" })));
   }
-  controls.push(field("Answer as", select([["url", "URL (signed link)"],
-    ["b64_json", "b64_json (bytes in the answer)"]], "url", { id: "response_format" })));
-  replace(el, h("div.option-grid", {}, controls));
+  const answerAs = field("Answer as", select([["url", "URL (signed link)"],
+    ["b64_json", "b64_json (bytes in the answer)"]], "url", { id: "response_format" }));
+  controls.push(answerAs);
+  replace(el, h("div.option-grid", {}, controls), streamControls(model, answerAs));
   el.querySelectorAll("input, select").forEach((control) => {
     control.addEventListener("input", onChange);
     control.addEventListener("change", onChange);
   });
+}
+
+// `stream: true`: OpenAI's image stream, with `partial_images` previews where the model
+// makes them. A stream's events carry the image bytes, so "Answer as" does not apply.
+function streamControls(model, answerAs) {
+  const stream = h("input", { id: "stream", type: "checkbox" });
+  const partial = h("input", { id: "partial_images", type: "number", min: 0, max: 3, value: 2,
+    inputmode: "numeric", disabled: true });
+  const partialField = field("Partial images", partial, model.partial_images
+    ? "Previews of each image, 0–3, shown as they arrive."
+    : "This model sends each image when it is done: no previews.");
+  stream.addEventListener("change", () => {
+    partial.disabled = !stream.checked || !model.partial_images;
+    answerAs.hidden = stream.checked;
+  });
+  return h("div.stream-box", {},
+    h("div.check", {}, stream, h("label", { for: "stream" },
+      "Stream the answer (partial images as they are made)")),
+    partialField);
 }
 
 function sizeOptions(model) {
@@ -153,7 +174,7 @@ function sizeForRatio(ratio) {
 
 export function renderSources(el, state, onChange) {
   const model = state.model;
-  state.sources = [];
+  Object.assign(state, { sources: [], sourceFiles: [], mask: null, maskFile: null });
   if (!model?.edits) {
     replace(el);
     return;
@@ -162,8 +183,8 @@ export function renderSources(el, state, onChange) {
     accept: "image/png,image/jpeg,image/webp,image/gif" });
   const list = h("ul.thumbs");
   input.addEventListener("change", async () => {
-    const files = [...input.files].slice(0, model.max_input_images);
-    state.sources = await Promise.all(files.map(readAsDataUrl));
+    state.sourceFiles = [...input.files].slice(0, model.max_input_images);
+    state.sources = await Promise.all(state.sourceFiles.map(readAsDataUrl));
     replace(list, state.sources.map((url, i) => h("li", {},
       h("img", { src: url, alt: `Source image ${i + 1}` }))));
     onChange();
@@ -171,8 +192,25 @@ export function renderSources(el, state, onChange) {
   replace(el, h("details.edit-box", {},
     h("summary", {}, "Edit images instead (optional)"),
     field(`Source image${model.max_input_images > 1 ? "s" : ""}`, input,
-      `Up to ${model.max_input_images}; sent as base64 in \`image\`.`),
-    list));
+      `Up to ${model.max_input_images}; sent to POST /api/images/edits as a multipart form.`),
+    list,
+    model.masks ? maskField(state, onChange) : null));
+}
+
+// The mask: where it is fully transparent the first image is edited, elsewhere kept.
+function maskField(state, onChange) {
+  const input = h("input", { id: "mask", type: "file", accept: "image/png" });
+  const thumb = h("ul.thumbs");
+  input.addEventListener("change", async () => {
+    state.maskFile = input.files[0] || null;
+    state.mask = state.maskFile ? await readAsDataUrl(state.maskFile) : null;
+    replace(thumb, state.mask ? h("li", {}, h("img", { src: state.mask, alt: "Mask" })) : null);
+    onChange();
+  });
+  return h("div.mask-field", {},
+    field("Mask (optional)", input, "A PNG with an alpha channel, the size of the first "
+      + "image: the image is edited where the mask is transparent."),
+    thumb);
 }
 
 function readAsDataUrl(file) {
@@ -211,9 +249,39 @@ export function requestBody(state, form) {
   if (visible("background") && value("background") !== "auto") body.background = value("background");
   if (visible("moderation") && value("moderation") !== "auto") body.moderation = value("moderation");
   // Sent when it differs from the model's own default (gpt-image models answer b64_json).
-  if (value("response_format") !== (model.default_response_format || "url")) {
+  if (visible("response_format")
+    && value("response_format") !== (model.default_response_format || "url")) {
     body.response_format = value("response_format");
   }
+  if (form.querySelector("#stream")?.checked) {
+    body.stream = true;
+    const partial = Number.parseInt(value("partial_images"), 10);
+    if (visible("partial_images") && partial !== 0) {
+      body.partial_images = Number.isNaN(partial) ? value("partial_images") : partial;
+    }
+  }
   if (state.sources?.length) body.image = state.sources;
+  if (body.image && state.mask) body.mask = state.mask;
   return body;
+}
+
+/** Where the body goes: an edit (source images given) to /api/images/edits. */
+export function requestPath(body) {
+  return body.image ? "/api/images/edits" : "/api/images/generations";
+}
+
+/**
+ * What is sent for the body: an edit as OpenAI's multipart form (the files as chosen,
+ * `image` or `image[]`, and `mask`; every other field as text), a generation as JSON.
+ */
+export function requestPayload(body, state) {
+  if (!body.image) return body;
+  const form = new FormData();
+  for (const [name, value] of Object.entries(body)) {
+    if (name !== "image" && name !== "mask") form.append(name, String(value));
+  }
+  const files = state.sourceFiles || [];
+  for (const file of files) form.append(files.length > 1 ? "image[]" : "image", file, file.name);
+  if (state.maskFile) form.append("mask", state.maskFile, state.maskFile.name);
+  return form;
 }

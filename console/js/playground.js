@@ -1,14 +1,17 @@
 // Playground: pick a model, write a prompt, generate; the controls offer only what the model
 // accepts (from GET /api/models). One request is sent with the chosen n; each image's tile
-// fills as its bytes arrive. The request is shown as curl, Python and grpcurl as it changes.
+// fills as its bytes arrive. With "stream", the answer is OpenAI's image stream: each partial
+// image shows as it arrives and gives way to the finished image. With source images (and a
+// mask) the request is an edit, sent as OpenAI's multipart form to /api/images/edits. The
+// request is shown as curl, Python and grpcurl as it changes.
 
-import { api, models } from "./api.js";
+import { api, models, streamEvents } from "./api.js";
 import { updateCode } from "./code-panel.js";
 import { append, field, h, replace, spinner } from "./dom.js";
 import { errorBox } from "./errors.js";
-import { MAX_N, PROVIDERS, renderModelInfo, renderOptions, renderSources, requestBody }
-  from "./model-form.js";
-import { fillTile, placeholder, promptLine } from "./results.js";
+import { MAX_N, PROVIDERS, renderModelInfo, renderOptions, renderSources, requestBody,
+  requestPath, requestPayload } from "./model-form.js";
+import { fillTile, placeholder, promptLine, showPreview } from "./results.js";
 
 export function render(root) {
   const state = { models: [], model: null, controller: null, objectUrls: [] };
@@ -144,32 +147,24 @@ async function generate(state, results, form, body) {
   const timer = setInterval(() => {
     elapsed.textContent = `${((performance.now() - started) / 1000).toFixed(1)} s`;
   }, 100);
+  const status = h("span.progress", {}, ` ${body.stream ? "Streaming" : "Generating"} ${count} `
+    + `image${count > 1 ? "s" : ""} with ${body.model}`);
   replace(results,
     h("div.result-head", {},
-      h("p.status", { role: "status" }, spinner("Generating"),
-        ` Generating ${count} image${count > 1 ? "s" : ""} with ${body.model} · `, elapsed)),
+      h("p.status", { role: "status" }, spinner("Generating"), status, " · ", elapsed)),
     promptLine(body.prompt),
     h("div.image-grid", { id: "images" }, tiles));
 
+  const run = { state, results, tiles, body, status, started, signal: controller.signal };
   try {
-    const { data, headers, ms } = await api("/api/images/generations", {
-      method: "POST", body, signal: controller.signal });
-    const served = headers.get("x-model-served") || body.model;
-    const requestId = headers.get("x-request-id") || "";
-    const images = data.data || [];
-    replace(results.querySelector(".result-head"), h("p.status.done", { role: "status" },
-      `${images.length} image${images.length === 1 ? "" : "s"} in ${(ms / 1000).toFixed(2)} s`,
-      " · served by ", h("code", {}, served),
-      requestId ? [" · request ", h("code", {}, requestId)] : null));
-    images.forEach((image, i) => {
-      const tile = tiles[i] || results.querySelector("#images").appendChild(placeholder(body.size, i));
-      fillTile(state, tile, image, i, body, data.output_format || "png");
-    });
+    await (body.stream ? answerStream(run) : answerOnce(run));
   } catch (error) {
     if (error.name === "AbortError") {
       replace(results.querySelector(".result-head"), h("p.status", { role: "status" },
         "Cancelled: the hub stops the upstream work."));
       results.querySelector("#images")?.remove();
+    } else if (error.streamed) {
+      streamStopped(results, error);
     } else {
       replace(results, errorBox(error, "The hub refused the request"), promptLine(body.prompt));
       markInvalid(form, error.param);
@@ -180,6 +175,72 @@ async function generate(state, results, form, body) {
     submit.disabled = false;
     submit.replaceChildren("Generate");
     cancel.hidden = true;
+  }
+}
+
+// One answer: the JSON of all images at once.
+async function answerOnce({ state, results, tiles, body, signal }) {
+  const { data, headers, ms } = await api(requestPath(body), {
+    method: "POST", body: requestPayload(body, state), signal });
+  const images = data.data || [];
+  showDone(results, headers, body, `${images.length} image${images.length === 1 ? "" : "s"} `
+    + `in ${(ms / 1000).toFixed(2)} s`);
+  images.forEach((image, i) => {
+    fillTile(state, tileFor(results, tiles, i, body), image, i, body,
+      data.output_format || "png");
+  });
+}
+
+// OpenAI's image stream: each image's partial images (previews) in its tile as they arrive,
+// then its `completed` event replaces them. Images are told in the order they are made.
+async function answerStream({ state, results, tiles, body, status, started, signal }) {
+  const { headers, events } = await streamEvents(requestPath(body), {
+    body: requestPayload(body, state), signal });
+  let done = 0;
+  let previews = 0;
+  for await (const { name, data } of events) {
+    const tile = tileFor(results, tiles, done, body);
+    if (name.endsWith(".partial_image")) {
+      previews += 1;
+      showPreview(state, tile, data, done);
+    } else if (name.endsWith(".completed")) {
+      fillTile(state, tile, data, done, body, data.output_format || "png");
+      done += 1;
+    }
+    status.textContent = ` Streaming: ${done} of ${tiles.length} done, ${previews} partial `
+      + `image${previews === 1 ? "" : "s"}`;
+  }
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  showDone(results, headers, body, `${done} image${done === 1 ? "" : "s"} in ${seconds} s, `
+    + `streamed with ${previews} partial image${previews === 1 ? "" : "s"}`);
+}
+
+function tileFor(results, tiles, index, body) {
+  if (!tiles[index]) {
+    tiles[index] = results.querySelector("#images").appendChild(placeholder(body.size, index));
+  }
+  return tiles[index];
+}
+
+function showDone(results, headers, body, summary) {
+  const served = headers.get("x-model-served") || body.model;
+  const requestId = headers.get("x-request-id") || "";
+  replace(results.querySelector(".result-head"), h("p.status.done", { role: "status" },
+    summary, " · served by ", h("code", {}, served),
+    requestId ? [" · request ", h("code", {}, requestId)] : null));
+}
+
+// An `error` event after the stream began: what arrived stays; tiles not finished say so.
+function streamStopped(results, error) {
+  replace(results.querySelector(".result-head"),
+    errorBox(error, "The stream stopped with an error"));
+  for (const tile of results.querySelectorAll("#images .tile.loading, #images .tile.previewing")) {
+    tile.classList.remove("loading");
+    tile.removeAttribute("aria-busy");
+    replace(tile.querySelector("figcaption"), h("p.notice.error", {},
+      tile.classList.contains("previewing") ? "Preview only: this image was not finished."
+        : "This image was not made."));
+    if (!tile.classList.contains("previewing")) tile.querySelector(".frame").replaceChildren();
   }
 }
 

@@ -1,5 +1,6 @@
 // The results grid: a tile per image, shown at once and filled as the image's bytes arrive,
-// with its real size, download, copy-URL and open.
+// with its real size, download, copy-URL and open. A stream's partial images show in the
+// tile of the image they preview until that image is done.
 
 import { copyText, formatBytes, h, replace, spinner, toast } from "./dom.js";
 
@@ -17,7 +18,25 @@ export function placeholder(size, index) {
   return tile;
 }
 
+/** A partial image (`*.partial_image` event) in the tile of the image it previews. */
+export function showPreview(state, tile, event, index) {
+  const src = URL.createObjectURL(base64Blob(event.b64_json,
+    `image/${event.output_format || "png"}`));
+  state.objectUrls.push(src);
+  const preview = Number(event.partial_image_index) + 1;
+  const img = h("img.preview", { alt: `Preview ${preview} of image ${index + 1}`,
+    dataset: { partialImageIndex: String(event.partial_image_index) } });
+  tile.classList.remove("loading");
+  tile.classList.add("previewing");
+  tile.querySelector(".frame").replaceChildren(img);
+  img.src = src;
+  replace(tile.querySelector("figcaption"), h("div.caption-row", {},
+    h("span.muted", {}, `#${index + 1}`), spinner(`Image ${index + 1} in the making`),
+    h("span.preview-note", {}, `Preview ${preview}`)));
+}
+
 export function fillTile(state, tile, image, index, body, format) {
+  tile.classList.remove("previewing");
   const frame = tile.querySelector(".frame");
   const caption = tile.querySelector("figcaption");
   let src = image.url;

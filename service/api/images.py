@@ -85,6 +85,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
             answer = await self._pipeline.generate(call, asked, refuse_streams=OPENAI_STREAM)
             written = wire.rest_answer(*response_and_payloads(answer))
             del answer  # its images, not kept while gRPC copies the answer out
+            call.answered_once = True  # recorded before it leaves, as GenerateHttp's answer
             yield written
             return
         asked = openai_streams.streamed(asked)

@@ -42,6 +42,9 @@ class Call(RequestContext):
     # A failure that ended a REST stream after it started (sent as an event, so the gRPC
     # status is OK): what the usage record and the log line say.
     failure: HubError | None = None
+    # Set by a streaming method whose next message is its whole answer (a REST door that
+    # answers once): the call is then recorded before that message leaves, as a unary one.
+    answered_once: bool = False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

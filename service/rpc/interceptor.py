@@ -2,6 +2,9 @@
 rights for admin methods), errors, the usage record of metered calls, metrics and the log
 line. Unary calls and server streams alike: a stream's response metadata leaves with its
 first message, and an error ends it with the same status whether or not messages were sent.
+A stream whose method says its message is the whole answer (`call.answered_once`: the REST
+door without `stream: true`) is recorded before that message leaves, as a unary call is; the
+others when they end.
 
 The interceptor makes the call's `Call` (service.rpc.call), which the servicer reads through
 `current_call()`, fills `call.charge` on metered calls, and raises HubError. Both wrappers,
@@ -180,18 +183,25 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                          ) -> AsyncGenerator[Any, None]:
             call = self._begin(method, context)
             with bound(call):
-                started = admitted = False
+                started = admitted = settled = False
                 try:
                     admitted = self._admission.enter(method)
                     await self._authorize(method, call, context, request)
                     async with contextlib.aclosing(behavior(request, context)) as responses:
                         async for response in responses:
+                            if call.answered_once and not settled:
+                                # Recorded before the answer leaves, as a unary call is
+                                # (after it, calls at once took longer: bench/rest_rpcs.py).
+                                settled = True
+                                await self._settle(method, call, context, _returned(call))
                             if not started:
                                 started = True
                                 await context.send_initial_metadata(call.response_metadata())
                             yield response
                 # GeneratorExit: grpc stopped reading, so the client went away mid-send.
                 except (Exception, asyncio.CancelledError, GeneratorExit) as exc:
+                    if settled:  # recorded already; the client left as the answer went
+                        raise
                     outcome = outcome_of(exc, call)
                     if (outcome.client_left and admitted and self._admission.cutting_off
                             and not started and not isinstance(exc, GeneratorExit)):
@@ -200,7 +210,8 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                     if outcome.reraise:
                         raise
                 else:
-                    await self._settle(method, call, context, _returned(call))
+                    if not settled:
+                        await self._settle(method, call, context, _returned(call))
                 finally:
                     if admitted:
                         self._admission.leave()
