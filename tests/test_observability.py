@@ -18,7 +18,8 @@ from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
 from service.accounting.charge import Charge
 from service.rpc.call import Call
-from service.rpc.interceptor import OK, HubInterceptor
+from service.rpc.interceptor import HubInterceptor
+from service.rpc.outcome import OK
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, ImageHost, http_client, provider_env
 from tests.fakes.google_fake import FakeGoogle
 from tests.fakes.openai_fake import FakeOpenAI, error

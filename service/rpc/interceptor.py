@@ -8,7 +8,7 @@ others when they end.
 
 The interceptor makes the call's `Call` (service.rpc.call), which the servicer reads through
 `current_call()`, fills `call.charge` on metered calls, and raises HubError. Both wrappers,
-unary and stream, map whatever ended the call to one `Outcome` (`outcome_of`): the status
+unary and stream, map whatever ended the call to one `Outcome` (service.rpc.outcome): the status
 the usage record, metrics and log line (service.rpc.log_line) say, and the error the client
 hears, sent as a google.rpc.Status made by service.rpc.status. A cancelled call whose work
 goes on without its client (`call.detached`) is recorded when that work ends.
@@ -32,76 +32,25 @@ from service.accounting.key_cache import KeyCache
 from service.accounting.keys import KeyStore
 from service.accounting.quotas import Quotas
 from service.accounting.usage import UsageRecorder
-from service.errors import HubError, InvalidArgument, PermissionDenied, ShuttingDown
+from service.errors import InvalidArgument, PermissionDenied
 from service.ops.admission import Admission
 from service.ops.metrics import Metrics
 from service.rpc import log_line, wire
 from service.rpc.call import Call, arrived, bound, metadata
-from service.rpc.status import abort, unexpected
+from service.rpc.outcome import (
+    CANCELLED,
+    OK,
+    Outcome,
+    cut_off,
+    outcome_of,
+    outcome_of_work,
+    returned,
+)
+from service.rpc.status import abort
 
 _tracer = trace.get_tracer("aigne.hub")  # the no-op API's until ops/tracing sets the SDK up
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a call ended: what its usage record, metrics and log line say, and what the
-    wrapper does next."""
-
-    status: str  # "OK", "CANCELLED", "ABORTED_BY_HANDLER" or the error's reason
-    http_status: int
-    error: HubError | None = None  # sent to the client as the call's status
-    reraise: bool = False  # the exception goes on to grpc (its own abort, a cancellation)
-    client_left: bool = False  # work the call left detached is recorded when it ends
-
-    @classmethod
-    def failed(cls, error: HubError, *, send: bool = True) -> Outcome:
-        return cls(error.reason, error.http_status, error=error if send else None)
-
-
-OK = Outcome("OK", 200)
-CANCELLED = Outcome("CANCELLED", 499, reraise=True, client_left=True)
-
-
-def outcome_of(exc: Exception | asyncio.CancelledError | GeneratorExit, call: Call) -> Outcome:
-    """The one mapping, for unary calls and streams alike, of the exception that ended a
-    call to its outcome. A stream's GeneratorExit (grpc stopped reading: the client went
-    away mid-send) is a cancellation like any other."""
-    if isinstance(exc, HubError):
-        return Outcome.failed(exc)
-    if isinstance(exc, grpc.aio.AbortError):
-        return Outcome("ABORTED_BY_HANDLER", 500, reraise=True)
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return CANCELLED
-    return Outcome.failed(unexpected(exc, call))
-
-
-def _returned(call: Call) -> Outcome:
-    """A stream whose handler returned: OK, or the failure a REST stream already sent as an
-    event (its gRPC status stays OK, so there is nothing more to send)."""
-    return OK if call.failure is None else Outcome.failed(call.failure, send=False)
-
-
-def _cut_off() -> Outcome:
-    """A unary call cut off at shutdown: its task's cancellation is taken back so that the
-    caller hears that the server shut down (and may send the request again), rather than a
-    bare cancellation."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-    return Outcome.failed(ShuttingDown("The server shut down before this request finished; "
-                                       "send it again.", retry_after=1))
-
-
-def _outcome_of_work(task: asyncio.Task[Any]) -> Outcome:
-    """How detached work ended, for the record of the call it outlived."""
-    if task.cancelled():
-        return CANCELLED
-    error = task.exception()
-    if isinstance(error, HubError):
-        return Outcome.failed(error)
-    return OK if error is None else Outcome("INTERNAL", 500)
 
 
 class HubInterceptor(grpc.aio.ServerInterceptor):
@@ -164,7 +113,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                 except (Exception, asyncio.CancelledError) as exc:
                     outcome = outcome_of(exc, call)
                     if outcome.client_left and admitted and self._admission.cutting_off:
-                        outcome = _cut_off()
+                        outcome = cut_off()
                     await self._settle(method, call, context, outcome)
                     if outcome.reraise:
                         raise
@@ -189,11 +138,9 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                     await self._authorize(method, call, context, request)
                     async with contextlib.aclosing(behavior(request, context)) as responses:
                         async for response in responses:
-                            if call.answered_once and not settled:
-                                # Recorded before the answer leaves, as a unary call is
-                                # (after it, calls at once took longer: bench/rest_rpcs.py).
-                                settled = True
-                                await self._settle(method, call, context, _returned(call))
+                            if call.answered_once and not settled:  # as a unary call
+                                settled = True  # (bench/rest_rpcs.py: after, it was slower)
+                                await self._settle(method, call, context, returned(call))
                             if not started:
                                 started = True
                                 await context.send_initial_metadata(call.response_metadata())
@@ -205,13 +152,13 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
                     outcome = outcome_of(exc, call)
                     if (outcome.client_left and admitted and self._admission.cutting_off
                             and not started and not isinstance(exc, GeneratorExit)):
-                        outcome = _cut_off()  # the REST door streams: its 503 too
+                        outcome = cut_off()  # the REST door streams: its 503 too
                     await self._settle(method, call, context, outcome)
                     if outcome.reraise:
                         raise
                 else:
                     if not settled:
-                        await self._settle(method, call, context, _returned(call))
+                        await self._settle(method, call, context, returned(call))
                 finally:
                     if admitted:
                         self._admission.leave()
@@ -237,7 +184,7 @@ class HubInterceptor(grpc.aio.ServerInterceptor):
             return
 
         def ended(task: asyncio.Task[Any]) -> None:
-            record = asyncio.ensure_future(self._end(method, call, _outcome_of_work(task)))
+            record = asyncio.ensure_future(self._end(method, call, outcome_of_work(task)))
             self._later.add(record)
             record.add_done_callback(self._later.discard)
 
