@@ -199,7 +199,8 @@ async def build_parts(settings: Settings, secrets: KnownSecrets | None = None) -
     # One guarded fetcher for every image fetched by URL: source images, provider answers.
     fetcher = GuardedFetcher(image_fetch_limits(settings))
     router = Router(deployments, environment_deployments(settings), routing_policy(settings),
-                    ProviderDeps(fetcher, secrets or KnownSecrets()), instrument=metrics.instrument)
+                    ProviderDeps(fetcher, secrets or KnownSecrets(), settings.max_response_bytes),
+                    instrument=metrics.instrument)
     loader = ImageLoader(fetcher, settings.max_request_pixels)
     writer = BatchWriter(database)  # reservations, settlements and records: group commit
     # Unsettled a minute past the longest a request takes: a dead process's, swept back.

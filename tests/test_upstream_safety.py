@@ -5,6 +5,7 @@ never reaches the server's log."""
 
 from __future__ import annotations
 
+import base64
 import string
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from service.errors import KnownSecrets
 from service.ops import logs
 from tests.conftest import GRPC_AUTH, ImageHost, http_client, provider_env, stub_of
 from tests.fakes.google_fake import FakeGoogle, google_error
+from tests.fakes.images import picture
 from tests.fakes.openai_fake import FakeOpenAI, error
 from tests.fakes.server import Reply
 from tests.stack import Stack
@@ -60,6 +62,26 @@ def test_url_answer_pointing_at_loopback_is_refused_unfetched(provider_rest: htt
     assert "did not fetch" in error_body["message"]
     assert str(fake_openai.port) not in error_body["message"], "the URL is not repeated"
     assert [r.method for r in fake_openai.received] == ["POST"]  # the generation alone
+
+
+def test_an_upstream_answer_larger_than_the_limit_is_refused_unread(
+        tmp_path, fake_openai: FakeOpenAI, fake_google: FakeGoogle,
+        image_host: ImageHost) -> None:
+    """An upstream cannot make the server hold more than AIGNE_HUB_MAX_RESPONSE_BYTES of its
+    answer (the body of known length is read into a buffer of that length: a hostile
+    Content-Length must not size it); a smaller answer still passes."""
+    large = base64.b64encode(picture(1024, 1024, noise=True)).decode()  # ~4 MB of JSON
+    fake_openai.script("generations", Reply(200, {"created": 1, "data": [{"b64_json": large}]}))
+    env = {**provider_env(fake_openai, fake_google, image_host),
+           "AIGNE_HUB_MAX_RESPONSE_BYTES": str(2 << 20)}
+    with Stack(tmp_path, env) as running, http_client(running) as rest:
+        refused = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "big",
+                                               "response_format": "b64_json"})
+        body = assert_error(refused, 502, None, "upstream_answer_too_large")
+        assert "2 MB" in body["message"]
+        small = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "small",
+                                             "response_format": "b64_json"})
+        assert small.status_code == 200, small.text
 
 
 @pytest.fixture(scope="module")

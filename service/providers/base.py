@@ -101,11 +101,14 @@ class Generation:
 @dataclass(frozen=True)
 class ProviderDeps:
     """What the server lends every provider it builds: the guarded fetcher for answers that
-    carry a URL instead of the image (the same guard and limits as source images), and the
-    credentials to mask wherever an upstream's message is passed on."""
+    carry a URL instead of the image (the same guard and limits as source images), the
+    credentials to mask wherever an upstream's message is passed on, and the largest answer
+    body it reads from an upstream (AIGNE_HUB_MAX_RESPONSE_BYTES: no larger answer could be
+    passed on)."""
 
     fetcher: GuardedFetcher
     secrets: KnownSecrets
+    max_answer_bytes: int = 256 << 20
 
 
 class Provider(Protocol):

@@ -59,7 +59,8 @@ class OpenAIProvider:
         self._fetcher = deps.fetcher  # `url` answers: the source images' guard and limits
         self._secrets = deps.secrets
         self._model_map = model_map or {}
-        self._poster = JsonPoster(client, connections=UPSTREAM_CONNECTIONS)
+        self._poster = JsonPoster(client, connections=UPSTREAM_CONNECTIONS,
+                                  max_body=deps.max_answer_bytes)
 
     @classmethod
     def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> OpenAIProvider:

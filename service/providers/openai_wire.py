@@ -28,6 +28,8 @@ from openai import AsyncOpenAI
 from openai._models import FinalRequestOptions
 from yarl import URL
 
+from service.errors import UpstreamFailed
+
 # Headers the SDK sets per attempt; ours are set per call, or not at all.
 PER_CALL_HEADERS = {"content-length", "x-stainless-read-timeout", "x-stainless-retry-count"}
 LARGE_BODY = 1 << 20
@@ -42,9 +44,10 @@ class Prepared:
 
 
 class JsonPoster:
-    def __init__(self, client: AsyncOpenAI, *, connections: int, keepalive_seconds: float = 15.0
-                 ) -> None:
+    def __init__(self, client: AsyncOpenAI, *, connections: int, max_body: int,
+                 keepalive_seconds: float = 15.0) -> None:
         self._client = client
+        self._max_body = max_body
         self._connections = connections
         self._keepalive = keepalive_seconds
         self._prepared: dict[tuple[str, str], Prepared] = {}
@@ -60,7 +63,7 @@ class JsonPoster:
                     url, data=orjson.dumps(body), headers={**prepared.headers, **headers},
                     timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=False,
                     proxy=prepared.proxy, proxy_auth=prepared.proxy_auth) as response:
-                content = await _body(response)
+                content = await _body(response, self._max_body)
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise openai.APITimeoutError(request=_request(url)) from exc
         except aiohttp.ClientError as exc:
@@ -109,13 +112,21 @@ class JsonPoster:
         return self._session
 
 
-async def _body(response: aiohttp.ClientResponse) -> bytes | bytearray:
-    """The whole body. A large one of known length is read into a buffer of its size as it
-    arrives: read() keeps every chunk and then joins them, twice the body at its peak (a
-    10-image answer is ~33 MB)."""
+async def _body(response: aiohttp.ClientResponse, most: int) -> bytes | bytearray:
+    """The whole body, of at most `most` bytes (UpstreamFailed beyond). One of known length
+    is read into a buffer of its size as it arrives: read() keeps every chunk and then joins
+    them, twice the body at its peak (a 10-image answer is ~33 MB)."""
     length = response.content_length
+    if length is not None and length > most:
+        raise _too_large(most)
     if length is None or length < LARGE_BODY or response.headers.get("Content-Encoding"):
-        return await response.read()  # (a compressed body's length is not what arrives)
+        chunks, size = [], 0  # (a compressed body's length is not what arrives)
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > most:
+                raise _too_large(most)
+            chunks.append(chunk)
+        return b"".join(chunks)
     buffer = bytearray(length)
     with memoryview(buffer) as view:
         filled = 0
@@ -127,6 +138,12 @@ async def _body(response: aiohttp.ClientResponse) -> bytes | bytearray:
     if filled != length:
         raise aiohttp.ClientPayloadError("the body is shorter than its Content-Length")
     return buffer
+
+
+def _too_large(most: int) -> UpstreamFailed:
+    return UpstreamFailed(f"The image provider's answer is larger than this server takes "
+                          f"({most >> 20} MB).", reason="UPSTREAM_ANSWER_TOO_LARGE",
+                          retryable=False)
 
 
 def _request(url: str) -> httpx2.Request:
