@@ -1,7 +1,8 @@
 """Provider credentials and routing, against two fake OpenAI upstreams and a fake Azure
 OpenAI on 127.0.0.1: deployments and encrypted credentials through the admin API, weighted
 selection, health (401 disables, 429 rests, 5xx cools down), fallback only on the upstream's
-failures, attempts in the usage record, pinning, and the admin test action."""
+failures, attempts in the usage record, pinning, the admin test action, and what the admin
+REST answers hold."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import grpc
 import httpx
 import pytest
 
+from aigne.hub.v1 import deployment_service_pb2 as deployment_pb
+from aigne.hub.v1 import deployment_service_pb2_grpc as deployment_grpc
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, http_client
@@ -26,6 +29,7 @@ from tests.hub import ADMIN_KEY
 from tests.stack import ROOT, TEST_KEY, Stack
 from tests.test_bad_input import assert_error
 
+ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_KEY}"),)
 GENERATIONS = "/api/images/generations"
 SMALL = {"model": "gpt-image-2", "prompt": "x", "size": "1024x640",
          "response_format": "b64_json"}
@@ -254,6 +258,50 @@ def test_admin_test_action_shows_in_the_model_listing(admin, routing_stack, upst
     assert shown["alpha"]["last_test_status"] == "OK" and shown["alpha"]["last_test_time"]
     assert shown["beta"]["last_test_status"] == "UPSTREAM_ERROR"
     assert models["dall-e-2"]["deployments"] == models["gpt-image-2"]["deployments"]
+
+
+def test_rest_answers_leave_out_what_is_not_set_and_keep_zeros_that_matter(
+        admin, routing_stack, upstreams) -> None:
+    """Envoy printed typed answers with every unset field: `"base_url": ""` for the
+    provider's own URL, `"last_test_latency_ms": 0` for a deployment never tested. The server
+    writes them now: what is not set is absent; priority 0, enabled false and a failure count
+    of 0 are there; maps are objects. gRPC carries the same messages as before."""
+    made = admin.post("/api/admin/deployments", json={
+        "name": "plain", "kind": "openai", "models": ["gpt-image-2"], "enabled": False})
+    assert made.status_code == 200, made.text
+    assert made.headers["content-type"].startswith("application/json")
+    plain = made.json()["deployment"]
+    assert {"base_url", "api_version", "cooldown_until", "last_error", "last_test_status",
+            "last_test_latency_ms", "last_test_time"}.isdisjoint(plain), plain
+    assert (plain["priority"], plain["enabled"], plain["consecutive_failures"]) == (0, False, 0)
+    assert plain["weight"] == 1 and plain["state"] and plain["source"] == "api"
+    assert (plain["options"], plain["model_map"], plain["credentials"]) == ({}, {}, [])
+    key = credential(admin, plain["id"], "sk-plain-secret-000000000")
+    assert {"disabled_reason", "disable_time", "cooldown_until"}.isdisjoint(key), key
+    assert key["enabled"] is True and key["weight"] == 1 and key["create_time"].endswith("Z")
+    resting = admin.put(f"/api/admin/credentials/{key['id']}", json={"enabled": False})
+    key = resting.json()["credential"]
+    assert key["enabled"] is False and key["state"] == "disabled" and key["weight"] == 1
+
+    add(admin, "alpha", upstreams.alpha, model_map={"gpt-image-2": "gpt-image-2"})
+    (tested,) = admin.post("/api/admin/deployments:test",
+                           json={"deployment_id": "alpha"}).json()["results"]
+    assert tested["status"] == "OK" and "message" not in tested and tested["latency_ms"] > 0
+    alpha = listed(admin, "alpha")
+    assert alpha["model_map"] == {"gpt-image-2": "gpt-image-2"}
+    assert alpha["last_test_status"] == "OK" and alpha["last_test_latency_ms"] > 0
+    assert alpha["base_url"] == f"{upstreams.alpha.url}/v1" and "api_version" not in alpha
+    assert listed(admin, "plain") == {**plain, "credentials": [key]}
+
+    with grpc.insecure_channel(routing_stack.envoy_target) as channel:
+        typed = deployment_grpc.DeploymentServiceStub(channel).ListDeployments(
+            deployment_pb.ListDeploymentsRequest(), metadata=ADMIN_METADATA, timeout=30)
+    same = next(d for d in typed.deployments if d.name == "plain")
+    assert (same.base_url, same.api_version, same.last_test_latency_ms) == ("", "", 0)
+    assert (same.priority, same.enabled, same.credentials[0].disabled_reason) == (0, False, "")
+    assert not same.HasField("last_test_time")
+    gone = admin.delete(f"/api/admin/deployments/{plain['id']}")
+    assert gone.status_code == 200 and gone.json() == {}
 
 
 def test_secrets_are_encrypted_at_rest_and_never_shown(admin, routing_stack,

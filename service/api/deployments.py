@@ -1,13 +1,18 @@
 """DeploymentService: deployments and credentials through the admin API (admin keys only;
-the interceptor refuses the rest)."""
+the interceptor refuses the rest). Each `XxxHttp` method is the REST door of `Xxx`: the same
+answer as JSON the server writes (contract/json_codec), where what is not set (a default
+base URL, a last test never run) is left out instead of reading "" or 0."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
+from google.api import httpbody_pb2
+
 from aigne.hub.v1 import deployment_service_pb2 as pb
 from aigne.hub.v1 import deployment_service_pb2_grpc as pb_grpc
+from service.api.admin import json_answer
 from service.api.listing import timestamp
 from service.catalog.deployments import Credential, Deployment
 from service.catalog.models import Lifecycle, ModelRegistry, ModelSpec, Size
@@ -18,6 +23,9 @@ from service.routing.router import Router
 
 TEST_SECONDS = 60.0
 TEST_PREFERENCE = ("local", "gpt-image-2", "gemini-3.1-flash-lite-image", "gemini-3.1-flash-image")
+# Numbers whose 0 means "not set": left out of REST answers (empty strings always are).
+# Priority, weights, flags and counts mean what they say at 0 and false, and stay.
+NOT_SET_WHEN_ZERO = frozenset({f"{pb.Deployment.DESCRIPTOR.full_name}.last_test_latency_ms"})
 
 
 class DeploymentServicer(pb_grpc.DeploymentServiceServicer):
@@ -92,6 +100,38 @@ class DeploymentServicer(pb_grpc.DeploymentServiceServicer):
             raise NotFound(f"no enabled deployment '{request.deployment_id}'",
                            param="deployment_id", reason="DEPLOYMENT_NOT_FOUND")
         return pb.TestDeploymentsResponse(results=[await self._test(d) for d in chosen])
+
+    async def CreateDeploymentHttp(self, request: pb.CreateDeploymentRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.CreateDeployment(request, context), NOT_SET_WHEN_ZERO)
+
+    async def ListDeploymentsHttp(self, request: pb.ListDeploymentsRequest,
+                                  context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.ListDeployments(request, context), NOT_SET_WHEN_ZERO)
+
+    async def UpdateDeploymentHttp(self, request: pb.UpdateDeploymentRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.UpdateDeployment(request, context), NOT_SET_WHEN_ZERO)
+
+    async def DeleteDeploymentHttp(self, request: pb.DeleteDeploymentRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.DeleteDeployment(request, context), NOT_SET_WHEN_ZERO)
+
+    async def AddCredentialHttp(self, request: pb.AddCredentialRequest,
+                                context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.AddCredential(request, context), NOT_SET_WHEN_ZERO)
+
+    async def UpdateCredentialHttp(self, request: pb.UpdateCredentialRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.UpdateCredential(request, context), NOT_SET_WHEN_ZERO)
+
+    async def DeleteCredentialHttp(self, request: pb.DeleteCredentialRequest,
+                                   context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.DeleteCredential(request, context), NOT_SET_WHEN_ZERO)
+
+    async def TestDeploymentsHttp(self, request: pb.TestDeploymentsRequest,
+                                  context: object) -> httpbody_pb2.HttpBody:
+        return json_answer(await self.TestDeployments(request, context), NOT_SET_WHEN_ZERO)
 
     async def _test(self, deployment: Deployment) -> pb.DeploymentTest:
         spec = self._test_model(deployment)

@@ -8,9 +8,9 @@ expected. A bad field is an InvalidArgument naming it.
 Answers are the proto3 JSON mapping with three choices the contract fixes: 64-bit integers
 are JSON numbers (strings where a door asks, as the mapping itself has them), field names
 stay snake_case, and fields without presence are left out when they are empty strings or
-bytes. Numbers, booleans and lists are always printed, unless the caller names them as
+bytes. Numbers, booleans, lists and maps are always printed, unless the caller names them as
 unset when 0 or empty (`unset_when_empty`: a limit whose 0 means "no limit"). Timestamps
-are RFC 3339 strings.
+are RFC 3339 strings; a map is an object whose keys are strings.
 """
 
 from __future__ import annotations
@@ -114,7 +114,14 @@ def to_json_value(message: Message, unset_when_empty: Collection[str] = (),
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.is_repeated:
-            if value or field.full_name not in unset_when_empty:
+            if not value and field.full_name in unset_when_empty:
+                continue
+            entry = _map_value(field)
+            if entry is not None:
+                out[field.name] = {_map_key(key): _scalar(entry, item, unset_when_empty,
+                                                          int64_as_string)
+                                   for key, item in value.items()}
+            else:
                 out[field.name] = [_scalar(field, item, unset_when_empty, int64_as_string)
                                    for item in value]
         elif field.has_presence:
@@ -126,6 +133,18 @@ def to_json_value(message: Message, unset_when_empty: Collection[str] = (),
         elif value or field.full_name not in unset_when_empty:
             out[field.name] = _scalar(field, value, unset_when_empty, int64_as_string)
     return out
+
+
+def _map_value(field: Any) -> Any:
+    """The value field of a map field's entries; None when `field` is not a map."""
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+        return field.message_type.fields_by_name["value"]
+    return None
+
+
+def _map_key(key: Any) -> str:
+    """A map key as the proto3 JSON mapping writes it: always a string."""
+    return ("true" if key else "false") if isinstance(key, bool) else str(key)
 
 
 def _scalar(field: Any, value: Any, unset_when_empty: Collection[str],

@@ -4,6 +4,7 @@ package hubv1
 
 import (
 	context "context"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -19,24 +20,48 @@ const _ = grpc.SupportPackageIsVersion7
 type DeploymentServiceClient interface {
 	// CreateDeployment adds a deployment. Add its credentials with AddCredential.
 	CreateDeployment(ctx context.Context, in *CreateDeploymentRequest, opts ...grpc.CallOption) (*CreateDeploymentResponse, error)
+	// CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+	// CreateDeploymentResponse.
+	CreateDeploymentHttp(ctx context.Context, in *CreateDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// ListDeployments lists every deployment with its credentials (never their secrets) and
 	// health: cooldowns, disabled credentials with the reason and time, the last test.
 	ListDeployments(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*ListDeploymentsResponse, error)
+	// ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+	// ListDeploymentsResponse.
+	ListDeploymentsHttp(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// UpdateDeployment replaces the settable fields of a deployment (not its health).
 	UpdateDeployment(ctx context.Context, in *UpdateDeploymentRequest, opts ...grpc.CallOption) (*UpdateDeploymentResponse, error)
+	// UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+	// UpdateDeploymentResponse.
+	UpdateDeploymentHttp(ctx context.Context, in *UpdateDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// DeleteDeployment removes a deployment and its credentials.
 	DeleteDeployment(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*DeleteDeploymentResponse, error)
+	// DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+	// DeleteDeploymentResponse.
+	DeleteDeploymentHttp(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// AddCredential adds a provider secret to a deployment. The secret is encrypted and never
 	// shown again.
 	AddCredential(ctx context.Context, in *AddCredentialRequest, opts ...grpc.CallOption) (*AddCredentialResponse, error)
+	// AddCredentialHttp is the REST door of AddCredential: the JSON of an
+	// AddCredentialResponse.
+	AddCredentialHttp(ctx context.Context, in *AddCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
 	// that was disabled (by an admin, or after its provider refused it) clears the reason.
 	UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*UpdateCredentialResponse, error)
+	// UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+	// UpdateCredentialResponse.
+	UpdateCredentialHttp(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// DeleteCredential removes a credential.
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
+	// DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+	// DeleteCredentialResponse.
+	DeleteCredentialHttp(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// TestDeployments runs one tiny real generation on each enabled deployment (or the one
 	// named) and records its outcome and latency, shown here and in the model listing.
 	TestDeployments(ctx context.Context, in *TestDeploymentsRequest, opts ...grpc.CallOption) (*TestDeploymentsResponse, error)
+	// TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+	// TestDeploymentsResponse.
+	TestDeploymentsHttp(ctx context.Context, in *TestDeploymentsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type deploymentServiceClient struct {
@@ -56,9 +81,27 @@ func (c *deploymentServiceClient) CreateDeployment(ctx context.Context, in *Crea
 	return out, nil
 }
 
+func (c *deploymentServiceClient) CreateDeploymentHttp(ctx context.Context, in *CreateDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/CreateDeploymentHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *deploymentServiceClient) ListDeployments(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*ListDeploymentsResponse, error) {
 	out := new(ListDeploymentsResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/ListDeployments", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deploymentServiceClient) ListDeploymentsHttp(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/ListDeploymentsHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -74,9 +117,27 @@ func (c *deploymentServiceClient) UpdateDeployment(ctx context.Context, in *Upda
 	return out, nil
 }
 
+func (c *deploymentServiceClient) UpdateDeploymentHttp(ctx context.Context, in *UpdateDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/UpdateDeploymentHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *deploymentServiceClient) DeleteDeployment(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*DeleteDeploymentResponse, error) {
 	out := new(DeleteDeploymentResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/DeleteDeployment", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deploymentServiceClient) DeleteDeploymentHttp(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/DeleteDeploymentHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -92,9 +153,27 @@ func (c *deploymentServiceClient) AddCredential(ctx context.Context, in *AddCred
 	return out, nil
 }
 
+func (c *deploymentServiceClient) AddCredentialHttp(ctx context.Context, in *AddCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/AddCredentialHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *deploymentServiceClient) UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*UpdateCredentialResponse, error) {
 	out := new(UpdateCredentialResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/UpdateCredential", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deploymentServiceClient) UpdateCredentialHttp(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/UpdateCredentialHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -110,9 +189,27 @@ func (c *deploymentServiceClient) DeleteCredential(ctx context.Context, in *Dele
 	return out, nil
 }
 
+func (c *deploymentServiceClient) DeleteCredentialHttp(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/DeleteCredentialHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *deploymentServiceClient) TestDeployments(ctx context.Context, in *TestDeploymentsRequest, opts ...grpc.CallOption) (*TestDeploymentsResponse, error) {
 	out := new(TestDeploymentsResponse)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/TestDeployments", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deploymentServiceClient) TestDeploymentsHttp(ctx context.Context, in *TestDeploymentsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.DeploymentService/TestDeploymentsHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -125,24 +222,48 @@ func (c *deploymentServiceClient) TestDeployments(ctx context.Context, in *TestD
 type DeploymentServiceServer interface {
 	// CreateDeployment adds a deployment. Add its credentials with AddCredential.
 	CreateDeployment(context.Context, *CreateDeploymentRequest) (*CreateDeploymentResponse, error)
+	// CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+	// CreateDeploymentResponse.
+	CreateDeploymentHttp(context.Context, *CreateDeploymentRequest) (*httpbody.HttpBody, error)
 	// ListDeployments lists every deployment with its credentials (never their secrets) and
 	// health: cooldowns, disabled credentials with the reason and time, the last test.
 	ListDeployments(context.Context, *ListDeploymentsRequest) (*ListDeploymentsResponse, error)
+	// ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+	// ListDeploymentsResponse.
+	ListDeploymentsHttp(context.Context, *ListDeploymentsRequest) (*httpbody.HttpBody, error)
 	// UpdateDeployment replaces the settable fields of a deployment (not its health).
 	UpdateDeployment(context.Context, *UpdateDeploymentRequest) (*UpdateDeploymentResponse, error)
+	// UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+	// UpdateDeploymentResponse.
+	UpdateDeploymentHttp(context.Context, *UpdateDeploymentRequest) (*httpbody.HttpBody, error)
 	// DeleteDeployment removes a deployment and its credentials.
 	DeleteDeployment(context.Context, *DeleteDeploymentRequest) (*DeleteDeploymentResponse, error)
+	// DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+	// DeleteDeploymentResponse.
+	DeleteDeploymentHttp(context.Context, *DeleteDeploymentRequest) (*httpbody.HttpBody, error)
 	// AddCredential adds a provider secret to a deployment. The secret is encrypted and never
 	// shown again.
 	AddCredential(context.Context, *AddCredentialRequest) (*AddCredentialResponse, error)
+	// AddCredentialHttp is the REST door of AddCredential: the JSON of an
+	// AddCredentialResponse.
+	AddCredentialHttp(context.Context, *AddCredentialRequest) (*httpbody.HttpBody, error)
 	// UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
 	// that was disabled (by an admin, or after its provider refused it) clears the reason.
 	UpdateCredential(context.Context, *UpdateCredentialRequest) (*UpdateCredentialResponse, error)
+	// UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+	// UpdateCredentialResponse.
+	UpdateCredentialHttp(context.Context, *UpdateCredentialRequest) (*httpbody.HttpBody, error)
 	// DeleteCredential removes a credential.
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
+	// DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+	// DeleteCredentialResponse.
+	DeleteCredentialHttp(context.Context, *DeleteCredentialRequest) (*httpbody.HttpBody, error)
 	// TestDeployments runs one tiny real generation on each enabled deployment (or the one
 	// named) and records its outcome and latency, shown here and in the model listing.
 	TestDeployments(context.Context, *TestDeploymentsRequest) (*TestDeploymentsResponse, error)
+	// TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+	// TestDeploymentsResponse.
+	TestDeploymentsHttp(context.Context, *TestDeploymentsRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedDeploymentServiceServer()
 }
 
@@ -153,26 +274,50 @@ type UnimplementedDeploymentServiceServer struct {
 func (UnimplementedDeploymentServiceServer) CreateDeployment(context.Context, *CreateDeploymentRequest) (*CreateDeploymentResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateDeployment not implemented")
 }
+func (UnimplementedDeploymentServiceServer) CreateDeploymentHttp(context.Context, *CreateDeploymentRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateDeploymentHttp not implemented")
+}
 func (UnimplementedDeploymentServiceServer) ListDeployments(context.Context, *ListDeploymentsRequest) (*ListDeploymentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListDeployments not implemented")
+}
+func (UnimplementedDeploymentServiceServer) ListDeploymentsHttp(context.Context, *ListDeploymentsRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListDeploymentsHttp not implemented")
 }
 func (UnimplementedDeploymentServiceServer) UpdateDeployment(context.Context, *UpdateDeploymentRequest) (*UpdateDeploymentResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateDeployment not implemented")
 }
+func (UnimplementedDeploymentServiceServer) UpdateDeploymentHttp(context.Context, *UpdateDeploymentRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateDeploymentHttp not implemented")
+}
 func (UnimplementedDeploymentServiceServer) DeleteDeployment(context.Context, *DeleteDeploymentRequest) (*DeleteDeploymentResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteDeployment not implemented")
+}
+func (UnimplementedDeploymentServiceServer) DeleteDeploymentHttp(context.Context, *DeleteDeploymentRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteDeploymentHttp not implemented")
 }
 func (UnimplementedDeploymentServiceServer) AddCredential(context.Context, *AddCredentialRequest) (*AddCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AddCredential not implemented")
 }
+func (UnimplementedDeploymentServiceServer) AddCredentialHttp(context.Context, *AddCredentialRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AddCredentialHttp not implemented")
+}
 func (UnimplementedDeploymentServiceServer) UpdateCredential(context.Context, *UpdateCredentialRequest) (*UpdateCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateCredential not implemented")
+}
+func (UnimplementedDeploymentServiceServer) UpdateCredentialHttp(context.Context, *UpdateCredentialRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateCredentialHttp not implemented")
 }
 func (UnimplementedDeploymentServiceServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteCredential not implemented")
 }
+func (UnimplementedDeploymentServiceServer) DeleteCredentialHttp(context.Context, *DeleteCredentialRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteCredentialHttp not implemented")
+}
 func (UnimplementedDeploymentServiceServer) TestDeployments(context.Context, *TestDeploymentsRequest) (*TestDeploymentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TestDeployments not implemented")
+}
+func (UnimplementedDeploymentServiceServer) TestDeploymentsHttp(context.Context, *TestDeploymentsRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TestDeploymentsHttp not implemented")
 }
 func (UnimplementedDeploymentServiceServer) mustEmbedUnimplementedDeploymentServiceServer() {}
 
@@ -205,6 +350,24 @@ func _DeploymentService_CreateDeployment_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeploymentService_CreateDeploymentHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).CreateDeploymentHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/CreateDeploymentHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).CreateDeploymentHttp(ctx, req.(*CreateDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _DeploymentService_ListDeployments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListDeploymentsRequest)
 	if err := dec(in); err != nil {
@@ -219,6 +382,24 @@ func _DeploymentService_ListDeployments_Handler(srv interface{}, ctx context.Con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(DeploymentServiceServer).ListDeployments(ctx, req.(*ListDeploymentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeploymentService_ListDeploymentsHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeploymentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).ListDeploymentsHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/ListDeploymentsHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).ListDeploymentsHttp(ctx, req.(*ListDeploymentsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -241,6 +422,24 @@ func _DeploymentService_UpdateDeployment_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeploymentService_UpdateDeploymentHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).UpdateDeploymentHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/UpdateDeploymentHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).UpdateDeploymentHttp(ctx, req.(*UpdateDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _DeploymentService_DeleteDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteDeploymentRequest)
 	if err := dec(in); err != nil {
@@ -255,6 +454,24 @@ func _DeploymentService_DeleteDeployment_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(DeploymentServiceServer).DeleteDeployment(ctx, req.(*DeleteDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeploymentService_DeleteDeploymentHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).DeleteDeploymentHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/DeleteDeploymentHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).DeleteDeploymentHttp(ctx, req.(*DeleteDeploymentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -277,6 +494,24 @@ func _DeploymentService_AddCredential_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeploymentService_AddCredentialHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).AddCredentialHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/AddCredentialHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).AddCredentialHttp(ctx, req.(*AddCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _DeploymentService_UpdateCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpdateCredentialRequest)
 	if err := dec(in); err != nil {
@@ -291,6 +526,24 @@ func _DeploymentService_UpdateCredential_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(DeploymentServiceServer).UpdateCredential(ctx, req.(*UpdateCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeploymentService_UpdateCredentialHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).UpdateCredentialHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/UpdateCredentialHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).UpdateCredentialHttp(ctx, req.(*UpdateCredentialRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -313,6 +566,24 @@ func _DeploymentService_DeleteCredential_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeploymentService_DeleteCredentialHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).DeleteCredentialHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/DeleteCredentialHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).DeleteCredentialHttp(ctx, req.(*DeleteCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _DeploymentService_TestDeployments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TestDeploymentsRequest)
 	if err := dec(in); err != nil {
@@ -331,6 +602,24 @@ func _DeploymentService_TestDeployments_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeploymentService_TestDeploymentsHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestDeploymentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeploymentServiceServer).TestDeploymentsHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.DeploymentService/TestDeploymentsHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeploymentServiceServer).TestDeploymentsHttp(ctx, req.(*TestDeploymentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _DeploymentService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "aigne.hub.v1.DeploymentService",
 	HandlerType: (*DeploymentServiceServer)(nil),
@@ -340,32 +629,64 @@ var _DeploymentService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _DeploymentService_CreateDeployment_Handler,
 		},
 		{
+			MethodName: "CreateDeploymentHttp",
+			Handler:    _DeploymentService_CreateDeploymentHttp_Handler,
+		},
+		{
 			MethodName: "ListDeployments",
 			Handler:    _DeploymentService_ListDeployments_Handler,
+		},
+		{
+			MethodName: "ListDeploymentsHttp",
+			Handler:    _DeploymentService_ListDeploymentsHttp_Handler,
 		},
 		{
 			MethodName: "UpdateDeployment",
 			Handler:    _DeploymentService_UpdateDeployment_Handler,
 		},
 		{
+			MethodName: "UpdateDeploymentHttp",
+			Handler:    _DeploymentService_UpdateDeploymentHttp_Handler,
+		},
+		{
 			MethodName: "DeleteDeployment",
 			Handler:    _DeploymentService_DeleteDeployment_Handler,
+		},
+		{
+			MethodName: "DeleteDeploymentHttp",
+			Handler:    _DeploymentService_DeleteDeploymentHttp_Handler,
 		},
 		{
 			MethodName: "AddCredential",
 			Handler:    _DeploymentService_AddCredential_Handler,
 		},
 		{
+			MethodName: "AddCredentialHttp",
+			Handler:    _DeploymentService_AddCredentialHttp_Handler,
+		},
+		{
 			MethodName: "UpdateCredential",
 			Handler:    _DeploymentService_UpdateCredential_Handler,
+		},
+		{
+			MethodName: "UpdateCredentialHttp",
+			Handler:    _DeploymentService_UpdateCredentialHttp_Handler,
 		},
 		{
 			MethodName: "DeleteCredential",
 			Handler:    _DeploymentService_DeleteCredential_Handler,
 		},
 		{
+			MethodName: "DeleteCredentialHttp",
+			Handler:    _DeploymentService_DeleteCredentialHttp_Handler,
+		},
+		{
 			MethodName: "TestDeployments",
 			Handler:    _DeploymentService_TestDeployments_Handler,
+		},
+		{
+			MethodName: "TestDeploymentsHttp",
+			Handler:    _DeploymentService_TestDeploymentsHttp_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

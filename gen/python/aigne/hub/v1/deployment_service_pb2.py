@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%aigne/hub/v1/deployment_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x05\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x36\n\x07options\x18\x06 \x03(\x0b\x32%.aigne.hub.v1.Deployment.OptionsEntry\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x39\n\tmodel_map\x18\x08 \x03(\x0b\x32&.aigne.hub.v1.Deployment.ModelMapEntry\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x0e\n\x06weight\x18\n \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x0b \x01(\x08\x12\x0e\n\x06source\x18\x0c \x01(\t\x12-\n\x0b\x63redentials\x18\r \x03(\x0b\x32\x18.aigne.hub.v1.Credential\x12\r\n\x05state\x18\x0e \x01(\t\x12\x32\n\x0e\x63ooldown_until\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x10 \x01(\x05\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12\x18\n\x10last_test_status\x18\x12 \x01(\t\x12\x1c\n\x14last_test_latency_ms\x18\x13 \x01(\x01\x12\x32\n\x0elast_test_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rModelMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12\x17\n\x0f\x64isabled_reason\x18\x06 \x01(\t\x12\x30\n\x0c\x64isable_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63ooldown_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x17\x43reateDeploymentRequest\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"H\n\x18\x43reateDeploymentResponse\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"\x18\n\x16ListDeploymentsRequest\"H\n\x17ListDeploymentsResponse\x12-\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x18.aigne.hub.v1.Deployment\"^\n\x17UpdateDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12,\n\ndeployment\x18\x02 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"H\n\x18UpdateDeploymentResponse\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"0\n\x17\x44\x65leteDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"k\n\x14\x41\x64\x64\x43redentialRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x13\n\x06weight\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\t\n\x07_weight\"E\n\x15\x41\x64\x64\x43redentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Credential\"a\n\x17UpdateCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x13\n\x06weight\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x42\t\n\x07_weight\"H\n\x18UpdateCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Credential\"0\n\x17\x44\x65leteCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse\"/\n\x16TestDeploymentsRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"H\n\x17TestDeploymentsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.aigne.hub.v1.DeploymentTest\"y\n\x0e\x44\x65ploymentTest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x32\xa5\t\n\x11\x44\x65ploymentService\x12\x8d\x01\n\x10\x43reateDeployment\x12%.aigne.hub.v1.CreateDeploymentRequest\x1a&.aigne.hub.v1.CreateDeploymentResponse\"*\x82\xd3\xe4\x93\x02$\"\x16/api/admin/deployments:\ndeployment\x12~\n\x0fListDeployments\x12$.aigne.hub.v1.ListDeploymentsRequest\x1a%.aigne.hub.v1.ListDeploymentsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/admin/deployments\x12\x9d\x01\n\x10UpdateDeployment\x12%.aigne.hub.v1.UpdateDeploymentRequest\x1a&.aigne.hub.v1.UpdateDeploymentResponse\":\x82\xd3\xe4\x93\x02\x34\x1a&/api/admin/deployments/{deployment_id}:\ndeployment\x12\x91\x01\n\x10\x44\x65leteDeployment\x12%.aigne.hub.v1.DeleteDeploymentRequest\x1a&.aigne.hub.v1.DeleteDeploymentResponse\".\x82\xd3\xe4\x93\x02(*&/api/admin/deployments/{deployment_id}\x12\x97\x01\n\rAddCredential\x12\".aigne.hub.v1.AddCredentialRequest\x1a#.aigne.hub.v1.AddCredentialResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/api/admin/deployments/{deployment_id}/credentials:\x01*\x12\x94\x01\n\x10UpdateCredential\x12%.aigne.hub.v1.UpdateCredentialRequest\x1a&.aigne.hub.v1.UpdateCredentialResponse\"1\x82\xd3\xe4\x93\x02+\x1a&/api/admin/credentials/{credential_id}:\x01*\x12\x91\x01\n\x10\x44\x65leteCredential\x12%.aigne.hub.v1.DeleteCredentialRequest\x1a&.aigne.hub.v1.DeleteCredentialResponse\".\x82\xd3\xe4\x93\x02(*&/api/admin/credentials/{credential_id}\x12\x86\x01\n\x0fTestDeployments\x12$.aigne.hub.v1.TestDeploymentsRequest\x1a%.aigne.hub.v1.TestDeploymentsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/admin/deployments:test:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%aigne/hub/v1/deployment_service.proto\x12\x0c\x61igne.hub.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x05\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x36\n\x07options\x18\x06 \x03(\x0b\x32%.aigne.hub.v1.Deployment.OptionsEntry\x12\x0e\n\x06models\x18\x07 \x03(\t\x12\x39\n\tmodel_map\x18\x08 \x03(\x0b\x32&.aigne.hub.v1.Deployment.ModelMapEntry\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x0e\n\x06weight\x18\n \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x0b \x01(\x08\x12\x0e\n\x06source\x18\x0c \x01(\t\x12-\n\x0b\x63redentials\x18\r \x03(\x0b\x32\x18.aigne.hub.v1.Credential\x12\r\n\x05state\x18\x0e \x01(\t\x12\x32\n\x0e\x63ooldown_until\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x10 \x01(\x05\x12\x12\n\nlast_error\x18\x11 \x01(\t\x12\x18\n\x10last_test_status\x18\x12 \x01(\t\x12\x1c\n\x14last_test_latency_ms\x18\x13 \x01(\x01\x12\x32\n\x0elast_test_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rModelMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\nCredential\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12\x17\n\x0f\x64isabled_reason\x18\x06 \x01(\t\x12\x30\n\x0c\x64isable_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63ooldown_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x17\x43reateDeploymentRequest\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"H\n\x18\x43reateDeploymentResponse\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"\x18\n\x16ListDeploymentsRequest\"H\n\x17ListDeploymentsResponse\x12-\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x18.aigne.hub.v1.Deployment\"^\n\x17UpdateDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12,\n\ndeployment\x18\x02 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"H\n\x18UpdateDeploymentResponse\x12,\n\ndeployment\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Deployment\"0\n\x17\x44\x65leteDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"k\n\x14\x41\x64\x64\x43redentialRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\t\x12\x13\n\x06weight\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\t\n\x07_weight\"E\n\x15\x41\x64\x64\x43redentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Credential\"a\n\x17UpdateCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x13\n\x06weight\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x42\t\n\x07_weight\"H\n\x18UpdateCredentialResponse\x12,\n\ncredential\x18\x01 \x01(\x0b\x32\x18.aigne.hub.v1.Credential\"0\n\x17\x44\x65leteCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCredentialResponse\"/\n\x16TestDeploymentsRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"H\n\x17TestDeploymentsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.aigne.hub.v1.DeploymentTest\"y\n\x0e\x44\x65ploymentTest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x32\xc1\x0e\n\x11\x44\x65ploymentService\x12\x61\n\x10\x43reateDeployment\x12%.aigne.hub.v1.CreateDeploymentRequest\x1a&.aigne.hub.v1.CreateDeploymentResponse\x12\x7f\n\x14\x43reateDeploymentHttp\x12%.aigne.hub.v1.CreateDeploymentRequest\x1a\x14.google.api.HttpBody\"*\x82\xd3\xe4\x93\x02$\"\x16/api/admin/deployments:\ndeployment\x12^\n\x0fListDeployments\x12$.aigne.hub.v1.ListDeploymentsRequest\x1a%.aigne.hub.v1.ListDeploymentsResponse\x12q\n\x13ListDeploymentsHttp\x12$.aigne.hub.v1.ListDeploymentsRequest\x1a\x14.google.api.HttpBody\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/admin/deployments\x12\x61\n\x10UpdateDeployment\x12%.aigne.hub.v1.UpdateDeploymentRequest\x1a&.aigne.hub.v1.UpdateDeploymentResponse\x12\x8f\x01\n\x14UpdateDeploymentHttp\x12%.aigne.hub.v1.UpdateDeploymentRequest\x1a\x14.google.api.HttpBody\":\x82\xd3\xe4\x93\x02\x34\x1a&/api/admin/deployments/{deployment_id}:\ndeployment\x12\x61\n\x10\x44\x65leteDeployment\x12%.aigne.hub.v1.DeleteDeploymentRequest\x1a&.aigne.hub.v1.DeleteDeploymentResponse\x12\x83\x01\n\x14\x44\x65leteDeploymentHttp\x12%.aigne.hub.v1.DeleteDeploymentRequest\x1a\x14.google.api.HttpBody\".\x82\xd3\xe4\x93\x02(*&/api/admin/deployments/{deployment_id}\x12X\n\rAddCredential\x12\".aigne.hub.v1.AddCredentialRequest\x1a#.aigne.hub.v1.AddCredentialResponse\x12\x8c\x01\n\x11\x41\x64\x64\x43redentialHttp\x12\".aigne.hub.v1.AddCredentialRequest\x1a\x14.google.api.HttpBody\"=\x82\xd3\xe4\x93\x02\x37\"2/api/admin/deployments/{deployment_id}/credentials:\x01*\x12\x61\n\x10UpdateCredential\x12%.aigne.hub.v1.UpdateCredentialRequest\x1a&.aigne.hub.v1.UpdateCredentialResponse\x12\x86\x01\n\x14UpdateCredentialHttp\x12%.aigne.hub.v1.UpdateCredentialRequest\x1a\x14.google.api.HttpBody\"1\x82\xd3\xe4\x93\x02+\x1a&/api/admin/credentials/{credential_id}:\x01*\x12\x61\n\x10\x44\x65leteCredential\x12%.aigne.hub.v1.DeleteCredentialRequest\x1a&.aigne.hub.v1.DeleteCredentialResponse\x12\x83\x01\n\x14\x44\x65leteCredentialHttp\x12%.aigne.hub.v1.DeleteCredentialRequest\x1a\x14.google.api.HttpBody\".\x82\xd3\xe4\x93\x02(*&/api/admin/credentials/{credential_id}\x12^\n\x0fTestDeployments\x12$.aigne.hub.v1.TestDeploymentsRequest\x1a%.aigne.hub.v1.TestDeploymentsResponse\x12y\n\x13TestDeploymentsHttp\x12$.aigne.hub.v1.TestDeploymentsRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/admin/deployments:test:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,64 +38,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENT_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_DEPLOYMENT_MODELMAPENTRY']._loaded_options = None
   _globals['_DEPLOYMENT_MODELMAPENTRY']._serialized_options = b'8\001'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['CreateDeployment']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['CreateDeployment']._serialized_options = b'\202\323\344\223\002$\"\026/api/admin/deployments:\ndeployment'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['ListDeployments']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['ListDeployments']._serialized_options = b'\202\323\344\223\002\030\022\026/api/admin/deployments'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateDeployment']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateDeployment']._serialized_options = b'\202\323\344\223\0024\032&/api/admin/deployments/{deployment_id}:\ndeployment'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteDeployment']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteDeployment']._serialized_options = b'\202\323\344\223\002(*&/api/admin/deployments/{deployment_id}'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['AddCredential']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['AddCredential']._serialized_options = b'\202\323\344\223\0027\"2/api/admin/deployments/{deployment_id}/credentials:\001*'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateCredential']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateCredential']._serialized_options = b'\202\323\344\223\002+\032&/api/admin/credentials/{credential_id}:\001*'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteCredential']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteCredential']._serialized_options = b'\202\323\344\223\002(*&/api/admin/credentials/{credential_id}'
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['TestDeployments']._loaded_options = None
-  _globals['_DEPLOYMENTSERVICE'].methods_by_name['TestDeployments']._serialized_options = b'\202\323\344\223\002 \"\033/api/admin/deployments:test:\001*'
-  _globals['_DEPLOYMENT']._serialized_start=119
-  _globals['_DEPLOYMENT']._serialized_end=777
-  _globals['_DEPLOYMENT_OPTIONSENTRY']._serialized_start=682
-  _globals['_DEPLOYMENT_OPTIONSENTRY']._serialized_end=728
-  _globals['_DEPLOYMENT_MODELMAPENTRY']._serialized_start=730
-  _globals['_DEPLOYMENT_MODELMAPENTRY']._serialized_end=777
-  _globals['_CREDENTIAL']._serialized_start=780
-  _globals['_CREDENTIAL']._serialized_end=1042
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1044
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1115
-  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_start=1117
-  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_end=1189
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1191
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1215
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1217
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1289
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1291
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1385
-  _globals['_UPDATEDEPLOYMENTRESPONSE']._serialized_start=1387
-  _globals['_UPDATEDEPLOYMENTRESPONSE']._serialized_end=1459
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1461
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1509
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=1511
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=1537
-  _globals['_ADDCREDENTIALREQUEST']._serialized_start=1539
-  _globals['_ADDCREDENTIALREQUEST']._serialized_end=1646
-  _globals['_ADDCREDENTIALRESPONSE']._serialized_start=1648
-  _globals['_ADDCREDENTIALRESPONSE']._serialized_end=1717
-  _globals['_UPDATECREDENTIALREQUEST']._serialized_start=1719
-  _globals['_UPDATECREDENTIALREQUEST']._serialized_end=1816
-  _globals['_UPDATECREDENTIALRESPONSE']._serialized_start=1818
-  _globals['_UPDATECREDENTIALRESPONSE']._serialized_end=1890
-  _globals['_DELETECREDENTIALREQUEST']._serialized_start=1892
-  _globals['_DELETECREDENTIALREQUEST']._serialized_end=1940
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=1942
-  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=1968
-  _globals['_TESTDEPLOYMENTSREQUEST']._serialized_start=1970
-  _globals['_TESTDEPLOYMENTSREQUEST']._serialized_end=2017
-  _globals['_TESTDEPLOYMENTSRESPONSE']._serialized_start=2019
-  _globals['_TESTDEPLOYMENTSRESPONSE']._serialized_end=2091
-  _globals['_DEPLOYMENTTEST']._serialized_start=2093
-  _globals['_DEPLOYMENTTEST']._serialized_end=2214
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=2217
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=3406
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['CreateDeploymentHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['CreateDeploymentHttp']._serialized_options = b'\202\323\344\223\002$\"\026/api/admin/deployments:\ndeployment'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['ListDeploymentsHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['ListDeploymentsHttp']._serialized_options = b'\202\323\344\223\002\030\022\026/api/admin/deployments'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateDeploymentHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateDeploymentHttp']._serialized_options = b'\202\323\344\223\0024\032&/api/admin/deployments/{deployment_id}:\ndeployment'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteDeploymentHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteDeploymentHttp']._serialized_options = b'\202\323\344\223\002(*&/api/admin/deployments/{deployment_id}'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['AddCredentialHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['AddCredentialHttp']._serialized_options = b'\202\323\344\223\0027\"2/api/admin/deployments/{deployment_id}/credentials:\001*'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateCredentialHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['UpdateCredentialHttp']._serialized_options = b'\202\323\344\223\002+\032&/api/admin/credentials/{credential_id}:\001*'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteCredentialHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['DeleteCredentialHttp']._serialized_options = b'\202\323\344\223\002(*&/api/admin/credentials/{credential_id}'
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['TestDeploymentsHttp']._loaded_options = None
+  _globals['_DEPLOYMENTSERVICE'].methods_by_name['TestDeploymentsHttp']._serialized_options = b'\202\323\344\223\002 \"\033/api/admin/deployments:test:\001*'
+  _globals['_DEPLOYMENT']._serialized_start=146
+  _globals['_DEPLOYMENT']._serialized_end=804
+  _globals['_DEPLOYMENT_OPTIONSENTRY']._serialized_start=709
+  _globals['_DEPLOYMENT_OPTIONSENTRY']._serialized_end=755
+  _globals['_DEPLOYMENT_MODELMAPENTRY']._serialized_start=757
+  _globals['_DEPLOYMENT_MODELMAPENTRY']._serialized_end=804
+  _globals['_CREDENTIAL']._serialized_start=807
+  _globals['_CREDENTIAL']._serialized_end=1069
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1071
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1142
+  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_start=1144
+  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_end=1216
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1218
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1242
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1244
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1316
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1318
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1412
+  _globals['_UPDATEDEPLOYMENTRESPONSE']._serialized_start=1414
+  _globals['_UPDATEDEPLOYMENTRESPONSE']._serialized_end=1486
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1488
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1536
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=1538
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=1564
+  _globals['_ADDCREDENTIALREQUEST']._serialized_start=1566
+  _globals['_ADDCREDENTIALREQUEST']._serialized_end=1673
+  _globals['_ADDCREDENTIALRESPONSE']._serialized_start=1675
+  _globals['_ADDCREDENTIALRESPONSE']._serialized_end=1744
+  _globals['_UPDATECREDENTIALREQUEST']._serialized_start=1746
+  _globals['_UPDATECREDENTIALREQUEST']._serialized_end=1843
+  _globals['_UPDATECREDENTIALRESPONSE']._serialized_start=1845
+  _globals['_UPDATECREDENTIALRESPONSE']._serialized_end=1917
+  _globals['_DELETECREDENTIALREQUEST']._serialized_start=1919
+  _globals['_DELETECREDENTIALREQUEST']._serialized_end=1967
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_start=1969
+  _globals['_DELETECREDENTIALRESPONSE']._serialized_end=1995
+  _globals['_TESTDEPLOYMENTSREQUEST']._serialized_start=1997
+  _globals['_TESTDEPLOYMENTSREQUEST']._serialized_end=2044
+  _globals['_TESTDEPLOYMENTSRESPONSE']._serialized_start=2046
+  _globals['_TESTDEPLOYMENTSRESPONSE']._serialized_end=2118
+  _globals['_DEPLOYMENTTEST']._serialized_start=2120
+  _globals['_DEPLOYMENTTEST']._serialized_end=2241
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=2244
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=4101
 # @@protoc_insertion_point(module_scope)

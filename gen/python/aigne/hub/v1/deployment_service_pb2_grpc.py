@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from aigne.hub.v1 import deployment_service_pb2 as aigne_dot_hub_dot_v1_dot_deployment__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -36,6 +37,14 @@ class DeploymentServiceStub:
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     def __init__(self, channel):
@@ -49,40 +58,80 @@ class DeploymentServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentResponse.FromString,
                 _registered_method=True)
+        self.CreateDeploymentHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/CreateDeploymentHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.ListDeployments = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/ListDeployments',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.ListDeploymentsHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/ListDeploymentsHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.UpdateDeployment = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/UpdateDeployment',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentResponse.FromString,
                 _registered_method=True)
+        self.UpdateDeploymentHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/UpdateDeploymentHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.DeleteDeployment = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/DeleteDeployment',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeploymentHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/DeleteDeploymentHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.AddCredential = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/AddCredential',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialResponse.FromString,
                 _registered_method=True)
+        self.AddCredentialHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/AddCredentialHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.UpdateCredential = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/UpdateCredential',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialResponse.FromString,
+                _registered_method=True)
+        self.UpdateCredentialHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/UpdateCredentialHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.DeleteCredential = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/DeleteCredential',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialResponse.FromString,
                 _registered_method=True)
+        self.DeleteCredentialHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/DeleteCredentialHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.TestDeployments = channel.unary_unary(
                 '/aigne.hub.v1.DeploymentService/TestDeployments',
                 request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.TestDeploymentsHttp = channel.unary_unary(
+                '/aigne.hub.v1.DeploymentService/TestDeploymentsHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
@@ -97,10 +146,26 @@ class DeploymentServiceServicer:
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     def CreateDeployment(self, request, context):
         """CreateDeployment adds a deployment. Add its credentials with AddCredential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDeploymentHttp(self, request, context):
+        """CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+        CreateDeploymentResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +179,14 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeploymentsHttp(self, request, context):
+        """ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+        ListDeploymentsResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateDeployment(self, request, context):
         """UpdateDeployment replaces the settable fields of a deployment (not its health).
         """
@@ -121,8 +194,24 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateDeploymentHttp(self, request, context):
+        """UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+        UpdateDeploymentResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteDeployment(self, request, context):
         """DeleteDeployment removes a deployment and its credentials.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeploymentHttp(self, request, context):
+        """DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+        DeleteDeploymentResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +225,14 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddCredentialHttp(self, request, context):
+        """AddCredentialHttp is the REST door of AddCredential: the JSON of an
+        AddCredentialResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateCredential(self, request, context):
         """UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
         that was disabled (by an admin, or after its provider refused it) clears the reason.
@@ -144,8 +241,24 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCredentialHttp(self, request, context):
+        """UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+        UpdateCredentialResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteCredential(self, request, context):
         """DeleteCredential removes a credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCredentialHttp(self, request, context):
+        """DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+        DeleteCredentialResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +272,14 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TestDeploymentsHttp(self, request, context):
+        """TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+        TestDeploymentsResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeploymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,40 +288,80 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentResponse.SerializeToString,
             ),
+            'CreateDeploymentHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDeploymentHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'ListDeployments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeployments,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'ListDeploymentsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeploymentsHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'UpdateDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateDeployment,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentResponse.SerializeToString,
             ),
+            'UpdateDeploymentHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeploymentHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDeployment,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentResponse.SerializeToString,
+            ),
+            'DeleteDeploymentHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeploymentHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'AddCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.AddCredential,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialResponse.SerializeToString,
             ),
+            'AddCredentialHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCredentialHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'UpdateCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateCredential,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialResponse.SerializeToString,
+            ),
+            'UpdateCredentialHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCredentialHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'DeleteCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteCredential,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialResponse.SerializeToString,
             ),
+            'DeleteCredentialHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCredentialHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'TestDeployments': grpc.unary_unary_rpc_method_handler(
                     servicer.TestDeployments,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsResponse.SerializeToString,
+            ),
+            'TestDeploymentsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestDeploymentsHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +382,14 @@ class DeploymentService:
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     @staticmethod
@@ -240,6 +409,33 @@ class DeploymentService:
             '/aigne.hub.v1.DeploymentService/CreateDeployment',
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDeploymentHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/CreateDeploymentHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.CreateDeploymentRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,6 +474,33 @@ class DeploymentService:
             _registered_method=True)
 
     @staticmethod
+    def ListDeploymentsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/ListDeploymentsHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.ListDeploymentsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UpdateDeployment(request,
             target,
             options=(),
@@ -294,6 +517,33 @@ class DeploymentService:
             '/aigne.hub.v1.DeploymentService/UpdateDeployment',
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeploymentHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/UpdateDeploymentHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateDeploymentRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,6 +582,33 @@ class DeploymentService:
             _registered_method=True)
 
     @staticmethod
+    def DeleteDeploymentHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/DeleteDeploymentHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteDeploymentRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AddCredential(request,
             target,
             options=(),
@@ -348,6 +625,33 @@ class DeploymentService:
             '/aigne.hub.v1.DeploymentService/AddCredential',
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCredentialHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/AddCredentialHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.AddCredentialRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -386,6 +690,33 @@ class DeploymentService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateCredentialHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/UpdateCredentialHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.UpdateCredentialRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteCredential(request,
             target,
             options=(),
@@ -413,6 +744,33 @@ class DeploymentService:
             _registered_method=True)
 
     @staticmethod
+    def DeleteCredentialHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/DeleteCredentialHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.DeleteCredentialRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def TestDeployments(request,
             target,
             options=(),
@@ -429,6 +787,33 @@ class DeploymentService:
             '/aigne.hub.v1.DeploymentService/TestDeployments',
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestDeploymentsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.DeploymentService/TestDeploymentsHttp',
+            aigne_dot_hub_dot_v1_dot_deployment__service__pb2.TestDeploymentsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

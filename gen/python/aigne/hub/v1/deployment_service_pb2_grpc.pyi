@@ -5,6 +5,7 @@ isort:skip_file
 
 from aigne.hub.v1 import deployment_service_pb2 as _deployment_service_pb2
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,14 @@ class DeploymentServiceStub:
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     @_typing.overload
@@ -45,27 +54,59 @@ class DeploymentServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DeploymentServiceAsyncStub: ...
     CreateDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.CreateDeploymentRequest, _deployment_service_pb2.CreateDeploymentResponse]
     """CreateDeployment adds a deployment. Add its credentials with AddCredential."""
+    CreateDeploymentHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.CreateDeploymentRequest, _httpbody_pb2.HttpBody]
+    """CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+    CreateDeploymentResponse.
+    """
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.ListDeploymentsRequest, _deployment_service_pb2.ListDeploymentsResponse]
     """ListDeployments lists every deployment with its credentials (never their secrets) and
     health: cooldowns, disabled credentials with the reason and time, the last test.
     """
+    ListDeploymentsHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.ListDeploymentsRequest, _httpbody_pb2.HttpBody]
+    """ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+    ListDeploymentsResponse.
+    """
     UpdateDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateDeploymentRequest, _deployment_service_pb2.UpdateDeploymentResponse]
     """UpdateDeployment replaces the settable fields of a deployment (not its health)."""
+    UpdateDeploymentHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateDeploymentRequest, _httpbody_pb2.HttpBody]
+    """UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+    UpdateDeploymentResponse.
+    """
     DeleteDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteDeploymentRequest, _deployment_service_pb2.DeleteDeploymentResponse]
     """DeleteDeployment removes a deployment and its credentials."""
+    DeleteDeploymentHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteDeploymentRequest, _httpbody_pb2.HttpBody]
+    """DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+    DeleteDeploymentResponse.
+    """
     AddCredential: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.AddCredentialRequest, _deployment_service_pb2.AddCredentialResponse]
     """AddCredential adds a provider secret to a deployment. The secret is encrypted and never
     shown again.
+    """
+    AddCredentialHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.AddCredentialRequest, _httpbody_pb2.HttpBody]
+    """AddCredentialHttp is the REST door of AddCredential: the JSON of an
+    AddCredentialResponse.
     """
     UpdateCredential: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateCredentialRequest, _deployment_service_pb2.UpdateCredentialResponse]
     """UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
     that was disabled (by an admin, or after its provider refused it) clears the reason.
     """
+    UpdateCredentialHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateCredentialRequest, _httpbody_pb2.HttpBody]
+    """UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+    UpdateCredentialResponse.
+    """
     DeleteCredential: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteCredentialRequest, _deployment_service_pb2.DeleteCredentialResponse]
     """DeleteCredential removes a credential."""
+    DeleteCredentialHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteCredentialRequest, _httpbody_pb2.HttpBody]
+    """DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+    DeleteCredentialResponse.
+    """
     TestDeployments: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.TestDeploymentsRequest, _deployment_service_pb2.TestDeploymentsResponse]
     """TestDeployments runs one tiny real generation on each enabled deployment (or the one
     named) and records its outcome and latency, shown here and in the model listing.
+    """
+    TestDeploymentsHttp: _grpc.UnaryUnaryMultiCallable[_deployment_service_pb2.TestDeploymentsRequest, _httpbody_pb2.HttpBody]
+    """TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+    TestDeploymentsResponse.
     """
 
 @_typing.type_check_only
@@ -80,32 +121,72 @@ class DeploymentServiceAsyncStub(DeploymentServiceStub):
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDeployment: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.CreateDeploymentRequest, _deployment_service_pb2.CreateDeploymentResponse]  # type: ignore[assignment]
     """CreateDeployment adds a deployment. Add its credentials with AddCredential."""
+    CreateDeploymentHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.CreateDeploymentRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+    CreateDeploymentResponse.
+    """
     ListDeployments: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.ListDeploymentsRequest, _deployment_service_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
     """ListDeployments lists every deployment with its credentials (never their secrets) and
     health: cooldowns, disabled credentials with the reason and time, the last test.
     """
+    ListDeploymentsHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.ListDeploymentsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+    ListDeploymentsResponse.
+    """
     UpdateDeployment: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateDeploymentRequest, _deployment_service_pb2.UpdateDeploymentResponse]  # type: ignore[assignment]
     """UpdateDeployment replaces the settable fields of a deployment (not its health)."""
+    UpdateDeploymentHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateDeploymentRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+    UpdateDeploymentResponse.
+    """
     DeleteDeployment: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteDeploymentRequest, _deployment_service_pb2.DeleteDeploymentResponse]  # type: ignore[assignment]
     """DeleteDeployment removes a deployment and its credentials."""
+    DeleteDeploymentHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteDeploymentRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+    DeleteDeploymentResponse.
+    """
     AddCredential: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.AddCredentialRequest, _deployment_service_pb2.AddCredentialResponse]  # type: ignore[assignment]
     """AddCredential adds a provider secret to a deployment. The secret is encrypted and never
     shown again.
+    """
+    AddCredentialHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.AddCredentialRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """AddCredentialHttp is the REST door of AddCredential: the JSON of an
+    AddCredentialResponse.
     """
     UpdateCredential: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateCredentialRequest, _deployment_service_pb2.UpdateCredentialResponse]  # type: ignore[assignment]
     """UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
     that was disabled (by an admin, or after its provider refused it) clears the reason.
     """
+    UpdateCredentialHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.UpdateCredentialRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+    UpdateCredentialResponse.
+    """
     DeleteCredential: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteCredentialRequest, _deployment_service_pb2.DeleteCredentialResponse]  # type: ignore[assignment]
     """DeleteCredential removes a credential."""
+    DeleteCredentialHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.DeleteCredentialRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+    DeleteCredentialResponse.
+    """
     TestDeployments: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.TestDeploymentsRequest, _deployment_service_pb2.TestDeploymentsResponse]  # type: ignore[assignment]
     """TestDeployments runs one tiny real generation on each enabled deployment (or the one
     named) and records its outcome and latency, shown here and in the model listing.
+    """
+    TestDeploymentsHttp: _aio.UnaryUnaryMultiCallable[_deployment_service_pb2.TestDeploymentsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+    TestDeploymentsResponse.
     """
 
 class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +200,14 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
     moves on to the next one. A model name `NAME/MODEL` pins the deployment (or kind) NAME.
     The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
     with source `env`; they cannot be changed here.
+
+    Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+    `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+    and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+    as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+    than printing it as 0 or "": a default base URL, an API version, a last test never run.
+    Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+    false, `consecutive_failures` 0.
     """
 
     @_abc_1.abstractmethod
@@ -128,6 +217,16 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_service_pb2.CreateDeploymentResponse, _abc.Awaitable[_deployment_service_pb2.CreateDeploymentResponse]]:
         """CreateDeployment adds a deployment. Add its credentials with AddCredential."""
+
+    @_abc_1.abstractmethod
+    def CreateDeploymentHttp(
+        self,
+        request: _deployment_service_pb2.CreateDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+        CreateDeploymentResponse.
+        """
 
     @_abc_1.abstractmethod
     def ListDeployments(
@@ -140,12 +239,32 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ListDeploymentsHttp(
+        self,
+        request: _deployment_service_pb2.ListDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+        ListDeploymentsResponse.
+        """
+
+    @_abc_1.abstractmethod
     def UpdateDeployment(
         self,
         request: _deployment_service_pb2.UpdateDeploymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_service_pb2.UpdateDeploymentResponse, _abc.Awaitable[_deployment_service_pb2.UpdateDeploymentResponse]]:
         """UpdateDeployment replaces the settable fields of a deployment (not its health)."""
+
+    @_abc_1.abstractmethod
+    def UpdateDeploymentHttp(
+        self,
+        request: _deployment_service_pb2.UpdateDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+        UpdateDeploymentResponse.
+        """
 
     @_abc_1.abstractmethod
     def DeleteDeployment(
@@ -156,6 +275,16 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """DeleteDeployment removes a deployment and its credentials."""
 
     @_abc_1.abstractmethod
+    def DeleteDeploymentHttp(
+        self,
+        request: _deployment_service_pb2.DeleteDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+        DeleteDeploymentResponse.
+        """
+
+    @_abc_1.abstractmethod
     def AddCredential(
         self,
         request: _deployment_service_pb2.AddCredentialRequest,
@@ -163,6 +292,16 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_deployment_service_pb2.AddCredentialResponse, _abc.Awaitable[_deployment_service_pb2.AddCredentialResponse]]:
         """AddCredential adds a provider secret to a deployment. The secret is encrypted and never
         shown again.
+        """
+
+    @_abc_1.abstractmethod
+    def AddCredentialHttp(
+        self,
+        request: _deployment_service_pb2.AddCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """AddCredentialHttp is the REST door of AddCredential: the JSON of an
+        AddCredentialResponse.
         """
 
     @_abc_1.abstractmethod
@@ -176,12 +315,32 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def UpdateCredentialHttp(
+        self,
+        request: _deployment_service_pb2.UpdateCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+        UpdateCredentialResponse.
+        """
+
+    @_abc_1.abstractmethod
     def DeleteCredential(
         self,
         request: _deployment_service_pb2.DeleteCredentialRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_service_pb2.DeleteCredentialResponse, _abc.Awaitable[_deployment_service_pb2.DeleteCredentialResponse]]:
         """DeleteCredential removes a credential."""
+
+    @_abc_1.abstractmethod
+    def DeleteCredentialHttp(
+        self,
+        request: _deployment_service_pb2.DeleteCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+        DeleteCredentialResponse.
+        """
 
     @_abc_1.abstractmethod
     def TestDeployments(
@@ -191,6 +350,16 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_deployment_service_pb2.TestDeploymentsResponse, _abc.Awaitable[_deployment_service_pb2.TestDeploymentsResponse]]:
         """TestDeployments runs one tiny real generation on each enabled deployment (or the one
         named) and records its outcome and latency, shown here and in the model listing.
+        """
+
+    @_abc_1.abstractmethod
+    def TestDeploymentsHttp(
+        self,
+        request: _deployment_service_pb2.TestDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+        TestDeploymentsResponse.
         """
 
 def add_DeploymentServiceServicer_to_server(servicer: DeploymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,6 +5,7 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { HttpBodySchema } from "../../../google/api/httpbody_pb.js";
 
 /**
  * Describes the file aigne/hub/v1/deployment_service.proto.
@@ -657,6 +658,14 @@ export declare const DeploymentTestSchema: GenMessage<DeploymentTest>;
  * The deployments of the environment (OPENAI_API_KEY, GEMINI_API_KEY, ...) are listed too,
  * with source `env`; they cannot be changed here.
  *
+ * Two doors lead to the same code path: gRPC with the generated stubs, and REST JSON under
+ * `/api/admin/` through Envoy (each `XxxHttp` method is the REST door of `Xxx`). REST bodies
+ * and answers are the proto3 JSON mapping of these messages (snake_case names, timestamps
+ * as RFC 3339 strings); the server writes the answers, leaving out what is not set rather
+ * than printing it as 0 or "": a default base URL, an API version, a last test never run.
+ * Numbers and flags that mean what they say are always there: `priority` 0, `enabled`
+ * false, `consecutive_failures` 0.
+ *
  * @generated from service aigne.hub.v1.DeploymentService
  */
 export declare const DeploymentService: GenService<{
@@ -671,6 +680,17 @@ export declare const DeploymentService: GenService<{
     output: typeof CreateDeploymentResponseSchema;
   },
   /**
+   * CreateDeploymentHttp is the REST door of CreateDeployment: the JSON of a
+   * CreateDeploymentResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.CreateDeploymentHttp
+   */
+  createDeploymentHttp: {
+    methodKind: "unary";
+    input: typeof CreateDeploymentRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * ListDeployments lists every deployment with its credentials (never their secrets) and
    * health: cooldowns, disabled credentials with the reason and time, the last test.
    *
@@ -680,6 +700,17 @@ export declare const DeploymentService: GenService<{
     methodKind: "unary";
     input: typeof ListDeploymentsRequestSchema;
     output: typeof ListDeploymentsResponseSchema;
+  },
+  /**
+   * ListDeploymentsHttp is the REST door of ListDeployments: the JSON of a
+   * ListDeploymentsResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.ListDeploymentsHttp
+   */
+  listDeploymentsHttp: {
+    methodKind: "unary";
+    input: typeof ListDeploymentsRequestSchema;
+    output: typeof HttpBodySchema;
   },
   /**
    * UpdateDeployment replaces the settable fields of a deployment (not its health).
@@ -692,6 +723,17 @@ export declare const DeploymentService: GenService<{
     output: typeof UpdateDeploymentResponseSchema;
   },
   /**
+   * UpdateDeploymentHttp is the REST door of UpdateDeployment: the JSON of an
+   * UpdateDeploymentResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.UpdateDeploymentHttp
+   */
+  updateDeploymentHttp: {
+    methodKind: "unary";
+    input: typeof UpdateDeploymentRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * DeleteDeployment removes a deployment and its credentials.
    *
    * @generated from rpc aigne.hub.v1.DeploymentService.DeleteDeployment
@@ -700,6 +742,17 @@ export declare const DeploymentService: GenService<{
     methodKind: "unary";
     input: typeof DeleteDeploymentRequestSchema;
     output: typeof DeleteDeploymentResponseSchema;
+  },
+  /**
+   * DeleteDeploymentHttp is the REST door of DeleteDeployment: the JSON of a
+   * DeleteDeploymentResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.DeleteDeploymentHttp
+   */
+  deleteDeploymentHttp: {
+    methodKind: "unary";
+    input: typeof DeleteDeploymentRequestSchema;
+    output: typeof HttpBodySchema;
   },
   /**
    * AddCredential adds a provider secret to a deployment. The secret is encrypted and never
@@ -713,6 +766,17 @@ export declare const DeploymentService: GenService<{
     output: typeof AddCredentialResponseSchema;
   },
   /**
+   * AddCredentialHttp is the REST door of AddCredential: the JSON of an
+   * AddCredentialResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.AddCredentialHttp
+   */
+  addCredentialHttp: {
+    methodKind: "unary";
+    input: typeof AddCredentialRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * UpdateCredential sets a credential's weight and enabled flag. Enabling a credential
    * that was disabled (by an admin, or after its provider refused it) clears the reason.
    *
@@ -722,6 +786,17 @@ export declare const DeploymentService: GenService<{
     methodKind: "unary";
     input: typeof UpdateCredentialRequestSchema;
     output: typeof UpdateCredentialResponseSchema;
+  },
+  /**
+   * UpdateCredentialHttp is the REST door of UpdateCredential: the JSON of an
+   * UpdateCredentialResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.UpdateCredentialHttp
+   */
+  updateCredentialHttp: {
+    methodKind: "unary";
+    input: typeof UpdateCredentialRequestSchema;
+    output: typeof HttpBodySchema;
   },
   /**
    * DeleteCredential removes a credential.
@@ -734,6 +809,17 @@ export declare const DeploymentService: GenService<{
     output: typeof DeleteCredentialResponseSchema;
   },
   /**
+   * DeleteCredentialHttp is the REST door of DeleteCredential: the JSON of a
+   * DeleteCredentialResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.DeleteCredentialHttp
+   */
+  deleteCredentialHttp: {
+    methodKind: "unary";
+    input: typeof DeleteCredentialRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
    * TestDeployments runs one tiny real generation on each enabled deployment (or the one
    * named) and records its outcome and latency, shown here and in the model listing.
    *
@@ -743,6 +829,17 @@ export declare const DeploymentService: GenService<{
     methodKind: "unary";
     input: typeof TestDeploymentsRequestSchema;
     output: typeof TestDeploymentsResponseSchema;
+  },
+  /**
+   * TestDeploymentsHttp is the REST door of TestDeployments: the JSON of a
+   * TestDeploymentsResponse.
+   *
+   * @generated from rpc aigne.hub.v1.DeploymentService.TestDeploymentsHttp
+   */
+  testDeploymentsHttp: {
+    methodKind: "unary";
+    input: typeof TestDeploymentsRequestSchema;
+    output: typeof HttpBodySchema;
   },
 }>;
 
