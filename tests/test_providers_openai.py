@@ -4,6 +4,8 @@ today's API does: gpt-image-2 first-class, retired names translated, edits, erro
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -272,6 +274,32 @@ def test_upstream_429_is_429_with_retry_after(rest: httpx.Client, fakes) -> None
     assert_error(answer, 429, None, "upstream_rate_limited")
     assert answer.headers["retry-after"] == "7"
     assert len(fakes[0].requests_to("generations")) == 1
+
+
+def test_a_compressed_error_keeps_its_meaning(rest: httpx.Client, fakes) -> None:
+    """The request offers gzip (the SDK's headers): a gzipped 429 with a header that is not
+    ASCII is still the upstream's rate limit, with its Retry-After."""
+    body = json.dumps({"error": {"message": "Rate limit reached for images per min.",
+                                 "type": "requests", "param": None,
+                                 "code": "rate_limit_exceeded"}}).encode()
+    fakes[0].script("generations", Reply(429, raw=gzip.compress(body), headers={
+        "content-encoding": "gzip", "retry-after": "7", "x-note": "caf\u00e9"}))
+    answer = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"})
+    assert_error(answer, 429, None, "upstream_rate_limited")
+    assert answer.headers["retry-after"] == "7"
+    assert "gzip" in fakes[0].requests_to("generations")[-1].headers["accept-encoding"]
+
+
+def test_a_redirect_is_not_followed(rest: httpx.Client, fakes, image_host) -> None:
+    """The key would go with it: a 3xx is the upstream's error, not an empty success."""
+    fakes[0].script("generations", Reply(307, raw=b"", headers={
+        "location": f"{image_host.url}/elsewhere"}), Reply(307, raw=b"", headers={
+        "location": f"{image_host.url}/elsewhere"}), Reply(307, raw=b"", headers={
+        "location": f"{image_host.url}/elsewhere"}))
+    answer = rest.post(GENERATIONS, json={"model": "gpt-image-2", "prompt": "x"})
+    body = assert_error(answer, 502, None, None)
+    assert "307" in body["message"]
+    assert not [r for r in image_host.received if "elsewhere" in r.path]
 
 
 def test_upstream_500_is_retried_then_succeeds(rest: httpx.Client, fakes) -> None:

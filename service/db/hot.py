@@ -9,8 +9,9 @@ bind processors: dates, JSON), and then, in the batch writer's SQLite transactio
 any other caller) it is an ordinary statement.
 
 Only statements whose results need no conversion may be hot (RETURNING plain integers or
-strings), and an INSERT must be given every column that has a Python-side default, which
-the cursor would not fill in: both are checked when the statement is first compiled.
+strings), whose parameters are plain values (no expanding IN, no callables), and that set
+every column with a Python-side default (an INSERT) or onupdate (an UPDATE), which the
+cursor would not fill in: all checked when the statement is first compiled.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Insert
+from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
@@ -120,6 +121,9 @@ def _compile(statement: Executable, dialect: Dialect, names: frozenset[str]) -> 
                              column_keys=sorted(names))
     order = tuple(done.positiontup or ())
     binds = done.binds
+    if any(bind.expanding or bind.literal_execute or bind.callable is not None
+           for bind in binds.values()):
+        raise ValueError("a hot statement's parameters must be plain values")
     return _Compiled(
         sql=done.string, names=order,
         processors=tuple(binds[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -132,9 +136,10 @@ def _check(statement: Executable, names: frozenset[str]) -> None:
     for column in getattr(statement, "_returning", ()):
         if column.type.python_type not in (int, str):
             raise ValueError(f"a hot statement must return plain values, not {column}")
-    if isinstance(statement, Insert):
+    if isinstance(statement, Insert | Update):
         given = names | {getattr(column, "key", column) for column in statement._values or {}}
         missing = [column.key for column in statement.table.columns  # type: ignore[attr-defined]
-                   if column.default is not None and column.key not in given]
+                   if (column.default if isinstance(statement, Insert) else column.onupdate)
+                   is not None and column.key not in given]
         if missing:
-            raise ValueError(f"a hot INSERT must set {missing}: the cursor has no defaults")
+            raise ValueError(f"a hot statement must set {missing}: the cursor has no defaults")

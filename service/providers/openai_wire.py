@@ -10,7 +10,10 @@ that is an error is turned into the SDK's own error (`APIStatusError` and its su
 `APITimeoutError`, `APIConnectionError`), exactly as its `post` would raise it.
 
 This holds for clients whose headers do not change between calls: a static API key, which
-is what every client `OpenAIProvider.build` makes (no Azure AD token provider).
+is what every client `OpenAIProvider.build` makes (no Azure AD token provider). Redirects
+are not followed (the key would go with them): a 3xx is an error, as is any answer that is
+not 2xx. The proxy is what HTTP(S)_PROXY and NO_PROXY name for the URL, looked up once, at
+its first call (ALL_PROXY is not read; a change takes a restart).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from service.errors import UpstreamFailed
 
 # Headers the SDK sets per attempt; ours are set per call, or not at all.
 PER_CALL_HEADERS = {"content-length", "x-stainless-read-timeout", "x-stainless-retry-count"}
-LARGE_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,17 @@ class Prepared:
 
 class JsonPoster:
     def __init__(self, client: AsyncOpenAI, *, connections: int, max_body: int,
-                 keepalive_seconds: float = 15.0) -> None:
+                 keepalive_seconds: float = 4.0) -> None:
         self._client = client
         self._max_body = max_body
         self._connections = connections
         self._keepalive = keepalive_seconds
         self._prepared: dict[tuple[str, str], Prepared] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def post(self, path: str, body: dict[str, Any], *, seconds: float,
-                   headers: dict[str, str]) -> bytes | bytearray:
+                   headers: dict[str, str]) -> bytearray:
         """The answer's body, or the SDK's error for it."""
         prepared = await self._prepare(path, str(body.get("model", "")))
         url = prepared.url
@@ -68,13 +71,16 @@ class JsonPoster:
             raise openai.APITimeoutError(request=_request(url)) from exc
         except aiohttp.ClientError as exc:
             raise openai.APIConnectionError(request=_request(url)) from exc
-        if response.status >= 400:
+        if not 200 <= response.status < 300:  # (redirects are not followed: the key stays)
             raise self._client._make_status_error_from_response(httpx2.Response(
-                response.status, headers=list(response.headers.items()), content=bytes(content),
-                request=_request(url)))
+                response.status, content=bytes(content), request=_request(url),
+                # As received, but for what aiohttp undid: the body is decoded already.
+                headers=[(name, value) for name, value in response.raw_headers
+                         if name.lower() not in (b"content-encoding", b"content-length")]))
         return content
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -102,6 +108,8 @@ class JsonPoster:
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use (inside the running loop, after tracing set up
         aiohttp's instrumentation)."""
+        if self._closed:  # the provider was replaced (its deployment changed): go elsewhere
+            raise aiohttp.ClientConnectionError("this deployment's client is closed")
         if self._session is None or self._session.closed:
             # The SDK's TLS context. The proxy is looked up once per URL (_prepare), not per
             # call: aiohttp's trust_env costs two thread hops a request.
@@ -112,32 +120,20 @@ class JsonPoster:
         return self._session
 
 
-async def _body(response: aiohttp.ClientResponse, most: int) -> bytes | bytearray:
-    """The whole body, of at most `most` bytes (UpstreamFailed beyond). One of known length
-    is read into a buffer of its size as it arrives: read() keeps every chunk and then joins
-    them, twice the body at its peak (a 10-image answer is ~33 MB)."""
+async def _body(response: aiohttp.ClientResponse, most: int) -> bytearray:
+    """The whole body, of at most `most` bytes (UpstreamFailed beyond, refused at once when
+    its Content-Length says so). Gathered in one buffer that grows as chunks arrive: read()
+    keeps every chunk and then joins them, twice the body at its peak (a 10-image answer is
+    ~33 MB); nor is a buffer sized from the upstream's word before the bytes come."""
     length = response.content_length
-    if length is not None and length > most:
+    if length is not None and length > most and not response.headers.get("Content-Encoding"):
         raise _too_large(most)
-    if length is None or length < LARGE_BODY or response.headers.get("Content-Encoding"):
-        chunks, size = [], 0  # (a compressed body's length is not what arrives)
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > most:
-                raise _too_large(most)
-            chunks.append(chunk)
-        return b"".join(chunks)
-    buffer = bytearray(length)
-    with memoryview(buffer) as view:
-        filled = 0
-        async for chunk in response.content.iter_any():
-            if filled + len(chunk) > length:
-                raise aiohttp.ClientPayloadError("the body is longer than its Content-Length")
-            view[filled:filled + len(chunk)] = chunk
-            filled += len(chunk)
-    if filled != length:
-        raise aiohttp.ClientPayloadError("the body is shorter than its Content-Length")
-    return buffer
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        if len(body) + len(chunk) > most:
+            raise _too_large(most)
+        body += chunk
+    return body
 
 
 def _too_large(most: int) -> UpstreamFailed:
