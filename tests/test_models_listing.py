@@ -1,5 +1,6 @@
 """GET /api/models and ImageService.ListModels: every model, its capabilities, its lifecycle,
-and whether its provider is configured here; readable by the openai SDK's models.list()."""
+and whether its provider is configured here; readable by the openai SDK's models.list(); its
+REST answer without what is not set."""
 
 from __future__ import annotations
 
@@ -95,3 +96,44 @@ def test_list_models_over_grpc(stack: Stack) -> None:
 def test_listing_needs_a_key(stack: Stack) -> None:
     answer = httpx.get(f"{stack.base_url}/api/models")
     assert answer.status_code == 401
+
+
+def test_rest_listing_leaves_out_what_is_not_set_and_keeps_zeros_that_matter(
+        stack: Stack) -> None:
+    """Envoy printed the listing with every unset field: `"shutdown_on": ""` for a model with
+    no sunset, `"last_test_latency_ms": 0` for a deployment never tested, `"min_pixels": 0`
+    for a rule without that bound. The server writes it now: what is not set is absent;
+    `created` 0, flags at false, `max_input_images` 0 and empty lists are there, and the
+    openai SDK still lists and retrieves. gRPC carries the same messages as before."""
+    with http_client(stack) as rest:
+        answer = rest.get("/api/models")
+        one = rest.get("/api/models/gpt-image-2")
+    assert answer.headers["content-type"].startswith("application/json")
+    assert_openai(answer.json(), "ListModelsResponse")
+    models = {m["id"]: m for m in answer.json()["data"]}
+    assert one.status_code == 200 and one.json() == models["gpt-image-2"]
+    current, local, dall_e_3 = models["gpt-image-2"], models["local"], models["dall-e-3"]
+    assert {"deprecated_on", "shutdown_on", "successor"}.isdisjoint(current), current
+    assert (current["created"], current["provider_configured"], current["deployments"]) == (
+        0, False, [])
+    assert current["served_by"] == "gpt-image-2" and current["styles"] == []
+    assert current["size_rule"]["min_pixels"] == 655_360
+    assert {"min_pixels", "max_pixels"}.isdisjoint(local["size_rule"]), local["size_rule"]
+    assert local["size_rule"]["max_ratio"] == 8 and local["partial_images"] is False
+    (deployment,) = local["deployments"]
+    assert deployment == {"name": "local", "kind": "local", "state": "healthy"}, "never tested"
+    assert (dall_e_3["edits"], dall_e_3["max_input_images"], dall_e_3["masks"]) == (
+        False, 0, False)
+    assert dall_e_3["default_response_format"] == "url" and dall_e_3["input_fidelities"] == []
+
+    with openai_client(stack) as client:
+        assert {"local", "dall-e-3"} <= {model.id for model in client.models.list()}
+        retrieved = client.models.retrieve("local")
+    assert (retrieved.id, retrieved.object, retrieved.created, retrieved.owned_by) == (
+        "local", "model", 0, "aigne")
+    with grpc.insecure_channel(stack.envoy_target) as channel:
+        typed = image_service_pb2_grpc.ImageServiceStub(channel).GetModel(
+            pb.GetModelRequest(id="local"), metadata=GRPC_AUTH, timeout=30)
+    assert (typed.shutdown_on, typed.successor, typed.size_rule.min_pixels) == ("", "", 0)
+    assert typed.deployments[0].last_test_latency_ms == 0
+    assert not typed.deployments[0].HasField("last_test_time")

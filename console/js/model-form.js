@@ -20,8 +20,10 @@ export function renderModelInfo(el, model) {
   }
   const chips = [
     chip(PROVIDERS[model.provider] || model.provider),
+    // The listing leaves out what is not known: a shutdown date, a serving model.
     model.lifecycle !== "active" ? chip(model.lifecycle === "retired"
-      ? `retired → served by ${model.served_by}` : `deprecated · shuts down ${model.shutdown_on}`,
+      ? `retired${model.served_by ? ` → served by ${model.served_by}` : ""}`
+      : `deprecated${model.shutdown_on ? ` · shuts down ${model.shutdown_on}` : ""}`,
     "warn") : chip("active", "ok"),
     chip(`n up to ${MAX_N}${model.max_n_per_call < MAX_N ? ` (${model.max_n_per_call} per upstream call)` : ""}`),
     model.edits ? chip(`edits · up to ${model.max_input_images} images`) : chip("no edits"),

@@ -13,7 +13,8 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service.api import openai_streams, streams
-from service.api.listing import ModelListing
+from service.api.admin import json_answer
+from service.api.listing import NOT_SET_WHEN_ZERO, ModelListing
 from service.contract import json_codec
 from service.contract.edits import edit_request, variation_request
 from service.contract.images import generate_response, image_request, response_and_payloads
@@ -132,3 +133,13 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
 
     async def GetModel(self, request: pb.GetModelRequest, context: object) -> pb.Model:
         return await self._listing.one(request.id)
+
+    async def ListModelsHttp(self, request: pb.ListModelsRequest,
+                             context: object) -> httpbody_pb2.HttpBody:
+        """`GET /api/models`: ListModels' answer as JSON, without what is not set."""
+        return json_answer(await self._listing.answer(), NOT_SET_WHEN_ZERO)
+
+    async def GetModelHttp(self, request: pb.GetModelRequest,
+                           context: object) -> httpbody_pb2.HttpBody:
+        """`GET /api/models/{id}`: GetModel's answer as JSON, without what is not set."""
+        return json_answer(await self._listing.one(request.id), NOT_SET_WHEN_ZERO)

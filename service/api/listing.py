@@ -1,6 +1,8 @@
 """The model listing (`GET /api/models`, ListModels): every name in the registry with its
 capabilities, its lifecycle today, the model that serves it, and the deployments that do,
-with their health and last test."""
+with their health and last test. Its REST answers leave out what is not set (every empty
+string, and the numbers in NOT_SET_WHEN_ZERO) rather than printing 0 or ""; what the openai
+SDKs and the console read stays: `created`, flags, counts and lists, at 0, false and [] too."""
 
 from __future__ import annotations
 
@@ -13,6 +15,15 @@ from service.catalog.deployments import Deployment
 from service.catalog.models import Lifecycle, ModelRegistry, ModelSpec, Route
 from service.errors import NotFound
 from service.routing.router import Router
+
+# Numbers whose 0 means "not set": a deployment's test never run, a size rule limit that
+# does not apply. Every other number means what it says at 0 (`created`, which the openai
+# SDKs read; `max_input_images` of a model that cannot edit), as does every flag at false.
+NOT_SET_WHEN_ZERO = frozenset({
+    f"{pb.ModelDeployment.DESCRIPTOR.full_name}.last_test_latency_ms",
+    *(f"{pb.SizeRule.DESCRIPTOR.full_name}.{name}"
+      for name in ("max_ratio", "min_pixels", "max_pixels")),
+})
 
 
 class ModelListing:

@@ -82,12 +82,22 @@ type ImageServiceClient interface {
 	GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 	// ListModels lists every model name this server knows, with its capabilities, its
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
-	// is also what the openai SDKs' `models.list()` reads.
+	// is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+	// what is not set rather than printing it as 0 or "": a date none is known for, a
+	// successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+	// `created` and `owned_by` are always there, and so are flags at false, lists when empty
+	// and numbers that mean what they say (`max_input_images` 0: no edits).
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
-	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
-	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	// ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+	// ListModelsResponse.
+	ListModelsHttp(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
+	// GetModel describes one model name as ListModels does, and over REST writes it as
+	// ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+	// unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+	// `models.retrieve` expects it.
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error)
+	// GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model.
+	GetModelHttp(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type imageServiceClient struct {
@@ -271,9 +281,27 @@ func (c *imageServiceClient) ListModels(ctx context.Context, in *ListModelsReque
 	return out, nil
 }
 
+func (c *imageServiceClient) ListModelsHttp(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/ListModelsHttp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *imageServiceClient) GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*Model, error) {
 	out := new(Model)
 	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetModel", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageServiceClient) GetModelHttp(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, "/aigne.hub.v1.ImageService/GetModelHttp", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -348,12 +376,22 @@ type ImageServiceServer interface {
 	GetImage(context.Context, *GetImageRequest) (*httpbody.HttpBody, error)
 	// ListModels lists every model name this server knows, with its capabilities, its
 	// upstream lifecycle, and whether its provider is configured here. Over REST the answer
-	// is also what the openai SDKs' `models.list()` reads.
+	// is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+	// what is not set rather than printing it as 0 or "": a date none is known for, a
+	// successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+	// `created` and `owned_by` are always there, and so are flags at false, lists when empty
+	// and numbers that mean what they say (`max_input_images` 0: no edits).
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
-	// GetModel describes one model name as ListModels does; over REST it is what the `openai`
-	// SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-	// answers the Model itself (AIP-131), as `models.retrieve` expects it.
+	// ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+	// ListModelsResponse.
+	ListModelsHttp(context.Context, *ListModelsRequest) (*httpbody.HttpBody, error)
+	// GetModel describes one model name as ListModels does, and over REST writes it as
+	// ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+	// unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+	// `models.retrieve` expects it.
 	GetModel(context.Context, *GetModelRequest) (*Model, error)
+	// GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model.
+	GetModelHttp(context.Context, *GetModelRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -388,8 +426,14 @@ func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageReques
 func (UnimplementedImageServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
+func (UnimplementedImageServiceServer) ListModelsHttp(context.Context, *ListModelsRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModelsHttp not implemented")
+}
 func (UnimplementedImageServiceServer) GetModel(context.Context, *GetModelRequest) (*Model, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetModel not implemented")
+}
+func (UnimplementedImageServiceServer) GetModelHttp(context.Context, *GetModelRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetModelHttp not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 
@@ -578,6 +622,24 @@ func _ImageService_ListModels_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_ListModelsHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).ListModelsHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/ListModelsHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).ListModelsHttp(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ImageService_GetModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetModelRequest)
 	if err := dec(in); err != nil {
@@ -592,6 +654,24 @@ func _ImageService_GetModel_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ImageServiceServer).GetModel(ctx, req.(*GetModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageService_GetModelHttp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).GetModelHttp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/aigne.hub.v1.ImageService/GetModelHttp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).GetModelHttp(ctx, req.(*GetModelRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -621,8 +701,16 @@ var _ImageService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _ImageService_ListModels_Handler,
 		},
 		{
+			MethodName: "ListModelsHttp",
+			Handler:    _ImageService_ListModelsHttp_Handler,
+		},
+		{
 			MethodName: "GetModel",
 			Handler:    _ImageService_GetModel_Handler,
+		},
+		{
+			MethodName: "GetModelHttp",
+			Handler:    _ImageService_GetModelHttp_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -794,7 +794,9 @@ class Model(_message.Message):
     object: _builtins.str
     """Always `model`."""
     created: _builtins.int
-    """When the model was added to this server's registry, in UNIX seconds; 0 when unknown."""
+    """When the model was added to this server's registry, in UNIX seconds; 0 when unknown.
+    Always there, 0 included: the openai SDKs read it.
+    """
     owned_by: _builtins.str
     """Who makes the model: `openai`, `google` or `aigne` (the local renderer). Always set."""
     provider: _builtins.str
@@ -952,7 +954,9 @@ class ModelDeployment(_message.Message):
     last_test_status: _builtins.str
     """The outcome of the last admin test (`OK`, or an error reason); empty when never tested."""
     last_test_latency_ms: _builtins.float
-    """How long the last admin test took, in milliseconds; 0 when never tested."""
+    """How long the last admin test took, in milliseconds; 0 when never tested (left out of
+    REST answers then).
+    """
     @_builtins.property
     def last_test_time(self) -> _timestamp_pb2.Timestamp:
         """When the last admin test ran. Optional."""
@@ -994,11 +998,11 @@ class SizeRule(_message.Message):
     max_edge: _builtins.int
     """The longest edge allowed, in pixels."""
     max_ratio: _builtins.float
-    """The largest long:short edge ratio allowed; 0 when unbounded."""
+    """The largest long:short edge ratio allowed; 0 when unbounded (left out of REST answers)."""
     min_pixels: _builtins.int
-    """The fewest pixels allowed; 0 when unbounded."""
+    """The fewest pixels allowed; 0 when unbounded (left out of REST answers)."""
     max_pixels: _builtins.int
-    """The most pixels allowed; 0 when unbounded."""
+    """The most pixels allowed; 0 when unbounded (left out of REST answers)."""
     def __init__(
         self,
         *,

@@ -100,10 +100,20 @@ class ImageServiceStub:
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListModelsHttp = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/ListModelsHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/aigne.hub.v1.ImageService/GetModel',
                 request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
+                _registered_method=True)
+        self.GetModelHttp = channel.unary_unary(
+                '/aigne.hub.v1.ImageService/GetModelHttp',
+                request_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
@@ -235,16 +245,36 @@ class ImageServiceServicer:
     def ListModels(self, request, context):
         """ListModels lists every model name this server knows, with its capabilities, its
         upstream lifecycle, and whether its provider is configured here. Over REST the answer
-        is also what the openai SDKs' `models.list()` reads.
+        is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+        what is not set rather than printing it as 0 or "": a date none is known for, a
+        successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+        `created` and `owned_by` are always there, and so are flags at false, lists when empty
+        and numbers that mean what they say (`max_input_images` 0: no edits).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelsHttp(self, request, context):
+        """ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+        ListModelsResponse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
-        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-        answers the Model itself (AIP-131), as `models.retrieve` expects it.
+        """GetModel describes one model name as ListModels does, and over REST writes it as
+        ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+        unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+        `models.retrieve` expects it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelHttp(self, request, context):
+        """GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -298,10 +328,20 @@ def add_ImageServiceServicer_to_server(servicer, server):
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsResponse.SerializeToString,
             ),
+            'ListModelsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelsHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.FromString,
                     response_serializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.SerializeToString,
+            ),
+            'GetModelHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelHttp,
+                    request_deserializer=aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -578,6 +618,33 @@ class ImageService:
             _registered_method=True)
 
     @staticmethod
+    def ListModelsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/ListModelsHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.ListModelsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetModel(request,
             target,
             options=(),
@@ -594,6 +661,33 @@ class ImageService:
             '/aigne.hub.v1.ImageService/GetModel',
             aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
             aigne_dot_hub_dot_v1_dot_image__service__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aigne.hub.v1.ImageService/GetModelHttp',
+            aigne_dot_hub_dot_v1_dot_image__service__pb2.GetModelRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,13 +127,24 @@ class ImageServiceStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _image_service_pb2.ListModelsResponse]
     """ListModels lists every model name this server knows, with its capabilities, its
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
-    is also what the openai SDKs' `models.list()` reads.
+    is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+    what is not set rather than printing it as 0 or "": a date none is known for, a
+    successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+    `created` and `owned_by` are always there, and so are flags at false, lists when empty
+    and numbers that mean what they say (`max_input_images` 0: no edits).
+    """
+    ListModelsHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _httpbody_pb2.HttpBody]
+    """ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+    ListModelsResponse.
     """
     GetModel: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]
-    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
-    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-    answers the Model itself (AIP-131), as `models.retrieve` expects it.
+    """GetModel describes one model name as ListModels does, and over REST writes it as
+    ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+    unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+    `models.retrieve` expects it.
     """
+    GetModelHttp: _grpc.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _httpbody_pb2.HttpBody]
+    """GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model."""
 
 @_typing.type_check_only
 class ImageServiceAsyncStub(ImageServiceStub):
@@ -233,13 +244,24 @@ class ImageServiceAsyncStub(ImageServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _image_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists every model name this server knows, with its capabilities, its
     upstream lifecycle, and whether its provider is configured here. Over REST the answer
-    is also what the openai SDKs' `models.list()` reads.
+    is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+    what is not set rather than printing it as 0 or "": a date none is known for, a
+    successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+    `created` and `owned_by` are always there, and so are flags at false, lists when empty
+    and numbers that mean what they say (`max_input_images` 0: no edits).
+    """
+    ListModelsHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.ListModelsRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+    ListModelsResponse.
     """
     GetModel: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _image_service_pb2.Model]  # type: ignore[assignment]
-    """GetModel describes one model name as ListModels does; over REST it is what the `openai`
-    SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-    answers the Model itself (AIP-131), as `models.retrieve` expects it.
+    """GetModel describes one model name as ListModels does, and over REST writes it as
+    ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+    unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+    `models.retrieve` expects it.
     """
+    GetModelHttp: _aio.UnaryUnaryMultiCallable[_image_service_pb2.GetModelRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model."""
 
 class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImageService creates and edits images with the models of several providers
@@ -390,7 +412,21 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_image_service_pb2.ListModelsResponse, _abc.Awaitable[_image_service_pb2.ListModelsResponse]]:
         """ListModels lists every model name this server knows, with its capabilities, its
         upstream lifecycle, and whether its provider is configured here. Over REST the answer
-        is also what the openai SDKs' `models.list()` reads.
+        is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+        what is not set rather than printing it as 0 or "": a date none is known for, a
+        successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+        `created` and `owned_by` are always there, and so are flags at false, lists when empty
+        and numbers that mean what they say (`max_input_images` 0: no edits).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelsHttp(
+        self,
+        request: _image_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+        ListModelsResponse.
         """
 
     @_abc_1.abstractmethod
@@ -399,9 +435,18 @@ class ImageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _image_service_pb2.GetModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_image_service_pb2.Model, _abc.Awaitable[_image_service_pb2.Model]]:
-        """GetModel describes one model name as ListModels does; over REST it is what the `openai`
-        SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-        answers the Model itself (AIP-131), as `models.retrieve` expects it.
+        """GetModel describes one model name as ListModels does, and over REST writes it as
+        ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+        unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+        `models.retrieve` expects it.
         """
+
+    @_abc_1.abstractmethod
+    def GetModelHttp(
+        self,
+        request: _image_service_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model."""
 
 def add_ImageServiceServicer_to_server(servicer: ImageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

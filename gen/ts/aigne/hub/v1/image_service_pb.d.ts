@@ -815,6 +815,7 @@ export declare type Model = Message<"aigne.hub.v1.Model"> & {
 
   /**
    * When the model was added to this server's registry, in UNIX seconds; 0 when unknown.
+   * Always there, 0 included: the openai SDKs read it.
    *
    * @generated from field: uint32 created = 3;
    */
@@ -1072,7 +1073,8 @@ export declare type ModelDeployment = Message<"aigne.hub.v1.ModelDeployment"> & 
   lastTestStatus: string;
 
   /**
-   * How long the last admin test took, in milliseconds; 0 when never tested.
+   * How long the last admin test took, in milliseconds; 0 when never tested (left out of
+   * REST answers then).
    *
    * @generated from field: double last_test_latency_ms = 5;
    */
@@ -1120,21 +1122,21 @@ export declare type SizeRule = Message<"aigne.hub.v1.SizeRule"> & {
   maxEdge: number;
 
   /**
-   * The largest long:short edge ratio allowed; 0 when unbounded.
+   * The largest long:short edge ratio allowed; 0 when unbounded (left out of REST answers).
    *
    * @generated from field: double max_ratio = 4;
    */
   maxRatio: number;
 
   /**
-   * The fewest pixels allowed; 0 when unbounded.
+   * The fewest pixels allowed; 0 when unbounded (left out of REST answers).
    *
    * @generated from field: int32 min_pixels = 5;
    */
   minPixels: number;
 
   /**
-   * The most pixels allowed; 0 when unbounded.
+   * The most pixels allowed; 0 when unbounded (left out of REST answers).
    *
    * @generated from field: int32 max_pixels = 6;
    */
@@ -1301,7 +1303,11 @@ export declare const ImageService: GenService<{
   /**
    * ListModels lists every model name this server knows, with its capabilities, its
    * upstream lifecycle, and whether its provider is configured here. Over REST the answer
-   * is also what the openai SDKs' `models.list()` reads.
+   * is also what the openai SDKs' `models.list()` reads; the server writes it, leaving out
+   * what is not set rather than printing it as 0 or "": a date none is known for, a
+   * successor, a deployment's test never run, an unbounded size rule limit. `object`, `id`,
+   * `created` and `owned_by` are always there, and so are flags at false, lists when empty
+   * and numbers that mean what they say (`max_input_images` 0: no edits).
    *
    * @generated from rpc aigne.hub.v1.ImageService.ListModels
    */
@@ -1311,9 +1317,21 @@ export declare const ImageService: GenService<{
     output: typeof ListModelsResponseSchema;
   },
   /**
-   * GetModel describes one model name as ListModels does; over REST it is what the `openai`
-   * SDKs' `models.retrieve(id)` reads. An unknown name is NOT_FOUND naming `model`. It
-   * answers the Model itself (AIP-131), as `models.retrieve` expects it.
+   * ListModelsHttp is the REST door of ListModels, `GET /api/models`: the JSON of a
+   * ListModelsResponse.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.ListModelsHttp
+   */
+  listModelsHttp: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * GetModel describes one model name as ListModels does, and over REST writes it as
+   * ListModels does; there it is what the `openai` SDKs' `models.retrieve(id)` reads. An
+   * unknown name is NOT_FOUND naming `model`. It answers the Model itself (AIP-131), as
+   * `models.retrieve` expects it.
    *
    * @generated from rpc aigne.hub.v1.ImageService.GetModel
    */
@@ -1321,6 +1339,16 @@ export declare const ImageService: GenService<{
     methodKind: "unary";
     input: typeof GetModelRequestSchema;
     output: typeof ModelSchema;
+  },
+  /**
+   * GetModelHttp is the REST door of GetModel, `GET /api/models/{id}`: the JSON of a Model.
+   *
+   * @generated from rpc aigne.hub.v1.ImageService.GetModelHttp
+   */
+  getModelHttp: {
+    methodKind: "unary";
+    input: typeof GetModelRequestSchema;
+    output: typeof HttpBodySchema;
   },
 }>;
 
