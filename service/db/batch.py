@@ -47,6 +47,7 @@ T = TypeVar("T")
 Op = Callable[[Connection], Any]
 MAX_BATCH = 512
 CHECKPOINT_EVERY = 500
+WAL_KEPT_BYTES = 64 << 20  # a WAL started over is cut back to this
 
 
 class BatchWriter:
@@ -60,6 +61,7 @@ class BatchWriter:
         self._inline: Engine | None = None  # never waits: on the loop
         self._commits = 0
         self._wrote_this_turn = False
+        self._checkpoints: set[asyncio.Task[None]] = set()
         if database.dialect == "sqlite":
             self._thread = concurrent.futures.ThreadPoolExecutor(1, "aigne-hub-writer")
             self._sync = _sqlite_engine(database, busy_ms=30_000, checkpoints=True)
@@ -112,6 +114,7 @@ class BatchWriter:
         self._closed = True
         if self._task is not None:
             await self._task
+        await asyncio.gather(*self._checkpoints, return_exceptions=True)
         if self._thread is not None:
             self._thread.shutdown(wait=True)
         for engine in (self._sync, self._inline):
@@ -168,11 +171,23 @@ class BatchWriter:
                 return await connection.run_sync(_apply_all, ops)
 
     def _checkpoint_now_and_then(self) -> None:
-        """Copy the WAL back into the database file every CHECKPOINT_EVERY commits, in the
-        thread (the loop's connection never checkpoints: that can take an fsync)."""
+        """Copy the WAL back into the database file every CHECKPOINT_EVERY commits."""
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0 and self._sync is not None:
-            asyncio.get_running_loop().run_in_executor(self._thread, _checkpoint, self._sync)
+            task = asyncio.get_running_loop().create_task(self._checkpoint())
+            self._checkpoints.add(task)
+            task.add_done_callback(self._checkpoints.discard)
+
+    async def _checkpoint(self) -> None:
+        """In the thread (the loop's connection never checkpoints: that can take an fsync),
+        and in this process's writer turn: with no commit in between, the checkpoint copies
+        the whole WAL back, so the next write starts the WAL over. (Checkpoints beside a
+        steady stream of commits never caught up: the WAL grew by ~30 MB a second under
+        load, and reads slowed as it did.)"""
+        assert self._sync is not None
+        async with self._db.writer_turn():
+            await asyncio.get_running_loop().run_in_executor(self._thread, _checkpoint,
+                                                             self._sync)
 
 
 def _in_transaction(engine: Engine, ops: list[Op]) -> list[Any]:
@@ -218,6 +233,7 @@ def _sqlite_engine(database: Database, *, busy_ms: int, checkpoints: bool) -> En
         cursor.execute("PRAGMA foreign_keys=ON")
         if not checkpoints:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")  # the WAL, started over
         cursor.close()
 
     event.listen(engine, "connect", pragmas)
