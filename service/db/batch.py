@@ -93,21 +93,30 @@ class BatchWriter:
         hop to the writer task (a batch of one, as the writer would have made it; ~50 µs
         of CPU less a write). (False, None) when another process holds the write lock: the
         writer then waits for it in its thread."""
-        assert self._inline is not None
-        try:
-            [outcome] = _in_transaction(self._inline, [op])
-        except OperationalError as exc:
-            if not _locked(exc):
-                raise
+        outcomes = self._on_the_loop([op])
+        if outcomes is None:
             return False, None
         # Writes that come in the same turn of the loop (a burst) wait for the writer, which
         # takes them together in the next.
         self._wrote_this_turn = True
         asyncio.get_running_loop().call_soon(self._next_turn)
-        self._checkpoint_now_and_then()
+        [outcome] = outcomes
         if isinstance(outcome, HubError):
             raise outcome
         return True, outcome
+
+    def _on_the_loop(self, ops: list[Op]) -> list[Any] | None:
+        """`ops` in one SQLite transaction on the loop's connection, which never waits for a
+        lock: None, nothing written, when another process holds it."""
+        assert self._inline is not None
+        try:
+            outcomes = _in_transaction(self._inline, ops)
+        except OperationalError as exc:
+            if not _locked(exc):
+                raise
+            return None
+        self._checkpoint_now_and_then()
+        return outcomes
 
     async def stop(self) -> None:
         """Apply what waits, then stop."""
@@ -155,17 +164,12 @@ class BatchWriter:
 
     async def _transaction(self, ops: list[Op]) -> list[Any]:
         async with self._db.writer_turn():
-            if self._inline is not None and self._sync is not None:
-                try:
-                    outcomes = _in_transaction(self._inline, ops)
-                except OperationalError as exc:
-                    if not _locked(exc):
-                        raise
-                    # Another process writes: wait for its lock in the thread, off the loop.
-                    loop = asyncio.get_running_loop()
-                    return await loop.run_in_executor(self._thread, _in_transaction,
-                                                      self._sync, ops)
-                self._checkpoint_now_and_then()
+            if self._inline is not None:
+                outcomes = self._on_the_loop(ops)
+                if outcomes is None:  # another process writes: wait for its lock in the thread
+                    assert self._sync is not None
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self._thread, _in_transaction, self._sync, ops)
                 return outcomes
             async with self._db.engine.begin() as connection:
                 return await connection.run_sync(_apply_all, ops)
