@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
 
 from aigne.hub.v1 import admin_service_pb2 as pb
 from aigne.hub.v1 import admin_service_pb2_grpc as pb_grpc
@@ -22,7 +21,6 @@ from service.accounting.quotas import Quotas
 from service.contract import json_codec
 
 DEFAULT_PAGE_SIZE = 100
-JSON = "application/json"
 # Limits whose 0 or empty list means "no limit": left out of REST answers. Counts
 # (images_today) and flags (admin) mean what they say at 0 and false, and stay.
 NO_LIMIT_WHEN_EMPTY = frozenset(f"{pb.KeyLimits.DESCRIPTOR.full_name}.{name}" for name in (
@@ -64,34 +62,26 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     async def CreateKeyHttp(self, request: pb.CreateKeyRequest,
                             context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.CreateKey(request, context))
+        return json_codec.answer(await self.CreateKey(request, context), NO_LIMIT_WHEN_EMPTY)
 
     async def ListKeysHttp(self, request: pb.ListKeysRequest,
                            context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.ListKeys(request, context))
+        return json_codec.answer(await self.ListKeys(request, context), NO_LIMIT_WHEN_EMPTY)
 
     async def GetKeyHttp(self, request: pb.GetKeyRequest, context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.GetKey(request, context))
+        return json_codec.answer(await self.GetKey(request, context), NO_LIMIT_WHEN_EMPTY)
 
     async def SetKeyLimitsHttp(self, request: pb.SetKeyLimitsRequest,
                                context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.SetKeyLimits(request, context))
+        return json_codec.answer(await self.SetKeyLimits(request, context), NO_LIMIT_WHEN_EMPTY)
 
     async def RevokeKeyHttp(self, request: pb.RevokeKeyRequest,
                             context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.RevokeKey(request, context))
+        return json_codec.answer(await self.RevokeKey(request, context), NO_LIMIT_WHEN_EMPTY)
 
     async def _views(self, keys: list[ApiKey]) -> list[pb.ApiKey]:
         used = await self._quotas.used([key.id for key in keys])
         return [key_view(key, *used[key.id]) for key in keys]
-
-
-def json_answer(response: Message,
-                unset_when_empty: frozenset[str] = NO_LIMIT_WHEN_EMPTY) -> httpbody_pb2.HttpBody:
-    """A typed answer as the REST door's JSON: what is not set is left out, not 0 or "";
-    64-bit integers stay strings, as the proto3 JSON mapping (and Envoy, before) has them."""
-    return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(
-        response, unset_when_empty, int64_as_string=True))
 
 
 def limits_of(message: pb.KeyLimits) -> KeyLimits:

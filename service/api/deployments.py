@@ -12,10 +12,10 @@ from google.api import httpbody_pb2
 
 from aigne.hub.v1 import deployment_service_pb2 as pb
 from aigne.hub.v1 import deployment_service_pb2_grpc as pb_grpc
-from service.api.admin import json_answer
 from service.api.listing import timestamp
 from service.catalog.deployments import Credential, Deployment
 from service.catalog.models import Lifecycle, ModelRegistry, ModelSpec, Size
+from service.contract import json_codec
 from service.errors import InvalidArgument, NotFound
 from service.providers.base import ImageJob
 from service.routing.deployments import DeploymentStore
@@ -103,35 +103,35 @@ class DeploymentServicer(pb_grpc.DeploymentServiceServicer):
 
     async def CreateDeploymentHttp(self, request: pb.CreateDeploymentRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.CreateDeployment(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.CreateDeployment(request, context), NOT_SET_WHEN_ZERO)
 
     async def ListDeploymentsHttp(self, request: pb.ListDeploymentsRequest,
                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.ListDeployments(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.ListDeployments(request, context), NOT_SET_WHEN_ZERO)
 
     async def UpdateDeploymentHttp(self, request: pb.UpdateDeploymentRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.UpdateDeployment(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.UpdateDeployment(request, context), NOT_SET_WHEN_ZERO)
 
     async def DeleteDeploymentHttp(self, request: pb.DeleteDeploymentRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.DeleteDeployment(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.DeleteDeployment(request, context), NOT_SET_WHEN_ZERO)
 
     async def AddCredentialHttp(self, request: pb.AddCredentialRequest,
                                 context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.AddCredential(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.AddCredential(request, context), NOT_SET_WHEN_ZERO)
 
     async def UpdateCredentialHttp(self, request: pb.UpdateCredentialRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.UpdateCredential(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.UpdateCredential(request, context), NOT_SET_WHEN_ZERO)
 
     async def DeleteCredentialHttp(self, request: pb.DeleteCredentialRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.DeleteCredential(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.DeleteCredential(request, context), NOT_SET_WHEN_ZERO)
 
     async def TestDeploymentsHttp(self, request: pb.TestDeploymentsRequest,
                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.TestDeployments(request, context), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self.TestDeployments(request, context), NOT_SET_WHEN_ZERO)
 
     async def _test(self, deployment: Deployment) -> pb.DeploymentTest:
         spec = self._test_model(deployment)

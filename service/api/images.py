@@ -13,7 +13,6 @@ from google.api import httpbody_pb2
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc as pb_grpc
 from service.api import openai_streams, streams
-from service.api.admin import json_answer
 from service.api.listing import NOT_SET_WHEN_ZERO, ModelListing
 from service.contract import json_codec
 from service.contract.edits import edit_request, variation_request
@@ -137,9 +136,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):
     async def ListModelsHttp(self, request: pb.ListModelsRequest,
                              context: object) -> httpbody_pb2.HttpBody:
         """`GET /api/models`: ListModels' answer as JSON, without what is not set."""
-        return json_answer(await self._listing.answer(), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self._listing.answer(), NOT_SET_WHEN_ZERO)
 
     async def GetModelHttp(self, request: pb.GetModelRequest,
                            context: object) -> httpbody_pb2.HttpBody:
         """`GET /api/models/{id}`: GetModel's answer as JSON, without what is not set."""
-        return json_answer(await self._listing.one(request.id), NOT_SET_WHEN_ZERO)
+        return json_codec.answer(await self._listing.one(request.id), NOT_SET_WHEN_ZERO)

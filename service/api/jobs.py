@@ -22,7 +22,6 @@ from service.jobs.runner import Jobs
 from service.jobs.webhooks import Webhooks
 from service.rpc.call import Call, current_call
 
-JSON = "application/json"
 STREAMING_CALL = "StreamGenerate (REST: POST /api/images/generations:stream), not jobs"
 
 
@@ -47,7 +46,7 @@ class JobServicer(job_grpc.JobServiceServicer):
                                   reason="INVALID_TYPE")
         generate_request = json_codec.from_object(body, pb.GenerateRequest)
         response = await self._create(current_call(), generate_request, webhook_url)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+        return json_codec.answer(response, int64_as_string=False)  # (numbers, as ever)
 
     async def GetJob(self, request: job_pb.GetJobRequest, context: object) -> job_pb.GetJobResponse:
         row = await self._jobs.get(request.id, current_call().caller)
@@ -56,7 +55,7 @@ class JobServicer(job_grpc.JobServiceServicer):
     async def GetJobHttp(self, request: job_pb.GetJobHttpRequest,
                          context: object) -> httpbody_pb2.HttpBody:
         response = await self.GetJob(job_pb.GetJobRequest(id=request.id), context)
-        return httpbody_pb2.HttpBody(content_type=JSON, data=json_codec.encode(response))
+        return json_codec.answer(response, int64_as_string=False)
 
     async def _create(self, call: Call, request: pb.GenerateRequest,
                       webhook_url: str) -> job_pb.CreateJobResponse:

@@ -16,7 +16,7 @@ from aigne.hub.v1 import usage_service_pb2 as pb
 from aigne.hub.v1 import usage_service_pb2_grpc as pb_grpc
 from service.accounting.keys import ApiKey
 from service.accounting.usage import UsageReports, UsageTotal
-from service.api.admin import json_answer
+from service.contract import json_codec
 from service.db import UsageAttemptRow, UsageRecordRow
 from service.errors import InvalidArgument, PermissionDenied
 from service.rpc.call import current_call
@@ -61,11 +61,11 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
 
     async def GetUsageHttp(self, request: pb.GetUsageRequest,
                            context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.GetUsage(request, context), frozenset())
+        return json_codec.answer(await self.GetUsage(request, context), frozenset())
 
     async def ListUsageRecordsHttp(self, request: pb.ListUsageRecordsRequest,
                                    context: object) -> httpbody_pb2.HttpBody:
-        return json_answer(await self.ListUsageRecords(request, context), frozenset())
+        return json_codec.answer(await self.ListUsageRecords(request, context), frozenset())
 
 
 def scope(caller: ApiKey, asked: str) -> str | None:
