@@ -9,10 +9,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Route, expect
 
 from tests.browser import ConsolePage, console_page
 from tests.hub import ADMIN_KEY, GENERATIONS, Hub
@@ -314,6 +315,39 @@ def test_usage_shows_the_requests_just_made(console: ConsolePage, console_hub: H
     page.press("#usage-status", "Enter")
     expect(page.locator("#usage-records .empty-row")).to_have_text("No requests match.",
                                                                     timeout=30_000)
+    console.assert_clean()
+
+
+def test_a_late_answer_for_the_old_filters_never_replaces_the_new_one(
+        console: ConsolePage, console_hub: Hub) -> None:
+    """The page's first load (every key) is held in the network until the key chosen after
+    it has been drawn; released then, its answers must be dropped, not drawn over it."""
+    key = console_hub.create_key("usage of one key")
+    for who, n in ((key, 2), (console_hub.create_key("another key"), 1)):
+        assert console_hub.generate(who, n=n).status_code == 200
+    held: list[Route] = []
+    page = console.page
+    page.route("**/api/usage**", lambda route: held.append(route)
+               if parse_qs(urlsplit(route.request.url).query).get("key_id") == ["-"]
+               else route.continue_())
+    finished: list[str] = []
+    page.on("requestfinished", lambda request: finished.append(request.url))
+
+    console.open("usage", key=ADMIN_KEY)
+    page.select_option("#usage-key", key.id)
+    rows = page.locator("#usage-records tbody tr")
+    expect(rows).to_have_count(1, timeout=30_000)
+    expect(page.locator('[data-stat="images"] .stat-value')).to_have_text("2")
+    assert len(held) == 2  # the totals and the records of every key, still unanswered
+    for route in held:
+        route.continue_()
+    while not all(route.request.url in finished for route in held):
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(200)  # what a late answer would draw, it would have drawn by now
+    expect(rows).to_have_count(1)
+    assert rows.first.get_attribute("data-request-id") is not None
+    expect(rows.first).to_contain_text("usage of one key")
+    expect(page.locator('[data-stat="images"] .stat-value')).to_have_text("2")
     console.assert_clean()
 
 

@@ -41,17 +41,22 @@ class KeysPage {
     this.el = el;
     this.keys = [];
     this.nextToken = "";
+    this.loads = 0;
   }
 
+  // A list asked for after another (a key made, revoked) wins: the older answer is dropped.
   async load(more = false) {
+    const load = more ? this.loads : ++this.loads;
     if (!more) replace(this.el, h("p.muted", {}, spinner(), " Loading keys…"));
     try {
       const { data } = await api("/api/admin/keys", {
         query: { page_size: 100, page_token: more ? this.nextToken : "" } });
+      if (load !== this.loads) return;
       this.keys = more ? [...this.keys, ...(data.keys || [])] : data.keys || [];
       this.nextToken = data.next_page_token || "";
       this.draw();
     } catch (error) {
+      if (load !== this.loads) return;
       replace(this.el, errorBox(error, "The keys could not be listed"));
     }
   }

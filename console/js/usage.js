@@ -16,7 +16,7 @@ const STATUSES = ["OK", "INVALID_VALUE", "MISSING_REQUIRED_PARAMETER", "UNSUPPOR
 export function render(root) {
   const today = new Date();
   const state = {
-    admin: false, keyNames: new Map(), nextToken: "",
+    admin: false, keyNames: new Map(), nextToken: "", loads: 0,
     start: utcDay(new Date(today.getTime() - 13 * DAY)), end: utcDay(today),
     key: "", model: "", status: "",
   };
@@ -30,7 +30,10 @@ export function render(root) {
   filters, summary, charts, records);
   replace(summary, h("p.muted", {}, spinner(), " Loading usage…"));
 
+  // Each refresh is one load: an answer that arrives after a newer refresh began is dropped,
+  // so a slow answer for the old filters never replaces the new one.
   const refresh = () => {
+    state.loads += 1;
     loadTotals(state, summary, charts);
     loadRecords(state, records, false);
   };
@@ -96,12 +99,14 @@ async function setup(state, form, refresh) {
 }
 
 async function loadTotals(state, summary, charts) {
+  const load = state.loads;
   replace(charts, h("p.muted", {}, spinner(), " Loading charts…"));
   try {
     const { data } = await api("/api/usage", { query: {
       key_id: state.key, start_date: state.start, end_date: state.end, model: state.model } });
-    drawTotals(data, summary, charts);
+    if (load === state.loads) drawTotals(data, summary, charts);
   } catch (error) {
+    if (load !== state.loads) return;
     replace(summary, errorBox(error, "Usage could not be loaded"));
     replace(charts);
   }
@@ -171,6 +176,7 @@ function chartCard(title, chart, after, wide = false) {
 }
 
 async function loadRecords(state, el, more) {
+  const load = state.loads;
   if (!more) {
     replace(el, h("div.section-head", {}, h("h2", {}, "Recent requests")),
       h("p.muted", {}, spinner(), " Loading requests…"));
@@ -181,9 +187,11 @@ async function loadRecords(state, el, more) {
       start_time: `${state.start}T00:00:00Z`,
       end_time: new Date(Date.parse(`${state.end}T00:00:00Z`) + DAY).toISOString(),
       page_token: more ? state.nextToken : "" } });
+    if (load !== state.loads) return;
     state.nextToken = data.next_page_token || "";
     drawRecords(state, el, data.records || [], more);
   } catch (error) {
+    if (load !== state.loads) return;
     replace(el, h("div.section-head", {}, h("h2", {}, "Recent requests")),
       errorBox(error, "The requests could not be loaded"));
   }
