@@ -112,12 +112,15 @@ def test_sse_stream_through_envoy_arrives_as_it_happens(provider_stack: Stack, f
 def test_a_client_that_leaves_a_stream_cancels_the_upstream(provider_stack: Stack,
                                                             fakes) -> None:
     fakes[0].script("generations", Reply(hang=True))
+    asked_before = len(fakes[0].requests_to("generations"))
     request_id = uuid.uuid4().hex
     with grpc.insecure_channel(provider_stack.envoy_target) as channel:
         call = image_service_pb2_grpc.ImageServiceStub(channel).StreamGenerate(
             pb.StreamGenerateRequest(request=pb.GenerateRequest(model="gpt-image-2", prompt="x")),
             metadata=(*GRPC_AUTH, ("x-request-id", request_id)), timeout=60)
         assert next(call).WhichOneof("event") == "progress"
+        # The progress event may leave before the upstream call does: leave once it is made.
+        wait_for(lambda: len(fakes[0].requests_to("generations")) > asked_before)
         call.cancel()
     assert fakes[0].wait_for_disconnect("generations")
     with http_client(provider_stack) as client:
