@@ -1,9 +1,11 @@
 """The books after a SIGKILL (issue 18): a replica killed under load, with Envoy up, then the
 stack started again. Once the reservation sweep has run (its period and the reservation
 lease made short through settings), the day and month counters equal the images of the
-records with status OK, no record says OK for a call whose client got an error, and every
-call a client was told succeeded has its OK record (nothing acknowledged is lost). On
-SQLite and on PostgreSQL."""
+records with status OK, every call a client was told succeeded has its OK record (nothing
+acknowledged is lost), and no record says OK for a call whose client got an error, but for
+the one window docs/reliability.md describes: a call recorded, then cut off by the kill while
+its answer was on its way (it was in flight when the kill came). On SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -47,9 +49,10 @@ def env(request: pytest.FixtureRequest, slow_openai: SlowOpenAI) -> dict[str, st
     return env
 
 
-async def load(stack: ReplicatedStack, key: Key, victim_pid: int) -> list[Outcome]:
+async def load(stack: ReplicatedStack, key: Key, victim_pid: int
+               ) -> tuple[list[Outcome], float]:
     """Requests from WORKERS clients on both doors, n=4 and b64_json (large answers, long
-    in the writing), with one replica killed in the middle."""
+    in the writing), with one replica killed in the middle; and when (time.monotonic)."""
     outcomes: list[Outcome] = []
     stop = asyncio.Event()
     body = {**LOAD, "n": 4}
@@ -66,11 +69,12 @@ async def load(stack: ReplicatedStack, key: Key, victim_pid: int) -> list[Outcom
         stub = pb_grpc.ImageServiceStub(channel)
         workers = [asyncio.create_task(worker(i)) for i in range(WORKERS)]
         await asyncio.sleep(3)
+        killed_at = time.monotonic()
         os.kill(victim_pid, signal.SIGKILL)
         await asyncio.sleep(2)
         stop.set()
         await asyncio.gather(*workers)
-    return outcomes
+    return outcomes, killed_at
 
 
 def started_again(var: Path, env: dict[str, str], tries: int = 3) -> ReplicatedStack:
@@ -106,7 +110,7 @@ def test_after_a_sigkill_the_books_match_what_clients_received(env: dict[str, st
     with ReplicatedStack(var, 2, env) as stack:
         hub = Hub(stack, "")  # type: ignore[arg-type]
         key = hub.create_key("under load", daily_image_quota=1_000_000)
-        outcomes = asyncio.run(load(stack, key, stack.pids()[stack.targets[1]]))
+        outcomes, killed_at = asyncio.run(load(stack, key, stack.pids()[stack.targets[1]]))
         hub.close()
     failed = [o for o in outcomes if not o.ok]
     assert failed, "the kill cut no request off: nothing was tested"
@@ -123,8 +127,10 @@ def test_after_a_sigkill_the_books_match_what_clients_received(env: dict[str, st
     by_id = {r["request_id"]: r for r in records}
     told_ok = {o.request_id for o in outcomes if o.ok}
     assert all(by_id[i]["status"] == "OK" for i in told_ok), "an acknowledged call was lost"
-    wrong = [(o, by_id[o.request_id]) for o in failed
-             if by_id.get(o.request_id, {}).get("status") == "OK"]
+    recorded_ok = [o for o in failed if by_id.get(o.request_id, {}).get("status") == "OK"]
+    cut_off = [o for o in recorded_ok if o.started < killed_at <= o.ended]
+    wrong = [(o, by_id[o.request_id]) for o in recorded_ok if o not in cut_off]
     assert not wrong, f"recorded OK, but the client got an error: {wrong}"
-    print(f"{len(outcomes)} calls, {len(failed)} cut by the kill, "
+    print(f"{len(outcomes)} calls, {len(failed)} cut by the kill "
+          f"({len(cut_off)} of them recorded, their answer on its way), "
           f"{sum(r.get('images', 0) for r in records if r['status'] == 'OK')} images charged")
