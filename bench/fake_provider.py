@@ -1,6 +1,7 @@
 """A fake OpenAI images endpoint that answers at once, with bytes built before it listens.
 
-`POST /v1/images/generations` (any path, in fact) answers an OpenAI ImagesResponse: for
+`POST /v1/images/generations` (any path, in fact, but Gemini's `:generateContent`, which
+answers a GenerateContentResponse with one tiny PNG) answers an OpenAI ImagesResponse: for
 n=10, ten distinct 1024x1024 noise PNGs of about 2.4 MB each (as large as real models'
 answers); otherwise one tiny PNG, so that small requests measure the gateways, not the
 transfer. A bare asyncio protocol with keep-alive, so that the fake costs little of the
@@ -52,6 +53,17 @@ def images_response(files: list[bytes]) -> bytes:
     }).encode()
 
 
+def gemini_response(file: bytes) -> bytes:
+    return json.dumps({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(file).decode()}}]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 1290,
+                          "totalTokenCount": 1295, "candidatesTokensDetails": [
+                              {"modality": "IMAGE", "tokenCount": 1290}]},
+        "modelVersion": "gemini-3.1-flash-image"}).encode()
+
+
 def http_response(body: bytes) -> bytes:
     return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -61,8 +73,11 @@ class Answers:
     def __init__(self) -> None:
         self.small = http_response(images_response([tiny_png()]))
         self.big = http_response(images_response([noise_png(i) for i in range(BIG_N)]))
+        self.gemini = http_response(gemini_response(tiny_png()))
 
-    def for_body(self, body: bytes) -> bytes:
+    def for_request(self, head: bytes, body: bytes) -> bytes:
+        if b":generatecontent" in head.split(b"\r\n", 1)[0]:
+            return self.gemini
         try:
             n = json.loads(body).get("n", 1)
         except (ValueError, AttributeError):
@@ -97,7 +112,7 @@ class Connection(asyncio.Protocol):
             body = bytes(self._buffer[end + 4:end + 4 + length])
             del self._buffer[:end + 4 + length]
             assert self._transport is not None
-            answer, close = self._answers.for_body(body), b"connection: close" in head
+            answer, close = self._answers.for_request(head, body), b"connection: close" in head
             if self._delay:  # answers keep their order: each leaves `delay` after its request
                 asyncio.get_running_loop().call_later(self._delay, self._send, answer, close)
             else:

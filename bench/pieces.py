@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import structlog
+from google import genai
+from google.genai import types as genai_types
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from bench.fake_provider import tiny_png
@@ -31,6 +33,7 @@ from service.generation import validation
 from service.net.fetch import GuardedFetcher, image_fetch_limits
 from service.ops.metrics import Metrics
 from service.providers.base import ProviderDeps
+from service.providers.google import GoogleProvider
 from service.providers.imaging import verified_mime_type
 from service.providers.openai import OpenAIProvider
 from service.routing.deployments import Deployment
@@ -97,6 +100,7 @@ async def _measure(provider_url: str, provider_key: str) -> list[tuple[str, floa
     await provider.aclose()
     results.append(("upstream call, openai SDK with its response models (images.generate)",
                     await _sdk_micros(provider_url, provider_key)))
+    results += await _gemini_micros(provider_url, provider_key, deps)
 
     async def decode() -> None:
         decoded = json_codec.decode(BODY, pb.GenerateRequest)
@@ -145,6 +149,33 @@ async def _sdk_micros(provider_url: str, provider_key: str) -> float:
             quality="auto"), 1000)
     finally:
         await client.close()
+
+
+async def _gemini_micros(provider_url: str, provider_key: str, deps: ProviderDeps
+                         ) -> list[tuple[str, float]]:
+    """A Gemini generation (the fake answers generateContent too): ours, and the SDK's own
+    call with its response models."""
+    provider = GoogleProvider.build(
+        Deployment(id="bench-gemini", name="bench-gemini", kind="gemini", base_url=provider_url),
+        provider_key, deps)
+    registry = load_registry(None)
+    request = pb.GenerateRequest(model="gemini-3.1-flash-image", prompt="a lighthouse at dawn",
+                                 size="1024x1024")
+    job = validation.plan(image_request(request), registry.route(request.model)).job
+    ours = await cpu_micros(lambda: provider.generate(job), 1000)
+    await provider.aclose()
+    client = genai.Client(api_key=provider_key,
+                          http_options=genai_types.HttpOptions(base_url=provider_url))
+    config = genai_types.GenerateContentConfig(
+        response_modalities=["TEXT", "IMAGE"],
+        image_config=genai_types.ImageConfig(aspect_ratio="1:1", image_size="1K"))
+    try:
+        sdks = await cpu_micros(lambda: client.aio.models.generate_content(
+            model=job.model.upstream, contents=[job.prompt], config=config), 1000)
+    finally:
+        await client.aio.aclose()
+    return [("Gemini call, the SDK's request on bare aiohttp (GoogleProvider)", ours),
+            ("Gemini call, google-genai SDK, its response models (generate_content)", sdks)]
 
 
 async def _log_line_micros() -> float:

@@ -4,16 +4,30 @@ Vertex :predict, with Google's errors and safety blocks mapped."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import grpc
 import httpx
 import pytest
+import structlog
+from google import genai
+from google.genai import types
 
 from aigne.hub.v1 import image_service_pb2 as pb
 from aigne.hub.v1 import image_service_pb2_grpc
+from service.catalog.models import load_registry
+from service.config import Settings
+from service.contract.images import image_request
+from service.errors import KnownSecrets
+from service.generation import validation
+from service.net.fetch import GuardedFetcher, image_fetch_limits
+from service.providers import google_wire
+from service.providers.base import Generation, ProviderDeps
+from service.providers.google import GoogleProvider
+from service.routing.deployments import Deployment
 from tests.conftest import GRPC_AUTH, GRPC_OPTIONS, open_image
-from tests.fakes.google_fake import google_error
+from tests.fakes.google_fake import FakeGoogle, google_error
 from tests.fakes.images import picture
 from tests.fakes.server import Reply
 from tests.stack import Stack
@@ -181,3 +195,65 @@ def test_fan_out_fails_as_one_and_cancels_the_other_calls(rest: httpx.Client, fa
                                           "n": 3})
     assert_error(answer, 400, None, "upstream_invalid_request")
     assert fakes[1].wait_for_disconnect("generateContent"), "the hanging call was cancelled"
+
+
+def test_gemini_gets_the_sdks_own_request(rest: httpx.Client, fakes) -> None:
+    """Gemini calls go out on a bare aiohttp session (providers/google_wire.py) with the
+    request google-genai builds: the path, the headers and the JSON of the SDK's own call with
+    the same prompt, image and config, and our request id and deadline besides."""
+    source = picture(64, 32)
+    answer = rest.post(GENERATIONS, json={
+        "model": "gemini-3.1-flash-image", "prompt": "a fox at night", "size": "1024x512",
+        "image": base64.b64encode(source).decode()}, headers={"x-request-id": "req-gemini-1"})
+    assert answer.status_code == 200, answer.text
+    ours = fakes[1].requests_to("generateContent")[-1]
+
+    image_config = ours.json["generationConfig"]["imageConfig"]
+    with genai.Client(api_key=fakes[1].api_key,
+                      http_options=types.HttpOptions(base_url=fakes[1].url)) as client:
+        client.models.generate_content(
+            model=fakes[1].model_of(ours),
+            contents=["a fox at night", types.Part.from_bytes(data=source, mime_type="image/png")],
+            config=types.GenerateContentConfig(
+                response_modalities=["TEXT", "IMAGE"],
+                image_config=types.ImageConfig(aspect_ratio=image_config["aspectRatio"],
+                                               image_size=image_config["imageSize"])))
+    sdks = fakes[1].requests_to("generateContent")[-1]
+    assert sdks is not ours
+    assert (ours.path, ours.json) == (sdks.path, sdks.json)
+    for name in ("x-goog-api-key", "x-goog-api-client", "user-agent", "content-type"):
+        assert ours.headers[name] == sdks.headers[name], name
+    assert ours.headers["x-request-id"] == "req-gemini-1"
+    assert 0 < int(ours.headers["x-server-timeout"]) <= 300
+
+
+def test_gemini_keeps_working_if_the_sdk_writes_its_body_otherwise(
+        fake_google: FakeGoogle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a google-genai release write generateContent's body another way than
+    google_wire.py does, the wire notices on its first call, says so, and the SDK's own
+    transport (the one application default credentials always use) serves from then on."""
+    monkeypatch.setattr(google_wire, "_contents", lambda prompt, images: {
+        "role": "user", "parts": [{"text": prompt}], "written": "otherwise"})
+    registry = load_registry(None)
+    request = pb.GenerateRequest(model="gemini-3.1-flash-image", prompt="a fox", size="1024x1024")
+    job = validation.plan(image_request(request), registry.route(request.model)).job
+    deps = ProviderDeps(GuardedFetcher(image_fetch_limits(Settings())), KnownSecrets())
+    provider = GoogleProvider.build(Deployment(id="g", name="g", kind="gemini",
+                                               base_url=fake_google.url),
+                                    fake_google.api_key, deps)
+    asked_before = len(fake_google.requests_to("generateContent"))
+
+    async def twice() -> list[Generation]:
+        try:
+            return [await provider.generate(job), await provider.generate(job)]
+        finally:
+            await provider.aclose()
+
+    with structlog.testing.capture_logs() as logs:
+        made = asyncio.run(twice())
+    assert [open_image(g.images[0].data).size for g in made] == [(1024, 1024)] * 2
+    assert [g.usage and g.usage.output_image for g in made] == [1120, 1120]
+    assert [entry["event"] for entry in logs] == ["gemini_wire_off"]
+    sent = fake_google.requests_to("generateContent")[asked_before:]
+    assert [r.json["contents"] for r in sent] == [[{"role": "user",
+                                                     "parts": [{"text": "a fox"}]}]] * 2

@@ -83,6 +83,15 @@ def test_an_upstream_answer_larger_than_the_limit_is_refused_unread(
                                              "response_format": "b64_json"})
         assert small.status_code == 200, small.text
 
+        fake_google.script("generateContent", Reply(200, {"candidates": [{"content": {
+            "role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": large}}]},
+            "finishReason": "STOP"}]}))
+        refused = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image",
+                                               "prompt": "big"})
+        assert_error(refused, 502, None, "upstream_answer_too_large")
+        small = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "small"})
+        assert small.status_code == 200, small.text
+
 
 @pytest.fixture(scope="module")
 def echo_stack(tmp_path_factory: pytest.TempPathFactory, image_host: ImageHost

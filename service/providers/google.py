@@ -4,7 +4,9 @@ Two providers share this module (one SDK): `google`, the Gemini API, and `vertex
 (an API key in express mode, or a project and location with application default
 credentials). Gemini image models are called with `generate_content` and image output, one
 image per call (the service fans out), the requested size mapped to the nearest aspect ratio
-and size class the model has, and input images as inline parts for edits. Imagen models
+and size class the model has, and input images as inline parts for edits; the SDK's request
+is sent on a bare aiohttp session (google_wire.py) and its answer read as the API's JSON.
+Imagen models
 (`api = "generate_images"` in the registry) are called with `generate_images`, which the SDK
 serves in Vertex mode only.
 
@@ -15,6 +17,8 @@ and every SDK error are mapped to a HubError here.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from typing import Any
 
@@ -38,7 +42,9 @@ from service.errors import (
     redact,
 )
 from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
+from service.providers.google_wire import GeminiWire
 from service.providers.imaging import verified_mime_type
+from service.providers.wire import BareSession
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
@@ -49,14 +55,18 @@ MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # default is one attempt too, but on aiohttp, when that is installed, it retries a broken
 # connection itself.
 NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
+UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
+INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
 
 
 class GoogleProvider:
-    def __init__(self, name: str, client: genai.Client, secrets: KnownSecrets | None = None
-                 ) -> None:
+    def __init__(self, name: str, client: genai.Client, secrets: KnownSecrets | None = None,
+                 max_answer_bytes: int = ProviderDeps.max_answer_bytes) -> None:
         self.name = name
         self._client = client
         self._secrets = secrets or KnownSecrets()
+        self._session = BareSession(connections=UPSTREAM_CONNECTIONS, max_body=max_answer_bytes)
+        self._wire = GeminiWire(client, self._session)
 
     @classmethod
     def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> GoogleProvider:
@@ -73,7 +83,7 @@ class GoogleProvider:
             client = genai.Client(vertexai=True, project=deployment.options.get("project"),
                                   location=deployment.options.get("location", "global"),
                                   http_options=options)
-        return cls(deployment.label, client, deps.secrets)
+        return cls(deployment.label, client, deps.secrets, deps.max_answer_bytes)
 
     async def generate(self, job: ImageJob) -> Generation:
         started = time.perf_counter()
@@ -101,17 +111,21 @@ class GoogleProvider:
     async def _gemini(self, job: ImageJob) -> tuple[list[GeneratedImage], TokenUsage | None]:
         if job.n != 1:
             raise RuntimeError("Gemini image models make one image per call; fan out first")
-        parts: list[Any] = [job.prompt]
-        parts += [types.Part.from_bytes(data=i.data, mime_type=i.mime_type) for i in job.images]
-        image_config = types.ImageConfig(
-            aspect_ratio=job.model.nearest_aspect_ratio(job.size) if job.size else None,
-            image_size=job.model.image_size_class(job.size))
-        response = await self._client.aio.models.generate_content(
-            model=job.model.upstream, contents=parts,
-            config=types.GenerateContentConfig(
-                response_modalities=["TEXT", "IMAGE"], image_config=image_config,
-                http_options=_http_options(job), **job.model.upstream_params))
-        return [await _gemini_image(response, job)], _gemini_usage(response.usage_metadata)
+        aspect_ratio = job.model.nearest_aspect_ratio(job.size) if job.size else None
+        image_size = job.model.image_size_class(job.size)
+
+        def config() -> types.GenerateContentConfig:
+            return types.GenerateContentConfig(
+                response_modalities=["TEXT", "IMAGE"],
+                image_config=types.ImageConfig(aspect_ratio=aspect_ratio, image_size=image_size),
+                **job.model.upstream_params)
+
+        answer = await self._wire.generate_content(
+            job.model.upstream, (job.model.upstream, aspect_ratio, image_size,
+                                 repr(sorted(job.model.upstream_params.items()))),
+            config, job.prompt, [(i.data, i.mime_type) for i in job.images],
+            seconds=job.seconds_left(), request_id=job.request_id)
+        return [await _gemini_image(answer, job)], _gemini_usage(answer.get("usageMetadata"))
 
     async def _imagen(self, job: ImageJob) -> list[GeneratedImage]:
         response = await self._client.aio.models.generate_images(
@@ -134,6 +148,7 @@ class GoogleProvider:
         return [await _checked(g.image.image_bytes, job) for g in made]  # type: ignore[union-attr, arg-type]
 
     async def aclose(self) -> None:
+        await self._session.aclose()
         await self._client.aio.aclose()
 
 
@@ -147,51 +162,80 @@ def _http_options(job: ImageJob) -> types.HttpOptions:
         headers={"x-request-id": job.request_id} if job.request_id else None)
 
 
-async def _gemini_image(response: types.GenerateContentResponse, job: ImageJob) -> GeneratedImage:
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason:
-        raise ContentPolicyViolation(f"The provider blocked the prompt ({feedback.block_reason}).",
+async def _gemini_image(answer: dict[str, Any], job: ImageJob) -> GeneratedImage:
+    """The image of a generateContent answer (the API's JSON), or why there is none."""
+    block = _dict(answer, "promptFeedback").get("blockReason")
+    if block:
+        raise ContentPolicyViolation(f"The provider blocked the prompt ({block}).",
                                      param="prompt")
-    if not response.candidates:
+    candidates = _list(answer, "candidates")
+    if not candidates or not isinstance(candidates[0], dict):
         raise UpstreamFailed(f"{job.model.upstream} answered no candidate.")
-    candidate = response.candidates[0]
-    for part in (candidate.content.parts if candidate.content else None) or []:
-        if part.inline_data and part.inline_data.data and not part.thought:
-            return await _checked(part.inline_data.data, job)
-    finish = str(candidate.finish_reason.value if candidate.finish_reason else "")
+    candidate = candidates[0]
+    parts = [p for p in _list(_dict(candidate, "content"), "parts") if isinstance(p, dict)]
+    for part in parts:
+        data = _dict(part, "inlineData").get("data")
+        if data and isinstance(data, str) and not part.get("thought"):
+            return await _checked(_decoded(data), job)
+    finish = str(candidate.get("finishReason") or "")
     if finish in SAFETY_FINISH:
         raise ContentPolicyViolation(f"The provider's safety system withheld the image ({finish}).",
                                      param="prompt")
-    said = " ".join(p.text for p in (candidate.content.parts if candidate.content else []) or []
-                    if p.text)[:300]
+    said = " ".join(str(p["text"]) for p in parts if p.get("text"))[:300]
     raise UpstreamFailed(f"{job.model.upstream} answered without an image ({finish or 'no reason'})"
                          + (f": {said}" if said else "."), reason="UPSTREAM_NO_IMAGE",
                          retryable=False)
 
 
+def _dict(value: dict[str, Any], key: str) -> dict[str, Any]:
+    found = value.get(key)
+    return found if isinstance(found, dict) else {}
+
+
+def _list(value: dict[str, Any], key: str) -> list[Any]:
+    found = value.get(key)
+    return found if isinstance(found, list) else []
+
+
+def _decoded(data: str) -> bytes:
+    """Base64, standard or URL-safe (ValueError when it is neither)."""
+    try:
+        return base64.b64decode(data.translate(URL_SAFE))
+    except binascii.Error as exc:
+        raise ValueError("not base64") from exc
+
+
+URL_SAFE = str.maketrans("-_", "+/")
+
+
 async def _checked(data: bytes, job: ImageJob) -> GeneratedImage:
-    mime_type = await asyncio.to_thread(verified_mime_type, data)
+    mime_type = (await asyncio.to_thread(verified_mime_type, data)
+                 if len(data) > INLINE_CHECK_BYTES else verified_mime_type(data))
     if mime_type is None:
         raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or not "
                              "PNG, JPEG or WebP.")
     return GeneratedImage(data=data, mime_type=mime_type)
 
 
-def _gemini_usage(meta: types.GenerateContentResponseUsageMetadata | None) -> TokenUsage | None:
-    if meta is None:
+def _gemini_usage(meta: Any) -> TokenUsage | None:
+    """Tokens by kind, from the answer's usageMetadata."""
+    if not isinstance(meta, dict):
         return None
 
-    def by_modality(details: list[types.ModalityTokenCount] | None, modality: str) -> int:
-        return sum(d.token_count or 0 for d in details or []
-                   if d.modality and d.modality.value == modality)
+    def count(key: str, within: dict[str, Any] = meta) -> int:
+        value = within.get(key)
+        return value if isinstance(value, int) else 0
 
-    prompt_images = by_modality(meta.prompt_tokens_details, "IMAGE")
-    output_images = by_modality(meta.candidates_tokens_details, "IMAGE")
+    def images(key: str) -> int:
+        return sum(count("tokenCount", d) for d in _list(meta, key)
+                   if isinstance(d, dict) and d.get("modality") == "IMAGE")
+
+    prompt_images = images("promptTokensDetails")
+    output_images = images("candidatesTokensDetails")
     return TokenUsage(
-        input_text=(meta.prompt_token_count or 0) - prompt_images,
+        input_text=count("promptTokenCount") - prompt_images,
         input_image=prompt_images,
-        output_text=(meta.candidates_token_count or 0) - output_images
-        + (meta.thoughts_token_count or 0),
+        output_text=count("candidatesTokenCount") - output_images + count("thoughtsTokenCount"),
         output_image=output_images,
     )
 
