@@ -234,6 +234,7 @@ def test_gemini_keeps_working_if_the_sdk_writes_its_body_otherwise(
     transport (the one application default credentials always use) serves from then on."""
     monkeypatch.setattr(google_wire, "_contents", lambda prompt, images: {
         "role": "user", "parts": [{"text": prompt}], "written": "otherwise"})
+    fake_google.script("generateContent", THINKING_ROUND, Reply(as_usual=True))
     registry = load_registry(None)
     request = pb.GenerateRequest(model="gemini-3.1-flash-image", prompt="a fox", size="1024x1024")
     job = validation.plan(image_request(request), registry.route(request.model)).job
@@ -252,8 +253,43 @@ def test_gemini_keeps_working_if_the_sdk_writes_its_body_otherwise(
     with structlog.testing.capture_logs() as logs:
         made = asyncio.run(twice())
     assert [open_image(g.images[0].data).size for g in made] == [(1024, 1024)] * 2
-    assert [g.usage and g.usage.output_image for g in made] == [1120, 1120]
+    assert [g.usage and (g.usage.input_text, g.usage.output_image) for g in made] == [
+        (22, 1120), (12, 1120)]  # the first call's two rounds, merged
     assert [entry["event"] for entry in logs] == ["gemini_wire_off"]
     sent = fake_google.requests_to("generateContent")[asked_before:]
     assert [r.json["contents"] for r in sent] == [[{"role": "user",
-                                                     "parts": [{"text": "a fox"}]}]] * 2
+                                                     "parts": [{"text": "a fox"}]}]] * 3
+    assert [r.json.get("continuationToken") for r in sent] == [None, "dG9r", None]
+
+
+THINKING_ROUND = Reply(200, {
+    "candidates": [{"content": {"role": "model", "parts": [{"text": "thinking", "thought": True}]},
+                    "finishReason": "CONTINUATION", "continuationToken": "dG9r", "index": 0}],
+    "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20,
+                      "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 20}]}})
+
+
+def test_gemini_continuation_rounds_are_followed_and_merged(rest: httpx.Client, fakes) -> None:
+    """A thinking model's answer in two rounds (CONTINUATION and a token, then the image), as
+    the SDK's generate_content follows it: the same request again with the token; one image,
+    the tokens of both rounds charged."""
+    fakes[1].script("generateContent", THINKING_ROUND, Reply(as_usual=True))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "a fox",
+                                          "size": "1024x1024", "response_format": "b64_json"})
+    assert answer.status_code == 200, answer.text
+    first, second = fakes[1].requests_to("generateContent")[-2:]
+    assert "continuationToken" not in first.json
+    assert second.json == {**first.json, "continuationToken": "dG9r"}
+    assert open_image(base64.b64decode(answer.json()["data"][0]["b64_json"])).size == (1024, 1024)
+    usage = answer.json()["usage"]
+    assert usage["input_tokens_details"] == {"text_tokens": 22, "image_tokens": 0}
+    assert usage["output_tokens_details"] == {"text_tokens": 30, "image_tokens": 1120}
+
+
+@pytest.mark.parametrize("body", [{"error": "quota"}, {"error": {"details": 5, "message": 5}},
+                                  ["not", "an", "object"]])
+def test_a_malformed_google_error_is_still_a_clear_error(rest: httpx.Client, fakes,
+                                                         body) -> None:
+    fakes[1].script("generateContent", Reply(429, body))
+    answer = rest.post(GENERATIONS, json={"model": "gemini-3.1-flash-image", "prompt": "x"})
+    assert_error(answer, 429, None, "upstream_rate_limited")

@@ -17,8 +17,6 @@ and every SDK error are mapped to a HubError here.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from typing import Any
 
@@ -42,9 +40,14 @@ from service.errors import (
     redact,
 )
 from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
-from service.providers.google_wire import GeminiWire
+from service.providers.google_wire import (
+    GeminiWire,
+    count_at,
+    decoded_base64,
+    dict_at,
+    list_at,
+)
 from service.providers.imaging import verified_mime_type
-from service.providers.wire import BareSession
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
@@ -65,8 +68,8 @@ class GoogleProvider:
         self.name = name
         self._client = client
         self._secrets = secrets or KnownSecrets()
-        self._session = BareSession(connections=UPSTREAM_CONNECTIONS, max_body=max_answer_bytes)
-        self._wire = GeminiWire(client, self._session)
+        self._wire = GeminiWire(client, connections=UPSTREAM_CONNECTIONS,
+                                max_body=max_answer_bytes)
 
     @classmethod
     def build(cls, deployment: Deployment, secret: str, deps: ProviderDeps) -> GoogleProvider:
@@ -124,7 +127,7 @@ class GoogleProvider:
             job.model.upstream, (job.model.upstream, aspect_ratio, image_size,
                                  repr(sorted(job.model.upstream_params.items()))),
             config, job.prompt, [(i.data, i.mime_type) for i in job.images],
-            seconds=job.seconds_left(), request_id=job.request_id)
+            seconds=job.seconds_left, request_id=job.request_id)
         return [await _gemini_image(answer, job)], _gemini_usage(answer.get("usageMetadata"))
 
     async def _imagen(self, job: ImageJob) -> list[GeneratedImage]:
@@ -148,7 +151,7 @@ class GoogleProvider:
         return [await _checked(g.image.image_bytes, job) for g in made]  # type: ignore[union-attr, arg-type]
 
     async def aclose(self) -> None:
-        await self._session.aclose()
+        await self._wire.aclose()
         await self._client.aio.aclose()
 
 
@@ -164,20 +167,20 @@ def _http_options(job: ImageJob) -> types.HttpOptions:
 
 async def _gemini_image(answer: dict[str, Any], job: ImageJob) -> GeneratedImage:
     """The image of a generateContent answer (the API's JSON), or why there is none."""
-    block = _dict(answer, "promptFeedback").get("blockReason")
+    block = dict_at(answer, "promptFeedback").get("blockReason")
     if block:
         raise ContentPolicyViolation(f"The provider blocked the prompt ({block}).",
                                      param="prompt")
-    candidates = _list(answer, "candidates")
+    candidates = list_at(answer, "candidates")
     if not candidates or not isinstance(candidates[0], dict):
         raise UpstreamFailed(f"{job.model.upstream} answered no candidate.")
     candidate = candidates[0]
-    parts = [p for p in _list(_dict(candidate, "content"), "parts") if isinstance(p, dict)]
+    parts = [p for p in list_at(dict_at(candidate, "content"), "parts") if isinstance(p, dict)]
     for part in parts:
-        data = _dict(part, "inlineData").get("data")
+        data = dict_at(part, "inlineData").get("data")
         if data and isinstance(data, str) and not part.get("thought"):
-            return await _checked(_decoded(data), job)
-    finish = str(candidate.get("finishReason") or "")
+            return await _checked(decoded_base64(data), job)
+    finish = str(candidate.get("finishReason") or "").upper()
     if finish in SAFETY_FINISH:
         raise ContentPolicyViolation(f"The provider's safety system withheld the image ({finish}).",
                                      param="prompt")
@@ -185,27 +188,6 @@ async def _gemini_image(answer: dict[str, Any], job: ImageJob) -> GeneratedImage
     raise UpstreamFailed(f"{job.model.upstream} answered without an image ({finish or 'no reason'})"
                          + (f": {said}" if said else "."), reason="UPSTREAM_NO_IMAGE",
                          retryable=False)
-
-
-def _dict(value: dict[str, Any], key: str) -> dict[str, Any]:
-    found = value.get(key)
-    return found if isinstance(found, dict) else {}
-
-
-def _list(value: dict[str, Any], key: str) -> list[Any]:
-    found = value.get(key)
-    return found if isinstance(found, list) else []
-
-
-def _decoded(data: str) -> bytes:
-    """Base64, standard or URL-safe (ValueError when it is neither)."""
-    try:
-        return base64.b64decode(data.translate(URL_SAFE))
-    except binascii.Error as exc:
-        raise ValueError("not base64") from exc
-
-
-URL_SAFE = str.maketrans("-_", "+/")
 
 
 async def _checked(data: bytes, job: ImageJob) -> GeneratedImage:
@@ -222,12 +204,11 @@ def _gemini_usage(meta: Any) -> TokenUsage | None:
     if not isinstance(meta, dict):
         return None
 
-    def count(key: str, within: dict[str, Any] = meta) -> int:
-        value = within.get(key)
-        return value if isinstance(value, int) else 0
+    def count(key: str) -> int:
+        return count_at(meta, key)
 
     def images(key: str) -> int:
-        return sum(count("tokenCount", d) for d in _list(meta, key)
+        return sum(count_at(d, "tokenCount") for d in list_at(meta, key)
                    if isinstance(d, dict) and d.get("modality") == "IMAGE")
 
     prompt_images = images("promptTokensDetails")
@@ -245,9 +226,9 @@ def hub_error(exc: genai_errors.APIError, job: ImageJob, deployment: str,
     """What the caller should hear about a Google failure. Never a key (`secrets` are the
     credentials this server holds), never our config."""
     model = job.model.upstream
-    message = redact(exc.message or str(exc.status or exc.code), secrets)
+    message = redact(str(exc.message or exc.status or exc.code), secrets)
     body = exc.details if isinstance(exc.details, dict) else {}
-    reasons = {d.get("reason") for d in body.get("error", {}).get("details", [])
+    reasons = {d.get("reason") for d in list_at(dict_at(body, "error"), "details")
                if isinstance(d, dict)}
     if exc.code in (401, 403) or "API_KEY_INVALID" in reasons:
         return Unavailable(f"The image provider refused this gateway's credentials ({deployment}); "
@@ -268,7 +249,7 @@ def hub_error(exc: genai_errors.APIError, job: ImageJob, deployment: str,
 
 def _retry_delay(body: dict[str, Any]) -> float | None:
     """The google.rpc.RetryInfo delay (`"26s"`) of an error body, in seconds."""
-    for detail in body.get("error", {}).get("details", []):
+    for detail in list_at(dict_at(body, "error"), "details"):
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
             try:
                 return float(str(detail.get("retryDelay", "")).rstrip("s"))

@@ -43,7 +43,9 @@ class JsonPoster:
                  keepalive_seconds: float = 4.0) -> None:
         self._client = client
         self._prepared: dict[tuple[str, str], Prepared] = {}
+        # The TLS context of the SDK's transport.
         self._session = BareSession(connections=connections, max_body=max_body,
+                                    tls=httpx2.create_ssl_context(),
                                     keepalive_seconds=keepalive_seconds)
 
     async def post(self, path: str, body: dict[str, Any], *, seconds: float,

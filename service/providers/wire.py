@@ -3,8 +3,9 @@
 The SDKs are kept for what they know (their URLs and auth headers, built once per model, and
 their error types), but their per-call machinery costs most of a generation's CPU
 (docs/performance.md); the OpenAI and Gemini providers send the SDK's request on this
-session instead (openai_wire.py, google_wire.py). Redirects are not followed (the key would
-go with them). The proxy is what HTTP(S)_PROXY and NO_PROXY name for the URL, looked up
+session instead (openai_wire.py, google_wire.py), with the SDK's TLS context. Redirects are
+not followed (the key would go with them: a base URL that redirects must be given as where
+it leads). The proxy is what HTTP(S)_PROXY and NO_PROXY name for the URL, looked up
 once, at its first call (ALL_PROXY is not read; a change takes a restart). An answer's body
 is read whole, but never past the largest the server takes.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 import aiohttp
-import httpx2
 from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
 from multidict import CIMultiDictProxy
 from yarl import URL
@@ -37,9 +38,10 @@ class Answer:
 
 
 class BareSession:
-    def __init__(self, *, connections: int, max_body: int, keepalive_seconds: float = 4.0
-                 ) -> None:
+    def __init__(self, *, connections: int, max_body: int, tls: ssl.SSLContext,
+                 keepalive_seconds: float = 4.0) -> None:
         self.max_body = max_body
+        self._tls = tls
         self._connections = connections
         self._keepalive = keepalive_seconds
         self._proxies: dict[str, tuple[URL | None, BasicAuth | None]] = {}
@@ -78,11 +80,11 @@ class BareSession:
             raise aiohttp.ClientConnectionError("this deployment's client is closed")
         if self._session is None or self._session.closed:
             # The proxy is looked up once per URL (_proxy), not per call: aiohttp's
-            # trust_env costs two thread hops a request. certifi's CAs, as the SDKs'.
+            # trust_env costs two thread hops a request. The TLS context is the SDK's.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._connections,
                                                keepalive_timeout=self._keepalive,
-                                               ssl=httpx2.create_ssl_context()))
+                                               ssl=self._tls))
         return self._session
 
 
