@@ -16,7 +16,6 @@ and every SDK error are mapped to a HubError here.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -47,7 +46,8 @@ from service.providers.google_wire import (
     dict_at,
     list_at,
 )
-from service.providers.imaging import verified_mime_type
+from service.providers.imaging import checked_image
+from service.providers.wire import UPSTREAM_CONNECTIONS
 
 SAFETY_FINISH = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                  "IMAGE_PROHIBITED_CONTENT", "RECITATION", "IMAGE_RECITATION"}
@@ -58,8 +58,6 @@ MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # default is one attempt too, but on aiohttp, when that is installed, it retries a broken
 # connection itself.
 NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
-UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
-INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
 
 
 class GoogleProvider:
@@ -148,7 +146,7 @@ class GoogleProvider:
                 raise ContentPolicyViolation("The provider's safety filter removed images: "
                                              + "; ".join(sorted(reasons)), param="prompt")
             raise UpstreamFailed(f"{job.model.upstream} answered {len(made)} image(s) of {job.n}.")
-        return [await _checked(g.image.image_bytes, job) for g in made]  # type: ignore[union-attr, arg-type]
+        return [await checked_image(g.image.image_bytes, job) for g in made]  # type: ignore[union-attr, arg-type]
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -179,7 +177,7 @@ async def _gemini_image(answer: dict[str, Any], job: ImageJob) -> GeneratedImage
     for part in parts:
         data = dict_at(part, "inlineData").get("data")
         if data and isinstance(data, str) and not part.get("thought"):
-            return await _checked(decoded_base64(data), job)
+            return await checked_image(decoded_base64(data), job)
     finish = str(candidate.get("finishReason") or "").upper()
     if finish in SAFETY_FINISH:
         raise ContentPolicyViolation(f"The provider's safety system withheld the image ({finish}).",
@@ -188,15 +186,6 @@ async def _gemini_image(answer: dict[str, Any], job: ImageJob) -> GeneratedImage
     raise UpstreamFailed(f"{job.model.upstream} answered without an image ({finish or 'no reason'})"
                          + (f": {said}" if said else "."), reason="UPSTREAM_NO_IMAGE",
                          retryable=False)
-
-
-async def _checked(data: bytes, job: ImageJob) -> GeneratedImage:
-    mime_type = (await asyncio.to_thread(verified_mime_type, data)
-                 if len(data) > INLINE_CHECK_BYTES else verified_mime_type(data))
-    if mime_type is None:
-        raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or not "
-                             "PNG, JPEG or WebP.")
-    return GeneratedImage(data=data, mime_type=mime_type)
 
 
 def _gemini_usage(meta: Any) -> TokenUsage | None:

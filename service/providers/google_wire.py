@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import ssl
 from collections.abc import Callable, Sequence
@@ -282,7 +281,7 @@ def _error_json(answer: Answer) -> Any:
 
 def _json_object(body: bytes | bytearray | str) -> dict[str, Any]:
     """The answer's JSON object; ValueError for anything else (garbage, a list)."""
-    answer = orjson.loads(body) if not isinstance(body, str) else json.loads(body)
+    answer = orjson.loads(body)
     if not isinstance(answer, dict):
         raise ValueError("not a JSON object")
     return answer

@@ -38,14 +38,13 @@ from service.errors import (
 )
 from service.net.fetch import FetchFailed
 from service.providers.base import GeneratedImage, Generation, ImageJob, ProviderDeps
-from service.providers.imaging import verified_mime_type
+from service.providers.imaging import checked_image
 from service.providers.openai_answer import _decode, _json, token_usage, url_answer_error
 from service.providers.openai_wire import JsonPoster
+from service.providers.wire import UPSTREAM_CONNECTIONS
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
 UPSTREAM_KEEPALIVE = 256
-INLINE_CHECK_BYTES = 256 << 10  # smaller images are checked at once, larger ones in a thread
 CONTENT_REFUSALS = {"moderation_blocked", "content_policy_violation"}
 REQUEST_FIELDS = {"prompt", "model", "image", "n", "size", "quality", "style", "output_format",
                   "output_compression", "background", "moderation", "user"}
@@ -127,7 +126,7 @@ class OpenAIProvider:
         async with stream:
             async for event in stream:
                 if event.type.endswith(".partial_image") and event.b64_json:
-                    preview = await self._checked(base64.b64decode(event.b64_json), job)
+                    preview = await checked_image(base64.b64decode(event.b64_json), job)
                     await job.on_partial(job.first_index, event.partial_image_index or 0,
                                          preview)
                 elif event.type.endswith(".completed"):
@@ -135,16 +134,9 @@ class OpenAIProvider:
         if completed is None or not completed.b64_json:
             raise UpstreamFailed(f"{job.model.upstream}'s stream ended without its image.",
                                  reason="UPSTREAM_NO_IMAGE")
-        image = await self._checked(base64.b64decode(completed.b64_json), job)
+        image = await checked_image(base64.b64decode(completed.b64_json), job)
         return Generation(images=[image], usage=token_usage(completed.usage),
                           upstream_seconds=time.perf_counter() - started)
-
-    async def _checked(self, data: bytes, job: ImageJob) -> GeneratedImage:
-        mime_type = await asyncio.to_thread(verified_mime_type, data)
-        if mime_type is None:
-            raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or "
-                                 "not PNG, JPEG or WebP.")
-        return GeneratedImage(data=data, mime_type=mime_type)
 
     async def _images(self, body: dict[str, Any], job: ImageJob) -> list[GeneratedImage]:
         """The images of an answer's JSON (`data[].b64_json`, or `url` from older models),
@@ -157,14 +149,9 @@ class OpenAIProvider:
             encoded = item.pop("b64_json", None)
             files.append(_decode(encoded) if encoded else await self._fetch(item.get("url")))
             del encoded
-        checks = [asyncio.to_thread(verified_mime_type, f) if len(f) > INLINE_CHECK_BYTES
-                  else _now(verified_mime_type(f)) for f in files]
-        mime_types = await asyncio.gather(*checks)
-        if None in mime_types:
-            raise UpstreamFailed(f"{job.model.upstream} answered an image that is broken or "
-                                 "not PNG, JPEG or WebP.")
-        return [GeneratedImage(data=f, mime_type=m or "", revised_prompt=item.get("revised_prompt"))
-                for f, m, item in zip(files, mime_types, items, strict=True)]
+        return list(await asyncio.gather(*(
+            checked_image(f, job, item.get("revised_prompt"))
+            for f, item in zip(files, items, strict=True))))
 
     async def _fetch(self, url: str | None) -> bytes:
         """An image answered as a URL: fetched through the guard, as source images are (an
@@ -214,10 +201,6 @@ def _common_args(job: ImageJob, model: str) -> dict[str, Any]:
     if job.user:
         args["user"] = job.user
     return {**args, **spec.upstream_params}
-
-
-async def _now(value: Any) -> Any:
-    return value
 
 
 def _dropped(exc: BaseException) -> bool:

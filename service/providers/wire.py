@@ -23,6 +23,8 @@ from yarl import URL
 
 from service.errors import UpstreamFailed
 
+UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight upstream
+
 
 class Answer:
     """An upstream's answer, read whole: its status, headers and body."""
