@@ -18,7 +18,6 @@ import ssl
 
 import aiohttp
 from aiohttp.helpers import BasicAuth, get_env_proxy_for_url
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from service.errors import UpstreamFailed
@@ -27,14 +26,13 @@ UPSTREAM_CONNECTIONS = 4096  # per deployment and credential: requests in flight
 
 
 class Answer:
-    """An upstream's answer, read whole: its status, headers and body."""
+    """An upstream's answer, read whole: its status, headers as received, and body."""
 
-    __slots__ = ("body", "headers", "raw_headers", "reason", "status")
+    __slots__ = ("body", "raw_headers", "reason", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, body: bytearray) -> None:
         self.status = response.status
         self.reason = response.reason or ""
-        self.headers: CIMultiDictProxy[str] = response.headers
         self.raw_headers = response.raw_headers
         self.body = body
 
