@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Container
 from datetime import UTC, datetime
 
-from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from aigne.hub.v1 import admin_service_pb2 as pb
@@ -60,24 +59,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         key = await self._keys.revoke(request.key_id)
         return pb.RevokeKeyResponse(key=(await self._views([key]))[0])
 
-    async def CreateKeyHttp(self, request: pb.CreateKeyRequest,
-                            context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.CreateKey(request, context), NO_LIMIT_WHEN_EMPTY)
-
-    async def ListKeysHttp(self, request: pb.ListKeysRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.ListKeys(request, context), NO_LIMIT_WHEN_EMPTY)
-
-    async def GetKeyHttp(self, request: pb.GetKeyRequest, context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.GetKey(request, context), NO_LIMIT_WHEN_EMPTY)
-
-    async def SetKeyLimitsHttp(self, request: pb.SetKeyLimitsRequest,
-                               context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.SetKeyLimits(request, context), NO_LIMIT_WHEN_EMPTY)
-
-    async def RevokeKeyHttp(self, request: pb.RevokeKeyRequest,
-                            context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.RevokeKey(request, context), NO_LIMIT_WHEN_EMPTY)
+    CreateKeyHttp = json_codec.rest_door(CreateKey, NO_LIMIT_WHEN_EMPTY)
+    ListKeysHttp = json_codec.rest_door(ListKeys, NO_LIMIT_WHEN_EMPTY)
+    GetKeyHttp = json_codec.rest_door(GetKey, NO_LIMIT_WHEN_EMPTY)
+    SetKeyLimitsHttp = json_codec.rest_door(SetKeyLimits, NO_LIMIT_WHEN_EMPTY)
+    RevokeKeyHttp = json_codec.rest_door(RevokeKey, NO_LIMIT_WHEN_EMPTY)
 
     async def _views(self, keys: list[ApiKey]) -> list[pb.ApiKey]:
         used = await self._quotas.used([key.id for key in keys])

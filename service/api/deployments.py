@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from google.api import httpbody_pb2
-
 from aigne.hub.v1 import deployment_service_pb2 as pb
 from aigne.hub.v1 import deployment_service_pb2_grpc as pb_grpc
 from service.api.listing import timestamp
@@ -101,37 +99,14 @@ class DeploymentServicer(pb_grpc.DeploymentServiceServicer):
                            param="deployment_id", reason="DEPLOYMENT_NOT_FOUND")
         return pb.TestDeploymentsResponse(results=[await self._test(d) for d in chosen])
 
-    async def CreateDeploymentHttp(self, request: pb.CreateDeploymentRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.CreateDeployment(request, context), NOT_SET_WHEN_ZERO)
-
-    async def ListDeploymentsHttp(self, request: pb.ListDeploymentsRequest,
-                                  context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.ListDeployments(request, context), NOT_SET_WHEN_ZERO)
-
-    async def UpdateDeploymentHttp(self, request: pb.UpdateDeploymentRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.UpdateDeployment(request, context), NOT_SET_WHEN_ZERO)
-
-    async def DeleteDeploymentHttp(self, request: pb.DeleteDeploymentRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.DeleteDeployment(request, context), NOT_SET_WHEN_ZERO)
-
-    async def AddCredentialHttp(self, request: pb.AddCredentialRequest,
-                                context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.AddCredential(request, context), NOT_SET_WHEN_ZERO)
-
-    async def UpdateCredentialHttp(self, request: pb.UpdateCredentialRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.UpdateCredential(request, context), NOT_SET_WHEN_ZERO)
-
-    async def DeleteCredentialHttp(self, request: pb.DeleteCredentialRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.DeleteCredential(request, context), NOT_SET_WHEN_ZERO)
-
-    async def TestDeploymentsHttp(self, request: pb.TestDeploymentsRequest,
-                                  context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.TestDeployments(request, context), NOT_SET_WHEN_ZERO)
+    CreateDeploymentHttp = json_codec.rest_door(CreateDeployment, NOT_SET_WHEN_ZERO)
+    ListDeploymentsHttp = json_codec.rest_door(ListDeployments, NOT_SET_WHEN_ZERO)
+    UpdateDeploymentHttp = json_codec.rest_door(UpdateDeployment, NOT_SET_WHEN_ZERO)
+    DeleteDeploymentHttp = json_codec.rest_door(DeleteDeployment, NOT_SET_WHEN_ZERO)
+    AddCredentialHttp = json_codec.rest_door(AddCredential, NOT_SET_WHEN_ZERO)
+    UpdateCredentialHttp = json_codec.rest_door(UpdateCredential, NOT_SET_WHEN_ZERO)
+    DeleteCredentialHttp = json_codec.rest_door(DeleteCredential, NOT_SET_WHEN_ZERO)
+    TestDeploymentsHttp = json_codec.rest_door(TestDeployments, NOT_SET_WHEN_ZERO)
 
     async def _test(self, deployment: Deployment) -> pb.DeploymentTest:
         spec = self._test_model(deployment)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from aigne.hub.v1 import usage_service_pb2 as pb
@@ -58,14 +57,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             records=[_record(r, attempts.get(r.id, [])) for r in records],
             next_page_token=next_token)
 
-
-    async def GetUsageHttp(self, request: pb.GetUsageRequest,
-                           context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.GetUsage(request, context), frozenset())
-
-    async def ListUsageRecordsHttp(self, request: pb.ListUsageRecordsRequest,
-                                   context: object) -> httpbody_pb2.HttpBody:
-        return json_codec.answer(await self.ListUsageRecords(request, context), frozenset())
+    GetUsageHttp = json_codec.rest_door(GetUsage)
+    ListUsageRecordsHttp = json_codec.rest_door(ListUsageRecords)
 
 
 def scope(caller: ApiKey, asked: str) -> str | None:

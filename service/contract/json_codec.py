@@ -16,7 +16,7 @@ are RFC 3339 strings; a map is an object whose keys are strings.
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import orjson
@@ -117,6 +117,18 @@ def answer(message: Message, unset_when_empty: Collection[str] = (), *,
     answers before) has them."""
     return httpbody_pb2.HttpBody(content_type=JSON, data=encode(
         message, unset_when_empty, int64_as_string=int64_as_string))
+
+
+def rest_door(method: Callable[[Any, Any, Any], Awaitable[Message]],
+              unset_when_empty: Collection[str] = ()) -> Any:
+    """The REST door of a servicer's `method`: the same request, its answer as JSON the
+    server writes (`answer`). In the servicer's class: `XxxHttp = rest_door(Xxx, ...)`
+    (typed Any: it takes the place of the generated base class's method)."""
+    async def door(servicer: Any, request: Any, context: Any) -> httpbody_pb2.HttpBody:
+        return answer(await method(servicer, request, context), unset_when_empty)
+
+    door.__name__ = door.__qualname__ = f"{method.__name__}Http"
+    return door
 
 
 def to_json_value(message: Message, unset_when_empty: Collection[str] = (),
